@@ -1,0 +1,28 @@
+"""stability-bench: regression tests and benchmarks for optimizer stability in PyTorch.
+
+Data flows one way: case (YAML or dict) → runs → results → metrics → expectations / reports.
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+# Imported lazily so that `import stability_bench` stays cheap for the pytest plugin
+# and the CLI, which only need the schema until they run something.
+_EXPORTS = {
+    "load_case": "stability_bench.schema",
+    "Case": "stability_bench.schema",
+    "CaseError": "stability_bench.schema",
+    "run_case": "stability_bench.runner",
+    "RunResult": "stability_bench.results",
+}
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'stability_bench' has no attribute {name!r}")
+
+
+__all__ = sorted(_EXPORTS)

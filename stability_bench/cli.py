@@ -1,0 +1,161 @@
+"""Command line: ``stability-bench run | validate | list``.
+
+Exit codes: 0 all expectations held, 1 an expectation failed, 2 bad input (a malformed
+case, an unknown optimizer, missing data) — reported as one paragraph, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def _case_files(paths: Sequence[str]) -> list[Path]:
+    """Case files named directly, or every *.yaml below a folder (default ``cases/``)."""
+    files: list[Path] = []
+    for raw in paths or ["cases"]:
+        path = Path(raw)
+        if path.is_dir():
+            files.extend(sorted(p for p in path.rglob("*.y*ml") if p.suffix in (".yaml", ".yml")))
+        else:
+            files.append(path)
+    return files
+
+
+def _load(paths: Sequence[str], variant: str | None = None):
+    from stability_bench.schema import load_cases
+
+    cases = []
+    for file in _case_files(paths):
+        found = load_cases(file)
+        if variant is not None:
+            found = [c for c in found if c.name.rsplit("/", 1)[-1] == variant or c.name == variant]
+        cases.extend(found)
+    return cases
+
+
+class ProgressLine:
+    """One updating status line on a terminal; silent when stderr is not a terminal."""
+
+    def __init__(self, stream=sys.stderr):
+        self.stream, self.enabled = stream, stream.isatty()
+        self.label, self.start = "", time.perf_counter()
+
+    def begin(self, label: str) -> None:
+        self.label, self.start = label, time.perf_counter()
+
+    def __call__(self, done: int, total: int, loss: float) -> None:
+        if not self.enabled:
+            return
+        elapsed = time.perf_counter() - self.start
+        eta = elapsed / done * (total - done) if done else 0.0
+        width = 24
+        bar = "#" * int(width * done / total)
+        self.stream.write(f"\r{self.label} [{bar:<{width}}] {done}/{total} loss {loss:.3e} "
+                          f"ETA {eta:4.0f}s\x1b[K")
+        self.stream.flush()
+
+    def end(self) -> None:
+        if self.enabled:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from stability_bench.expectations import check_run
+    from stability_bench.results import results_payload, write_json_atomic
+    from stability_bench.runner import execute, plan_runs
+
+    cases = _load(args.cases, args.variant)
+    specs = [spec for case in cases for spec in plan_runs(
+        case, devices=args.device or None, seeds=args.seed or None,
+        optimizers=args.optimizer or None)]
+    progress = ProgressLine()
+    collected, failures = [], 0
+    for i, spec in enumerate(specs, 1):
+        progress.begin(f"[{i}/{len(specs)}] {spec.run_id}")
+        result = execute(spec, progress)
+        progress.end()
+        outcomes = check_run(spec.case, result)
+        collected.append((result, outcomes))
+        failed = [o for o in outcomes if not o.passed]
+        failures += bool(failed)
+        status = "diverged at step %d" % result.divergence_step if result.diverged else "ok"
+        m = result.metrics
+        print(f"{'FAIL' if failed else 'pass'} {result.run_id}: {status}; min_loss {m['min_loss']:.3g} "
+              f"at step {m['min_loss_step']}, late_instability {m['late_instability']:.2f}, "
+              f"spikes {m['spike_count']}, {result.meta['wall_time_s']:.2f}s")
+        for outcome in failed if not args.verbose else outcomes:
+            print(f"    {outcome.describe()}")
+        if args.json:  # rewritten after every run: an interrupted run keeps what finished
+            write_json_atomic(args.json, results_payload(collected))
+    print(f"{len(specs) - failures} passed, {failures} failed")
+    return EXIT_FAILED if failures else EXIT_OK
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from stability_bench.runner import plan_runs
+
+    cases = _load(args.cases)
+    for case in cases:
+        print(f"ok {case.where()}: {case.name} — {len(plan_runs(case))} runs, "
+              f"{len(case.expectations)} expectations")
+    return EXIT_OK
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from stability_bench.runner import plan_runs
+
+    for case in _load(args.cases):
+        flags = " (slow)" if case.slow else ""
+        print(f"{case.name}{flags}: {case.description.splitlines()[0] if case.description else ''}")
+        if args.runs:
+            for spec in plan_runs(case):
+                print(f"    {spec.run_id}")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stability-bench", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run cases and check their expectations")
+    run.add_argument("cases", nargs="*", help="case files or folders (default: cases/)")
+    run.add_argument("--json", metavar="FILE", help="write every run's results to FILE (atomically)")
+    run.add_argument("--device", action="append", help="only this device (repeatable)")
+    run.add_argument("--seed", action="append", type=int, help="only this seed (repeatable)")
+    run.add_argument("--optimizer", action="append", help="only this optimizer entry (repeatable)")
+    run.add_argument("--variant", help="only this variant of each case")
+    run.add_argument("-v", "--verbose", action="store_true", help="print every expectation")
+    run.set_defaults(func=cmd_run)
+    validate = sub.add_parser("validate", help="check case files without running them")
+    validate.add_argument("cases", nargs="*")
+    validate.set_defaults(func=cmd_validate)
+    listing = sub.add_parser("list", help="list cases (and with --runs, their runs)")
+    listing.add_argument("cases", nargs="*")
+    listing.add_argument("--runs", action="store_true")
+    listing.set_defaults(func=cmd_list)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from stability_bench.components.cifar10 import CIFAR10FormatError, DataNotFoundError
+    from stability_bench.runner import RunSetupError
+    from stability_bench.schema import CaseError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (CaseError, RunSetupError, DataNotFoundError, CIFAR10FormatError) as exc:
+        print(f"stability-bench: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("stability-bench: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

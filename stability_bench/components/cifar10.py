@@ -1,0 +1,241 @@
+"""CIFAR-10 loading for the fully connected benchmarks of Cohen et al. (2021, 2022).
+
+Two sources, tried in this order, give the same arrays:
+
+1. the official python release, a ``cifar-10-batches-py`` folder of pickled
+   ``data_batch_1..5`` / ``test_batch`` dicts (``b"data"``: uint8 (10000, 3072) in
+   channel-major CHW order, ``b"labels"``: list of ints);
+2. an ``.npz`` file like the shared ``cifar10-5k.npz`` (``x_train`` / ``x_test``: uint8
+   (N, 32, 32, 3) in HWC order, ``y_train`` / ``y_test``).
+
+Every image is flattened in ONE order, channel-major CHW like the official release
+(``x[i, c*1024 + h*32 + w]``); the npz's HWC images are transposed with
+``transpose(0, 3, 1, 2)`` before the reshape, so a model sees the same feature at the
+same index whichever source was found.
+
+There is never a silent substitute: if no data is found, :class:`DataNotFoundError`
+lists every path that was tried and how to get the data.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "CIFAR10FormatError",
+    "DataNotFoundError",
+    "ENV_VAR",
+    "default_search_paths",
+    "find_cifar10",
+    "load_cifar10",
+]
+
+ENV_VAR = "STABILITY_BENCH_DATA"
+BATCHES_DIR = "cifar-10-batches-py"
+NPZ_NAME = "cifar10-5k.npz"
+URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
+N_FEATURES = 3 * 32 * 32
+N_CLASSES = 10
+
+# The project root (parent of the package directory), searched besides the cwd so that
+# the shared data is found whichever directory pytest or a script runs from.
+# Tests set it to None to search the cwd and the environment variable only.
+PROJECT_ROOT: Path | None = Path(__file__).resolve().parents[2]
+
+
+class DataNotFoundError(FileNotFoundError):
+    """No CIFAR-10 data at any searched path; the message lists them and how to fix it."""
+
+    def __init__(self, tried: list[Path], detail: str = ""):
+        self.tried = list(tried)
+        lines = [f"CIFAR-10 not found{': ' + detail if detail else ''}. Looked for:"]
+        lines += [f"  {p}" for p in self.tried]
+        lines.append(
+            f"Download the official python release (cifar-10-python.tar.gz) from {URL} and "
+            f"untar it into a data dir (giving <dir>/{BATCHES_DIR}/), then pass data_dir=<dir> "
+            f"or set {ENV_VAR}=<dir>; or point either at a {NPZ_NAME} file."
+        )
+        super().__init__("\n".join(lines))
+
+    def __str__(self) -> str:  # OSError would otherwise format (errno, strerror)
+        return self.args[0]
+
+
+class CIFAR10FormatError(ValueError):
+    """A CIFAR-10 file exists but is corrupt or not laid out like the official release."""
+
+
+def default_search_paths() -> list[Path]:
+    """Where to look when no ``data_dir`` is given, in order, without duplicates.
+
+    ``$STABILITY_BENCH_DATA`` alone when it is set (a wrong setting is an error, not a
+    silent fall-back to other data); otherwise ``./data`` and ``../shared/data`` relative
+    to the current directory, then the same two relative to :data:`PROJECT_ROOT`.
+    """
+    if os.environ.get(ENV_VAR):
+        return [Path(os.environ[ENV_VAR]).expanduser().resolve()]
+    bases = [Path.cwd()] + ([PROJECT_ROOT] if PROJECT_ROOT is not None else [])
+    paths = [base / rel for base in bases for rel in ("data", "../shared/data")]
+    unique: dict[Path, None] = {}
+    for p in paths:
+        unique.setdefault(p.resolve(), None)
+    return list(unique)
+
+
+def _is_batches_dir(folder: Path) -> bool:
+    return (folder / "data_batch_1").is_file() or (folder / "test_batch").is_file()
+
+
+def _locate(candidate: Path, tried: list[Path]) -> Path | None:
+    """The data source at or inside ``candidate`` (official folder first), recording what was tried."""
+    tried.append(candidate)
+    if candidate.is_file() or candidate.suffix == ".npz":
+        return candidate if candidate.is_file() and candidate.suffix == ".npz" else None
+    if _is_batches_dir(candidate):
+        return candidate
+    for path, exists in ((candidate / BATCHES_DIR, Path.is_dir), (candidate / NPZ_NAME, Path.is_file)):
+        tried.append(path)
+        if exists(path):
+            return path
+    return None
+
+
+def find_cifar10(data_dir: str | os.PathLike | None = None) -> Path:
+    """The ``cifar-10-batches-py`` folder or ``.npz`` file to load.
+
+    ``data_dir`` may be the batches folder, its parent, an ``.npz`` file, or a folder
+    holding ``cifar10-5k.npz``; when given, nothing else is searched.
+    """
+    candidates = [Path(data_dir).expanduser().resolve()] if data_dir is not None else default_search_paths()
+    tried: list[Path] = []
+    for candidate in candidates:
+        found = _locate(candidate, tried)
+        if found is not None:
+            return found
+    raise DataNotFoundError(tried, f"data_dir={str(data_dir)!r}" if data_dir is not None else "")
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles only dicts, lists, bytes and numpy arrays: a data file must not run code."""
+
+    _ALLOWED = {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
+        ("_codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load global {module}.{name}")
+        return super().find_class(module, name)
+
+
+def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One official batch file as (uint8 (n, 3072), int64 (n,)), with its structure checked."""
+    try:
+        with open(path, "rb") as f:
+            batch = _ArrayUnpickler(f, encoding="bytes").load()
+    except Exception as e:  # truncated, garbage, or foreign pickles fail in many ways
+        raise CIFAR10FormatError(f"{path}: not a readable CIFAR-10 batch pickle ({type(e).__name__}: {e})") from e
+    if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
+        keys = sorted(batch) if isinstance(batch, dict) else type(batch).__name__
+        raise CIFAR10FormatError(f"{path}: expected a dict with b'data' and b'labels', got {keys}")
+    data, labels = batch[b"data"], np.asarray(batch[b"labels"])
+    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] == N_FEATURES):
+        desc = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise CIFAR10FormatError(f"{path}: b'data' should be uint8 (n, {N_FEATURES}), got {desc}")
+    _check_labels(path, labels, len(data))
+    return data, labels.astype(np.int64)
+
+
+def _check_labels(path: Path, labels: np.ndarray, n: int) -> None:
+    if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
+        raise CIFAR10FormatError(f"{path}: expected {n} integer labels, got {labels.dtype} {labels.shape}")
+    if n and (labels.min() < 0 or labels.max() >= N_CLASSES):
+        raise CIFAR10FormatError(f"{path}: labels outside 0..{N_CLASSES - 1}")
+
+
+def _batch_files(folder: Path, split: str) -> list[Path]:
+    if split == "test":
+        files = [folder / "test_batch"]
+    else:  # data_batch_1, 2, ... without gaps (the official release has 5)
+        files = []
+        while (folder / f"data_batch_{len(files) + 1}").is_file() and len(files) < 5:
+            files.append(folder / f"data_batch_{len(files) + 1}")
+        files = files or [folder / "data_batch_1"]
+    missing = [p for p in files if not p.is_file()]
+    if missing:
+        raise DataNotFoundError(missing, f"incomplete {BATCHES_DIR} folder {folder}")
+    return files
+
+
+def _read_npz(path: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            x, y = z[f"x_{split}"], z[f"y_{split}"]
+    except Exception as e:
+        raise CIFAR10FormatError(f"{path}: cannot read x_{split}/y_{split} ({type(e).__name__}: {e})") from e
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != (32, 32, 3):
+        raise CIFAR10FormatError(f"{path}: x_{split} should be uint8 (n, 32, 32, 3) HWC, got {x.dtype} {x.shape}")
+    _check_labels(path, y, len(x))
+    # HWC -> CHW before flattening: the official release's order.
+    return x.transpose(0, 3, 1, 2).reshape(len(x), N_FEATURES), y.astype(np.int64)
+
+
+def _stamp(path: Path) -> tuple[int, ...]:
+    """Modification times, so a rewritten file is not served stale from the cache."""
+    files = sorted(path.iterdir()) if path.is_dir() else [path]
+    return tuple(p.stat().st_mtime_ns for p in files if p.is_file())
+
+
+@functools.lru_cache(maxsize=8)
+def _load_raw(path: Path, split: str, stamp: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Raw uint8 images (CHW-flattened) and int64 labels; read-only because they are cached."""
+    if path.is_dir():
+        parts = [_read_batch(p) for p in _batch_files(path, split)]
+        x, y = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    else:
+        x, y = _read_npz(path, split)
+    x, y = np.ascontiguousarray(x), np.ascontiguousarray(y)
+    x.setflags(write=False)
+    y.setflags(write=False)
+    return x, y
+
+
+def load_cifar10(
+    data_dir: str | os.PathLike | None = None,
+    *,
+    subset: int | None = None,
+    split: str = "train",
+    standardize: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """x: float64 array (N, 3072), CHW-flattened; y: int64 labels (N,).
+
+    ``subset=N`` keeps the first N examples (class-balanced in the shared npz). Pixels are
+    scaled to [0, 1]; with ``standardize`` (Cohen et al.) each feature is then centred and
+    divided by its standard deviation, statistics taken on the loaded (sub)set.
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    path = find_cifar10(data_dir)
+    x_raw, y_raw = _load_raw(path, split, _stamp(path))
+    if subset is not None:
+        if isinstance(subset, bool) or not isinstance(subset, (int, np.integer)) or subset < 1:
+            raise ValueError(f"subset must be a positive integer or None, got {subset!r}")
+        if subset > len(x_raw):
+            raise ValueError(f"subset={subset} but {path} holds only {len(x_raw)} {split} examples")
+        x_raw, y_raw = x_raw[:subset], y_raw[:subset]
+    x = x_raw.astype(np.float64) / 255.0
+    if standardize:
+        std = x.std(axis=0)
+        std[std == 0] = 1.0  # a constant feature stays 0 instead of becoming NaN
+        x = (x - x.mean(axis=0)) / std
+    return x, y_raw.copy()

@@ -1,0 +1,107 @@
+"""Data sets a case can name under ``data: {kind: ...}``, and minibatching.
+
+A data factory returns a :class:`TensorData` on the CPU; the runner moves it to the run's
+device once. Randomness comes from the context's generator, so a seed fixes the data.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+from stability_bench.components import BuildContext
+from stability_bench.registry import Registry
+
+DATA: Registry = Registry("data")
+
+
+@dataclass
+class TensorData:
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def to(self, device: torch.device | str) -> "TensorData":
+        return TensorData(self.x.to(device), self.y.to(device))
+
+
+def _generator(ctx: BuildContext, seed: int | None) -> torch.Generator:
+    """The run's generator, or a fixed one when the data spec pins its own seed."""
+    return ctx.generator if seed is None else torch.Generator().manual_seed(seed)
+
+
+@DATA.register("gaussian")
+def gaussian(ctx: BuildContext, *, n: int, in_features: int, out_features: int = 1,
+             seed: int | None = None) -> TensorData:
+    """x, y ~ N(0, 1) independently (Bai Li's 64 points); a target with no structure."""
+    g = _generator(ctx, seed)
+    x = torch.randn(n, in_features, generator=g, dtype=torch.float64)
+    y = torch.randn(n, out_features, generator=g, dtype=torch.float64)
+    return TensorData(x.to(ctx.dtype), y.to(ctx.dtype))
+
+
+@DATA.register("teacher")
+def teacher(ctx: BuildContext, *, n: int, widths: list[int], activation: str = "tanh",
+            noise: float = 0.0, seed: int | None = None) -> TensorData:
+    """Regression on a random teacher MLP (weights ~ N(0, 1/fan_in)); inputs ~ N(0, 1).
+    ``widths: [14, 32, 4]`` gives 14 features and 4 outputs; ``noise`` adds N(0, noise²)."""
+    g = _generator(ctx, seed)
+    act = {"tanh": torch.tanh, "relu": torch.relu}[activation]
+    x = torch.randn(n, widths[0], generator=g, dtype=torch.float64)
+    h = x
+    for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
+        w = torch.randn(fan_in, fan_out, generator=g, dtype=torch.float64) / fan_in ** 0.5
+        h = h @ w
+        if i < len(widths) - 2:
+            h = act(h)
+    y = h + noise * torch.randn(h.shape, generator=g, dtype=torch.float64)
+    return TensorData(x.to(ctx.dtype), y.to(ctx.dtype))
+
+
+@DATA.register("cifar10")
+def cifar10(ctx: BuildContext, *, subset: int | None = None, split: str = "train",
+            data_dir: str | None = None, standardize: bool = True) -> TensorData:
+    """CIFAR-10, flattened (CHW order), scaled to [0, 1], centred and divided by the
+    per-feature std. Reads the official ``cifar-10-batches-py`` release or the offline
+    ``cifar10-5k.npz``; a missing data set is an error that says where it looked."""
+    from stability_bench.components.cifar10 import load_cifar10
+
+    x, y = load_cifar10(data_dir, subset=subset, split=split, standardize=standardize)
+    return TensorData(torch.as_tensor(x).to(ctx.dtype), torch.as_tensor(y, dtype=torch.int64))
+
+
+@DATA.register("none")
+def none(ctx: BuildContext) -> TensorData:
+    """No data: one empty example, for models that are their own objective (quadratic)."""
+    return TensorData(torch.zeros(1, 0, dtype=ctx.dtype), torch.zeros(1, 0, dtype=ctx.dtype))
+
+
+class Batches:
+    """Endless minibatches over ``data``: reshuffled every epoch when ``shuffle``; the short
+    last batch of an epoch is kept unless ``drop_last`` (seed 003's spikes come from it)."""
+
+    def __init__(self, data: TensorData, size: int | None, shuffle: bool, drop_last: bool,
+                 generator: torch.Generator):
+        self.data, self.shuffle, self.drop_last, self.generator = data, shuffle, drop_last, generator
+        n = len(data)
+        self.size = n if size is None or size >= n else size
+        self.per_epoch = n // self.size if drop_last else -(-n // self.size)
+        if self.per_epoch == 0:
+            raise ValueError(f"batch size {size} with drop_last leaves no batch of {n} examples")
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        data, n = self.data, len(self.data)
+        if self.size == n and not self.shuffle:
+            while True:  # full batch: the same tensors every step, no copies
+                yield data.x, data.y
+        while True:
+            if self.shuffle:
+                order = torch.randperm(n, generator=self.generator).to(data.x.device)
+                x, y = data.x[order], data.y[order]
+            else:
+                x, y = data.x, data.y
+            for b in range(self.per_epoch):
+                yield x[b * self.size:(b + 1) * self.size], y[b * self.size:(b + 1) * self.size]

@@ -1,0 +1,418 @@
+"""Stability metrics computed from one run's per-step history.
+
+A metric is a function ``metric(view: RunView) -> float | int | bool | None`` registered in
+:data:`METRICS` under its name; :func:`compute_metrics` evaluates registered metrics and
+returns a JSON-safe dict (no ``inf``/``nan``: a metric that is undefined for a run is
+``None``). The spike metrics share one documented, scale-free detector, :func:`detect_spikes`,
+configured by :class:`SpikeConfig` (a case may override its fields).
+
+Pure numpy: this module does not import torch.
+
+Conventions used by every built-in metric:
+
+* ``loss[i]`` is the loss recorded at optimizer step ``steps[i]``. Metrics that report a *step*
+  report a value taken from ``steps`` (not an array position); the spike detector works on
+  array positions.
+* Non-finite entries (``inf``/``nan``, normally only the last, diverged step) are ignored by the
+  loss statistics and the spike detector. Divergence itself is reported only by ``diverged`` and
+  ``divergence_step``, which pass the runner's verdict through.
+* Ratios (``late_instability``, the spike threshold) assume a non-negative loss.
+
+Adding a metric::
+
+    from stability_bench.metrics import METRICS
+
+    @METRICS.register("max_grad_norm")
+    def max_grad_norm(view):
+        g = view.extra["grad_norm"]
+        return float(g.max()) if len(g) else None
+"""
+# No ``from __future__ import annotations``: SpikeConfig's field types must stay real types,
+# because the case schema checks a case's ``spikes:`` mapping against ``fields(SpikeConfig)``.
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from .registry import Registry
+
+__all__ = [
+    "LOSS_FLOOR",
+    "METRICS",
+    "MetricFn",
+    "RunView",
+    "SpikeConfig",
+    "compute_metrics",
+    "detect_spikes",
+    "spike_period_from_onsets",
+]
+
+LOSS_FLOOR: float = float(np.finfo(np.float64).tiny)
+"""Smallest positive normal float64 (2.2250738585072014e-308): the floor applied to a minimum loss
+of exactly 0 in ``late_instability`` so that the ratio stays finite."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration and the view metrics read
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SpikeConfig:
+    """Settings of the spike detector (:func:`detect_spikes`) and of ``spike_period``.
+
+    All thresholds are ratios, so the detector is scale-free: multiplying the loss by any positive
+    constant changes nothing. Defaults and why:
+
+    * ``window = 20``: the baseline is the median of the previous 20 finite losses. Between
+      Lightning's ``SpikeDetection`` (running mean of 10) and OLMo-core's
+      ``StabilityMonitorCallback`` (128): long enough that a median ignores a previous spike or a
+      short excursion (up to 9 elevated values in the window), short enough to follow a loss that
+      falls by orders of magnitude during a run.
+    * ``factor = 3.0``: a spike is a loss more than 3x its recent median, the same rule as
+      Lightning's default ``rtol=2.0`` (``loss - mean >= 2 * mean``). Step-to-step noise of
+      +-10 % (a ratio of at most 1.1/0.9 = 1.22) is far below it.
+    * ``min_gap = 1``: no extra refractory time beyond the excursion itself; raise it to merge
+      bursts of close onsets into one spike.
+    * ``min_history = None``: at least ``max(1, window // 2)`` (10) previous finite losses are
+      required before any step can be a spike, so the first steps of a run never are.
+    * ``period_tolerance = 1``: gaps between spike onsets that differ by at most 1 optimizer step
+      are grouped together when ``spike_period`` looks for the dominant spacing.
+    """
+
+    window: int = 20
+    """W: how many previous finite losses the baseline (their median) is taken over."""
+    factor: float = 3.0
+    """A step is a spike onset if ``loss > factor * baseline``; must be > 1."""
+    min_gap: int = 1
+    """Entries after an onset during which no new onset counts (on top of the excursion)."""
+    min_history: int | None = None
+    """Finite losses needed before detection starts; None means ``max(1, window // 2)``."""
+    period_tolerance: int = 1
+    """Gaps within +- this many optimizer steps are grouped by ``spike_period``."""
+
+    def __post_init__(self) -> None:
+        if int(self.window) != self.window or self.window < 1:
+            raise ValueError(f"SpikeConfig.window must be an integer >= 1, got {self.window!r}")
+        if not (math.isfinite(self.factor) and self.factor > 1.0):
+            raise ValueError(f"SpikeConfig.factor must be a finite number > 1, got {self.factor!r}")
+        if int(self.min_gap) != self.min_gap or self.min_gap < 1:
+            raise ValueError(f"SpikeConfig.min_gap must be an integer >= 1, got {self.min_gap!r}")
+        if self.min_history is not None and (
+            int(self.min_history) != self.min_history or not 1 <= self.min_history <= self.window
+        ):
+            raise ValueError(
+                f"SpikeConfig.min_history must be None or an integer in [1, window={self.window}], "
+                f"got {self.min_history!r}"
+            )
+        if int(self.period_tolerance) != self.period_tolerance or self.period_tolerance < 0:
+            raise ValueError(
+                f"SpikeConfig.period_tolerance must be an integer >= 0, got {self.period_tolerance!r}"
+            )
+
+    @property
+    def effective_min_history(self) -> int:
+        """``min_history``, or ``max(1, window // 2)`` when it is None."""
+        return int(self.min_history) if self.min_history is not None else max(1, int(self.window) // 2)
+
+
+@dataclass
+class RunView:
+    """What metric functions read: one run's recorded history.
+
+    ``loss`` is coerced to a float64 array and ``steps`` to an int64 array; they must have the same
+    length. ``loss`` may contain inf/nan (normally only at the last, diverged step).
+    """
+
+    loss: np.ndarray
+    """float64, one entry per recorded step."""
+    steps: np.ndarray
+    """int, the 0-based optimizer step index of each entry."""
+    diverged: bool
+    divergence_step: int | None
+    total_steps: int
+    """Steps the case asked for (the run may have stopped earlier)."""
+    extra: dict = field(default_factory=dict)
+    """Other history columns (grad_norm, update_norm, probe columns, ...) as arrays."""
+    spike_config: SpikeConfig = field(default_factory=SpikeConfig)
+
+    def __post_init__(self) -> None:
+        self.loss = np.asarray(self.loss, dtype=np.float64).reshape(-1)
+        self.steps = np.asarray(self.steps, dtype=np.int64).reshape(-1)
+        if self.loss.shape != self.steps.shape:
+            raise ValueError(
+                f"RunView: loss has {self.loss.size} entries but steps has {self.steps.size}"
+            )
+
+
+MetricFn = Callable[[RunView], "float | int | bool | None"]
+
+METRICS: Registry[MetricFn] = Registry("metric")
+"""name -> ``function(view: RunView) -> float | int | bool | None``."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Spike detection
+# ---------------------------------------------------------------------------------------------
+
+_MEDIAN_CHUNK = 1 << 15  # rows per sliding-window median batch (bounds temporary memory)
+
+
+def _trailing_medians(f: np.ndarray, window: int, min_history: int) -> np.ndarray:
+    """``out[k]`` = median of ``f[max(0, k - window):k]`` when ``k >= min_history``, else nan."""
+    n = f.size
+    out = np.full(n, np.nan)
+    # Warm-up: fewer than `window` previous values (at most `window` medians, each O(window)).
+    for k in range(min_history, min(window, n)):
+        out[k] = np.median(f[:k])
+    if n > window:
+        # Full windows: out[k] = median(f[k-window:k]) for k = window .. n-1.
+        views = np.lib.stride_tricks.sliding_window_view(f[:-1], window)  # row j -> k = j + window
+        for start in range(0, views.shape[0], _MEDIAN_CHUNK):
+            block = views[start:start + _MEDIAN_CHUNK]
+            out[window + start:window + start + block.shape[0]] = np.median(block, axis=1)
+    return out
+
+
+def _excursion_end(loss: np.ndarray, start: int, level: float) -> int:
+    """First position >= ``start`` holding a finite loss <= ``level``; ``loss.size`` if none."""
+    n = loss.size
+    size = 32
+    while start < n:
+        seg = loss[start:start + size]
+        hit = np.flatnonzero((seg <= level) & np.isfinite(seg))
+        if hit.size:
+            return start + int(hit[0])
+        start += size
+        size *= 2
+    return n
+
+
+def detect_spikes(loss: np.ndarray, config: SpikeConfig | None = None) -> np.ndarray:
+    """Positions (array indices into ``loss``, int64, increasing) of loss-spike onsets.
+
+    Rule. Let the *baseline* at position t be the median of the ``window`` (W) finite losses
+    recorded before t (non-finite entries are skipped, so the window reaches further back past
+    them); while fewer than W exist it is the median of all of them, and no detection happens until
+    at least ``min_history`` (default ``max(1, W // 2)``) exist. Position t is a spike *onset* when
+
+    1. ``loss[t]`` is finite (a non-finite loss is divergence, never a spike),
+    2. the baseline is > 0 and ``loss[t] > factor * baseline``, and
+    3. t is not inside the excursion of the previous onset s: the excursion lasts from s until the
+       first later position e holding a finite loss ``<= factor * baseline(s)`` (the threshold at
+       its onset, so a slowly decaying spike or a jump to a higher plateau counts once; non-finite
+       entries neither start nor end an excursion), and a new onset needs
+       ``t >= max(e, s + min_gap)``.
+
+    Every test is a ratio of losses, so the result is unchanged when ``loss`` is multiplied by any
+    positive constant; it depends on positions only, so it is unchanged when the run's step
+    numbers are shifted. Losses whose baseline is <= 0 (exactly-zero or negative losses) are never
+    spikes. Cost: O(n * W) for the medians (vectorised) plus O(n) for the scan.
+
+    Prior art. Lightning's ``SpikeDetection`` callback (``lightning.fabric.utilities.spike``)
+    compares each loss to a running *mean* of the last 10 finite losses and flags
+    ``loss - mean >= rtol * mean`` (default ``rtol=2.0``, i.e. loss >= 3x mean) after a warm-up,
+    skipping losses lower than the previous one, and by default treats non-finite losses as spikes.
+    OLMo-core's ``StabilityMonitorCallback`` flags every step whose value exceeds the mean + 6
+    standard deviations of the last 128 values (once that window is full). We keep Lightning's
+    relative, scale-free threshold (``factor=3`` equals its ``rtol=2``), take a *median* so a
+    previous spike in the window does not raise the baseline, avoid a standard-deviation rule
+    because on smooth (e.g. full-batch) curves the deviation collapses and tiny wiggles would be
+    flagged, count *onsets* of excursions rather than every elevated step (OLMo-core counts a
+    10-step excursion 10 times; ``spike_period`` needs events), and leave non-finite losses to the
+    divergence metrics.
+    """
+    cfg = config if config is not None else SpikeConfig()
+    x = np.asarray(loss, dtype=np.float64).reshape(-1)
+    finite_pos = np.flatnonzero(np.isfinite(x))
+    if finite_pos.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    f = x[finite_pos]
+    base = _trailing_medians(f, int(cfg.window), cfg.effective_min_history)
+    with np.errstate(invalid="ignore"):
+        is_candidate = (base > 0) & (f > cfg.factor * base)  # nan baseline -> False
+    cand_pos = finite_pos[is_candidate]
+    cand_base = base[is_candidate]
+
+    onsets: list[int] = []
+    i = 0
+    while i < cand_pos.size:
+        t = int(cand_pos[i])
+        onsets.append(t)
+        end = _excursion_end(x, t + 1, cfg.factor * float(cand_base[i]))
+        next_allowed = max(end, t + int(cfg.min_gap))
+        i = int(np.searchsorted(cand_pos, next_allowed, side="left"))
+    return np.asarray(onsets, dtype=np.int64)
+
+
+def spike_period_from_onsets(onset_steps: np.ndarray, tolerance: int = 1) -> int | None:
+    """Dominant spacing between consecutive onsets (given as step numbers); see ``spike_period``."""
+    s = np.asarray(onset_steps, dtype=np.int64).reshape(-1)
+    if s.size < 3:
+        return None
+    gaps = np.diff(s)
+    centres, exact = np.unique(gaps, return_counts=True)
+    # Score of a centre g: number of gaps within g +- tolerance (sorted gaps -> two searchsorteds).
+    sg = np.sort(gaps)
+    grouped = np.searchsorted(sg, centres + tolerance, side="right") - np.searchsorted(
+        sg, centres - tolerance, side="left"
+    )
+    best = grouped.max()
+    # Among best-scoring centres: most exact matches, then the smallest gap.
+    tied = np.flatnonzero(grouped == best)
+    k = tied[np.lexsort((centres[tied], -exact[tied]))[0]]
+    period = int(centres[k])
+    if best < 2 or 2 * best < gaps.size:
+        return None
+    # A disjoint group (centre further than 2 * tolerance away) scoring as high: no dominant gap.
+    if np.any(np.abs(centres[tied] - period) > 2 * tolerance):
+        return None
+    return period
+
+
+# ---------------------------------------------------------------------------------------------
+# Built-in metrics
+# ---------------------------------------------------------------------------------------------
+
+
+def _finite(view: RunView) -> tuple[np.ndarray, np.ndarray]:
+    """(positions, values) of the finite loss entries."""
+    pos = np.flatnonzero(np.isfinite(view.loss))
+    return pos, view.loss[pos]
+
+
+@METRICS.register("final_loss")
+def final_loss(view: RunView) -> float | None:
+    """The last finite entry of the loss history (float): the loss at the last recorded step of a
+    run that finished, or the last loss before blow-up for a diverged run. None when the history
+    has no finite entry (empty, or every entry inf/nan)."""
+    pos, _ = _finite(view)
+    return float(view.loss[pos[-1]]) if pos.size else None
+
+
+@METRICS.register("min_loss")
+def min_loss(view: RunView) -> float | None:
+    """The smallest finite entry of the loss history (float). None when the history has no finite
+    entry."""
+    _, vals = _finite(view)
+    return float(vals.min()) if vals.size else None
+
+
+@METRICS.register("min_loss_step")
+def min_loss_step(view: RunView) -> int | None:
+    """The optimizer step (read from ``steps``, not the array position) of the first entry equal to
+    ``min_loss``; when the minimum is reached several times the earliest step is reported. None
+    when the history has no finite entry."""
+    pos, vals = _finite(view)
+    return int(view.steps[pos[int(np.argmin(vals))]]) if vals.size else None
+
+
+@METRICS.register("diverged")
+def diverged(view: RunView) -> bool:
+    """Whether the run diverged (bool), as decided by the runner and recorded in the history;
+    passed through unchanged. Metrics never infer divergence themselves: other metrics simply
+    ignore non-finite loss entries."""
+    return bool(view.diverged)
+
+
+@METRICS.register("divergence_step")
+def divergence_step(view: RunView) -> int | None:
+    """The optimizer step at which the runner declared divergence (int), passed through unchanged;
+    None for a run that did not diverge."""
+    return None if view.divergence_step is None else int(view.divergence_step)
+
+
+@METRICS.register("late_instability")
+def late_instability(view: RunView) -> float | None:
+    """How far the loss climbs back after its best value, in decades:
+    ``log10(max(L[i:]) / max(min_loss, 2.2250738585072014e-308))``, where L is the sequence of
+    finite losses, i the position of its first minimum and ``min_loss = L[i]``. It is 0 when the
+    loss never rises above its minimum afterwards (a non-increasing curve, or a minimum at the last
+    finite step), and e.g. 9 for a loss that bottoms out at 1e-12 and later reaches 1e-3. The floor
+    (the smallest positive normal float64) only matters for a minimum of exactly 0, keeping the
+    value finite (a loss that hits 0 and later reaches 1 scores about 307.65). For a diverged run
+    the non-finite tail is ignored, so the value describes the finite part of the run; divergence
+    itself is reported by ``diverged``. None when there is no finite loss, or when the minimum is
+    negative (a ratio of losses is then meaningless)."""
+    _, vals = _finite(view)
+    if vals.size == 0:
+        return None
+    i = int(np.argmin(vals))
+    lo = float(vals[i])
+    if lo < 0:
+        return None
+    hi = float(vals[i:].max())
+    return max(0.0, math.log10(max(hi, LOSS_FLOOR) / max(lo, LOSS_FLOOR)))
+
+
+@METRICS.register("spike_count")
+def spike_count(view: RunView) -> int:
+    """Number of loss-spike onsets in the recorded history, found by ``detect_spikes`` with the
+    view's ``SpikeConfig`` (int; 0 for an empty history). A spike is a finite loss more than
+    ``factor`` (3) times the median of the previous ``window`` (20) finite losses, after at least
+    ``min_history`` (10) of them; an excursion above that threshold counts once however many steps
+    it lasts, and a non-finite loss is never a spike (it is divergence)."""
+    return int(detect_spikes(view.loss, view.spike_config).size)
+
+
+@METRICS.register("spike_frequency")
+def spike_frequency(view: RunView) -> float | None:
+    """Spikes per 1000 recorded steps: ``1000 * spike_count / len(loss)`` (float), where
+    ``len(loss)`` counts every recorded entry, including a non-finite last one. With a history
+    logged every k optimizer steps this is per 1000 *records*, not per 1000 optimizer steps. None
+    for an empty history."""
+    n = view.loss.size
+    if n == 0:
+        return None
+    return 1000.0 * int(detect_spikes(view.loss, view.spike_config).size) / n
+
+
+@METRICS.register("spike_period")
+def spike_period(view: RunView) -> int | None:
+    """The dominant spacing between consecutive spike onsets, in optimizer steps (differences of
+    ``steps`` at the onsets), or None when there is no dominant spacing. Needs at least 3 spikes
+    (2 gaps). Each distinct gap g is scored by how many gaps lie within g +- ``period_tolerance``
+    (1 step by default); the best-scoring g (ties: the one occurring exactly most often, then the
+    smallest) is the period provided its group holds at least half of all gaps and at least 2 of
+    them, and no other equally scoring g lies more than 2 x tolerance away (two separate equally
+    common spacings are not a period). So gaps 32, 32, 31, 32, 33 give 32; gaps 32, 32 give 32;
+    gaps 10, 50 or fewer than 3 spikes give None."""
+    onsets = detect_spikes(view.loss, view.spike_config)
+    return spike_period_from_onsets(view.steps[onsets], int(view.spike_config.period_tolerance))
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+# ---------------------------------------------------------------------------------------------
+
+
+def _json_safe(name: str, value: Any) -> bool | int | float | None:
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        v = float(value)
+        return v if math.isfinite(v) else None
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        return _json_safe(name, value.item())
+    raise TypeError(
+        f"metric {name!r} returned {type(value).__name__}; metrics must return float, int, bool or None"
+    )
+
+
+def compute_metrics(view: RunView, names: Iterable[str] | None = None) -> dict[str, bool | int | float | None]:
+    """Evaluate metrics on ``view``: the given ``names`` in that order, or every metric registered
+    in :data:`METRICS` (sorted by name) when ``names`` is None.
+
+    Values are JSON-safe Python scalars: numpy scalars become ``bool``/``int``/``float``, and a
+    non-finite float (inf/nan) becomes ``None``, which uniformly means "undefined for this run", so
+    ``json.dumps(result, allow_nan=False)`` always works. An unknown name raises
+    :class:`~stability_bench.registry.UnknownNameError`; a metric returning another type raises
+    ``TypeError``.
+    """
+    selected = METRICS.names() if names is None else list(names)
+    return {name: _json_safe(name, METRICS.get(name)(view)) for name in selected}

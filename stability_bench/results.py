@@ -1,0 +1,97 @@
+"""Run results and their JSON form, written atomically.
+
+A :class:`RunResult` is one (case, optimizer, sweep point, seed, device). It is plain data
+that later stages (metrics, expectations, reports, asv) read and that can grow new
+history columns (probes) without changing its shape.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+FORMAT = "stability-bench-results"
+VERSION = 1
+
+
+@dataclass
+class RunResult:
+    case: str
+    run_id: str
+    optimizer: str                  # the key under ``optimizers:``
+    optimizer_class: str            # as written in the case
+    params: dict[str, Any]          # the full hyperparameters of this sweep point
+    seed: int
+    device: str
+    dtype: str
+    steps: int                      # steps the case asked for
+    diverged: bool
+    divergence_step: int | None
+    metrics: dict[str, Any]
+    history: dict[str, list]        # column → one value per recorded step ("step", "loss", ...)
+    theory: dict[str, Any] = field(default_factory=dict)   # threshold, sharpness, predicted_diverged
+    meta: dict[str, Any] = field(default_factory=dict)     # wall time, versions
+
+    def to_dict(self) -> dict:
+        return _json_safe(asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RunResult":
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _json_safe(value: Any) -> Any:
+    """Tuples become lists, non-finite floats become None (strict JSON has no inf/nan)."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def environment() -> dict[str, Any]:
+    import torch
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "platform": platform.platform(), "cuda": torch.version.cuda,
+            "cuda_available": torch.cuda.is_available()}
+
+
+def write_json_atomic(path: str | Path, payload: Any) -> None:
+    """Write ``payload`` as JSON to ``path`` so that readers see the old file or the whole new
+    one, never half of it (temporary file in the same folder, then ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(_json_safe(payload), handle, indent=1, allow_nan=False)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def results_payload(runs: Iterable[tuple[RunResult, list]]) -> dict:
+    """The results file: environment, then each run with its checked expectations."""
+    return {"format": FORMAT, "version": VERSION, "environment": environment(),
+            "runs": [{**run.to_dict(), "expectations": [o.to_dict() for o in outcomes]}
+                     for run, outcomes in runs]}
+
+
+def read_results(path: str | Path) -> list[RunResult]:
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a stability-bench results file")
+    return [RunResult.from_dict(run) for run in data["runs"]]
