@@ -23,6 +23,7 @@ THEORY_REFERENCES = {
     "threshold": "the optimizer's stability threshold on a quadratic at this run's hyperparameters",
     "sharpness": "the model's known λ₁(H) (quadratic models)",
     "predicted_diverged": "theory's verdict: sharpness > threshold",
+    "batches_per_epoch": "optimizer steps per pass over the data (the small-last-batch spike period)",
 }
 
 

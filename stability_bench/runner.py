@@ -91,11 +91,13 @@ def params_of(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def _theory(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+def _theory(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: Batches) -> dict:
+    """The numbers expectations may compare with (see expectations.THEORY_REFERENCES)."""
     threshold = stability_threshold(optimizer)
     sharpness = model.known_sharpness() if hasattr(model, "known_sharpness") else None
     predicted = None if threshold is None or sharpness is None else bool(sharpness > threshold)
-    return {"threshold": threshold, "sharpness": sharpness, "predicted_diverged": predicted}
+    return {"threshold": threshold, "sharpness": sharpness, "predicted_diverged": predicted,
+            "batches_per_epoch": batches.per_epoch}
 
 
 def execute(spec: RunSpec, progress: Progress | None = None) -> RunResult:
@@ -106,7 +108,7 @@ def execute(spec: RunSpec, progress: Progress | None = None) -> RunResult:
     dtype = getattr(torch, case.dtype)
     model, params, loss_fn, batches = _build(spec, dtype)
     optimizer = _located(case, ("optimizers", spec.optimizer.key), lambda: spec.optimizer.cls(params, **spec.params))
-    theory = _theory(model, optimizer)
+    theory = _theory(model, optimizer, batches)
 
     n_params = len(params)
     width = 1 + 2 * n_params  # loss, per-parameter grad norms, per-parameter update norms
@@ -131,7 +133,8 @@ def execute(spec: RunSpec, progress: Progress | None = None) -> RunResult:
             norms = torch._foreach_norm(grads + snapshot)
             torch.stack([loss.detach(), *norms], out=block[step % BLOCK])
         if (step + 1) % BLOCK == 0 or step + 1 == case.steps:
-            filled = block[: step % BLOCK + 1].double().cpu().numpy()
+            # copy=True: on a float64 CPU run .to() would otherwise return a view of `block`
+            filled = block[: step % BLOCK + 1].to("cpu", torch.float64, copy=True).numpy()
             rows.append(filled)
             losses = filled[:, 0]
             if cap is None:

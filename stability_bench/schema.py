@@ -419,11 +419,16 @@ def _validate(raw: Any, source: Source) -> Case:
         source=source, raw=raw)
 
 
-def _merge(base: dict, override: dict) -> dict:
-    """Deep-merge a variant's overrides into the base case (mappings merge, the rest replaces)."""
+def _merge(base: dict, override: dict, replace: frozenset = frozenset({"expect"})) -> dict:
+    """Deep-merge a variant's overrides into the base case: mappings merge, the rest
+    replaces — except ``expect``, which a variant states in full (a variant that changes
+    the training usually changes what must hold)."""
     out = copy.deepcopy(base)
     for key, value in override.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) \
+        if key in replace:
+            out[key] = copy.deepcopy(value)
+            continue
+        out[key] = _merge(out[key], value, frozenset()) if isinstance(value, dict) and isinstance(out.get(key), dict) \
             else copy.deepcopy(value)
     return out
 

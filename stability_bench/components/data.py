@@ -6,7 +6,7 @@ device once. Randomness comes from the context's generator, so a seed fixes the 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Literal
 
 import torch
 
@@ -44,10 +44,13 @@ def gaussian(ctx: BuildContext, *, n: int, in_features: int, out_features: int =
 
 
 @DATA.register("teacher")
-def teacher(ctx: BuildContext, *, n: int, widths: list[int], activation: str = "tanh",
-            noise: float = 0.0, seed: int | None = None) -> TensorData:
+def teacher(ctx: BuildContext, *, n: int, widths: list[int], activation: Literal["tanh", "relu"] = "tanh",
+            noise: float = 0.0, outliers: float = 0.0, outlier_scale: float = 10.0,
+            seed: int | None = None) -> TensorData:
     """Regression on a random teacher MLP (weights ~ N(0, 1/fan_in)); inputs ~ N(0, 1).
-    ``widths: [14, 32, 4]`` gives 14 features and 4 outputs; ``noise`` adds N(0, noise²)."""
+    ``widths: [14, 32, 4]`` gives 14 features and 4 outputs; ``noise`` adds N(0, noise²)
+    to every target; a fraction ``outliers`` of the examples get N(0, outlier_scale²) added
+    instead — the "unlucky" examples that make minibatch losses spike (seed 000)."""
     g = _generator(ctx, seed)
     act = {"tanh": torch.tanh, "relu": torch.relu}[activation]
     x = torch.randn(n, widths[0], generator=g, dtype=torch.float64)
@@ -58,6 +61,8 @@ def teacher(ctx: BuildContext, *, n: int, widths: list[int], activation: str = "
         if i < len(widths) - 2:
             h = act(h)
     y = h + noise * torch.randn(h.shape, generator=g, dtype=torch.float64)
+    n_out = int(round(outliers * n))
+    y[:n_out] += outlier_scale * torch.randn(n_out, h.shape[1], generator=g, dtype=torch.float64)
     return TensorData(x.to(ctx.dtype), y.to(ctx.dtype))
 
 
