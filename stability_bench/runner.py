@@ -164,8 +164,9 @@ def execute(spec: RunSpec, progress: Progress | None = None) -> RunResult:
 
 def _history(record: np.ndarray, n_params: int) -> dict[str, list]:
     """Per-step columns; total norms are the 2-norm of the per-parameter norms."""
-    grad = np.sqrt(np.sum(record[:, 1:1 + n_params] ** 2, axis=1))
-    update = np.sqrt(np.sum(record[:, 1 + n_params:] ** 2, axis=1))
+    with np.errstate(over="ignore"):  # a diverged run's norms may overflow to inf: that is the value
+        grad = np.sqrt(np.sum(record[:, 1:1 + n_params] ** 2, axis=1))
+        update = np.sqrt(np.sum(record[:, 1 + n_params:] ** 2, axis=1))
     return {"step": list(range(len(record))), "loss": record[:, 0].tolist(),
             "grad_norm": grad.tolist(), "update_norm": update.tolist()}
 

@@ -449,8 +449,10 @@ def _read(path_or_dict: str | Path | Mapping) -> tuple[Any, Source]:
         raise CaseError(Source(str(path)), [Problem((), "no such case file")])
     try:
         return read_yaml(path)
-    except SourceError as exc:
-        raise CaseError(Source(str(path)), [Problem((), str(exc).split(": ", 1)[-1])]) from None
+    except SourceError as exc:  # "file:line: message" — keep the line for Source.where
+        found = re.match(r":(\d+): (.*)", str(exc)[len(str(path)):], re.S)
+        lines, message = ({(): int(found[1])}, found[2]) if found else ({}, str(exc).split(": ", 1)[-1])
+        raise CaseError(Source(str(path), lines), [Problem((), message)]) from None
 
 
 def load_cases(path_or_dict: str | Path | Mapping) -> list[Case]:

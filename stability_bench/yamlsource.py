@@ -48,7 +48,8 @@ def _build(node: yaml.Node, loader: yaml.SafeLoader, path: KeyPath, lines: dict,
         for key_node, value_node in node.value:
             key = loader.construct_object(key_node, deep=True)
             if key in out:
-                raise SourceError(f"{file}:{key_node.start_mark.line + 1}: duplicate key {key!r}")
+                raise SourceError(f"{file}:{key_node.start_mark.line + 1}: duplicate key {key!r}"
+                                  f" in {'.'.join(map(str, path)) or 'the top level'}")
             child = path + (key,)
             lines[child] = key_node.start_mark.line + 1
             out[key] = _build(value_node, loader, child, lines, file)
