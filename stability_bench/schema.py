@@ -213,6 +213,15 @@ def _optimizer_spec(key: str, spec: Any, path: KeyPath, problems: list[Problem])
     accepted = {n: p.default for n, p in list(signature.parameters.items())[2:]
                 if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
     var_kw = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
+    try:  # a required hyperparameter has no default to type-check against: use its annotation
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:
+        hints = {}
+    for name in [n for n, d in accepted.items() if d is inspect.Parameter.empty]:
+        if hints.get(name) in (int, float):
+            accepted[name] = hints[name]()
+        if name not in spec:
+            problems.append(Problem(path, f"{spec['class']} needs the hyperparameter {name!r}"))
     fixed, sweeps = {}, {}
     for name, value in spec.items():
         if name == "class":

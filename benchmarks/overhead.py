@@ -1,0 +1,177 @@
+"""How much does the harness cost on top of the training it watches?
+
+Times, side by side, for one run of a case (default: ``cases/bai_li_perceptron.yaml``, its
+first optimizer, seed 0, cpu):
+
+(a) harness — ``stability_bench.runner.execute(spec)`` for the RunSpec ``plan_runs`` gives;
+(b) bare    — a hand-written torch loop doing the same training steps: zero_grad, forward,
+    loss, backward, step, and nothing else (no ``.item()``, no records, no checks).
+
+Fairness. ``execute`` builds its data, model, loss, batches and optimizer inside the call,
+and after the loop turns the record into a history and computes metrics. So the bare timing
+*includes an equivalent build*: the same components, made through the same registries with
+the same seeds, in the same order as the runner (so the two runs do bit-identical work on
+the CPU; the script checks that the bare loop's last loss equals the harness's). Building
+Bai Li's case takes a few milliseconds, so this hardly matters; the loop alone is reported
+too (``bare loop``), and the ratio uses build+loop, the like-for-like number. The harness's
+post-processing (history, metrics) is counted as harness cost: it is work the harness adds.
+Batches come from the same :class:`Batches` iterator in both (for a full-batch case it
+yields the same tensors every step).
+
+The two are interleaved (one warm-up of each, then ABAB... ``--repeats`` times) so drift
+on a shared machine hits both alike; the table shows median and minimum seconds and the
+ratio harness/bare of the medians and of the minima. ``torch.get_num_threads()`` is left at
+its default for both and recorded. On CUDA each timing synchronises before the clock stops.
+
+    python benchmarks/overhead.py                      # Bai Li, adam, seed 0, cpu, 7 repeats
+    python benchmarks/overhead.py --optimizer sgd --repeats 5 --json overhead.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from stability_bench.components import BuildContext
+from stability_bench.components.data import DATA, Batches
+from stability_bench.components.losses import LOSSES
+from stability_bench.components.models import MODELS
+from stability_bench.runner import BLOCK, execute, plan_runs
+from stability_bench.schema import load_cases
+
+DEFAULT_CASE = Path(__file__).resolve().parent.parent / "cases" / "bai_li_perceptron.yaml"
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
+def build_bare(spec):
+    """The run's components, built as the runner builds them (same registries, seeds, order)."""
+    case = spec.case
+    dtype = getattr(torch, case.dtype)
+    ctx = BuildContext(seed=spec.seed, dtype=dtype, generator=torch.Generator().manual_seed(spec.seed))
+
+    def make(registry, key):
+        section = getattr(case, key)
+        return registry.get(section["kind"])(ctx, **{k: v for k, v in section.items() if k != "kind"})
+
+    data = make(DATA, "data").to(spec.device)
+    torch.manual_seed(spec.seed)
+    model = make(MODELS, "model").to(device=spec.device, dtype=dtype)
+    loss_fn = make(LOSSES, "loss")
+    batches = Batches(data, case.batch["size"], case.batch["shuffle"], case.batch["drop_last"],
+                      torch.Generator().manual_seed(spec.seed + 1))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = spec.optimizer.cls(params, **spec.params)
+    return model, loss_fn, batches, optimizer
+
+
+def time_bare(spec) -> tuple[float, float, torch.Tensor]:
+    """(build+loop seconds, loop-only seconds, last loss tensor)."""
+    _sync(spec.device)
+    t0 = time.perf_counter()
+    model, loss_fn, batches, optimizer = build_bare(spec)
+    _sync(spec.device)
+    t1 = time.perf_counter()
+    batch_iter = iter(batches)
+    loss = None
+    for _ in range(spec.case.steps):
+        x, y = next(batch_iter)
+        optimizer.zero_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        optimizer.step()
+    _sync(spec.device)
+    t2 = time.perf_counter()
+    return t2 - t0, t2 - t1, loss
+
+
+def time_harness(spec):
+    _sync(spec.device)
+    t0 = time.perf_counter()
+    result = execute(spec)
+    _sync(spec.device)
+    return time.perf_counter() - t0, result
+
+
+def find_spec(case_file: str, optimizer: str | None, device: str, seed: int):
+    cases = load_cases(case_file)
+    case = cases[0]  # the base case, not a variant
+    key = optimizer or next(iter(case.optimizers))
+    if key not in case.optimizers:
+        sys.exit(f"{case_file}: no optimizer {key!r}; it has {', '.join(case.optimizers)}")
+    return plan_runs(case, devices=[device], seeds=[seed], optimizers=[key])[0]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--case", default=str(DEFAULT_CASE), help="case file (default: %(default)s)")
+    ap.add_argument("--optimizer", help="optimizer entry (default: the case's first)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--repeats", type=int, default=7, help="timed pairs (default: %(default)s)")
+    ap.add_argument("--json", metavar="FILE", help="also write the numbers to FILE")
+    args = ap.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        sys.exit("CUDA is not available on this machine")
+
+    spec = find_spec(args.case, args.optimizer, args.device, args.seed)
+    threads = torch.get_num_threads()
+    print(f"{spec.run_id}: {spec.case.steps} steps, dtype {spec.case.dtype}, "
+          f"torch {torch.__version__}, {threads} threads, BLOCK {BLOCK}", flush=True)
+
+    # warm-up (allocator, lazy imports, first-call dispatch), and the same-work check
+    _, warm = time_harness(spec)
+    _, _, last = time_bare(spec)
+    if not warm.diverged:
+        same = float(last.detach().cpu()) == warm.history["loss"][-1]
+        if not same and spec.device == "cpu":
+            print("warning: the bare loop's last loss differs from the harness's "
+                  f"({float(last):.17g} vs {warm.history['loss'][-1]:.17g})", file=sys.stderr)
+
+    harness, bare, bare_loop = [], [], []
+    for i in range(args.repeats):
+        first, second = ("harness", "bare") if i % 2 == 0 else ("bare", "harness")
+        for which in (first, second):
+            if which == "harness":
+                harness.append(time_harness(spec)[0])
+            else:
+                total, loop, _ = time_bare(spec)
+                bare.append(total)
+                bare_loop.append(loop)
+
+    med = {k: statistics.median(v) for k, v in (("harness", harness), ("bare", bare), ("bare_loop", bare_loop))}
+    low = {k: min(v) for k, v in (("harness", harness), ("bare", bare), ("bare_loop", bare_loop))}
+    ratio_median = med["harness"] / med["bare"]
+    ratio_min = low["harness"] / low["bare"]
+    steps = spec.case.steps
+
+    print(f"\n{'':24}{'median s':>10}{'min s':>10}{'us/step':>10}")
+    for label, key in (("harness (execute)", "harness"), ("bare (build + loop)", "bare"),
+                       ("bare loop only", "bare_loop")):
+        print(f"{label:24}{med[key]:10.3f}{low[key]:10.3f}{1e6 * med[key] / steps:10.1f}")
+    print(f"{'ratio harness/bare':24}{ratio_median:10.3f}{ratio_min:10.3f}")
+    print(f"overhead per step (median): {1e6 * (med['harness'] - med['bare']) / steps:.1f} us; "
+          f"{args.repeats} interleaved pairs")
+
+    if args.json:
+        payload = {"run_id": spec.run_id, "case": args.case, "optimizer": spec.optimizer.key,
+                   "device": args.device, "seed": args.seed, "steps": steps, "dtype": spec.case.dtype,
+                   "repeats": args.repeats, "num_threads": threads, "torch": torch.__version__,
+                   "python": platform.python_version(), "machine": platform.machine(),
+                   "block": BLOCK, "times_s": {"harness": harness, "bare": bare, "bare_loop": bare_loop},
+                   "median_s": med, "min_s": low, "ratio_median": ratio_median, "ratio_min": ratio_min}
+        Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
