@@ -41,7 +41,8 @@ def _load(paths: Sequence[str], variant: str | None = None):
 class ProgressLine:
     """One updating status line on a terminal; silent when stderr is not a terminal."""
 
-    def __init__(self, stream=sys.stderr):
+    def __init__(self, stream=None):
+        stream = sys.stderr if stream is None else stream  # at call time: stderr may be redirected
         self.stream, self.enabled = stream, stream.isatty()
         self.label, self.start = "", time.perf_counter()
 
@@ -65,9 +66,16 @@ class ProgressLine:
             self.stream.flush()
 
 
+def _num(value, spec: str) -> str:
+    """A metric for the summary line; metrics may be None (no finite loss, a negative minimum)."""
+    return "n/a" if value is None else format(value, spec)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from stability_bench.expectations import check_run
     from stability_bench.results import results_payload, write_json_atomic
+    import torch
+
     from stability_bench.runner import execute, plan_runs
 
     cases = _load(args.cases, args.variant)
@@ -75,8 +83,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         case, devices=args.device or None, seeds=args.seed or None,
         optimizers=args.optimizer or None)]
     progress = ProgressLine()
-    collected, failures = [], 0
+    collected, failures, skipped = [], 0, 0
     for i, spec in enumerate(specs, 1):
+        if spec.device.startswith("cuda") and not torch.cuda.is_available():  # as pytest does
+            print(f"skip {spec.run_id}: CUDA is not available on this machine")
+            skipped += 1
+            continue
         progress.begin(f"[{i}/{len(specs)}] {spec.run_id}")
         result = execute(spec, progress)
         progress.end()
@@ -86,14 +98,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         failures += bool(failed)
         status = "diverged at step %d" % result.divergence_step if result.diverged else "ok"
         m = result.metrics
-        print(f"{'FAIL' if failed else 'pass'} {result.run_id}: {status}; min_loss {m['min_loss']:.3g} "
-              f"at step {m['min_loss_step']}, late_instability {m['late_instability']:.2f}, "
+        print(f"{'FAIL' if failed else 'pass'} {result.run_id}: {status}; min_loss {_num(m['min_loss'], '.3g')} "
+              f"at step {m['min_loss_step']}, late_instability {_num(m['late_instability'], '.2f')}, "
               f"spikes {m['spike_count']}, {result.meta['wall_time_s']:.2f}s")
         for outcome in failed if not args.verbose else outcomes:
             print(f"    {outcome.describe()}")
         if args.json:  # rewritten after every run: an interrupted run keeps what finished
             write_json_atomic(args.json, results_payload(collected))
-    print(f"{len(specs) - failures} passed, {failures} failed")
+    print(f"{len(specs) - failures - skipped} passed, {failures} failed"
+          + (f", {skipped} skipped" if skipped else ""))
     return EXIT_FAILED if failures else EXIT_OK
 
 

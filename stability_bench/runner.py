@@ -104,7 +104,7 @@ def execute(spec: RunSpec, progress: Progress | None = None) -> RunResult:
     """Train one run and return its result; divergence ends the run, it is not an error."""
     case = spec.case
     if spec.device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"{spec.run_id}: CUDA is not available on this machine")
+        raise RunSetupError(f"{case.where(('devices',))}: devices: {spec.run_id}: CUDA is not available on this machine")
     dtype = getattr(torch, case.dtype)
     model, params, loss_fn, batches = _build(spec, dtype)
     optimizer = _located(case, ("optimizers", spec.optimizer.key), lambda: spec.optimizer.cls(params, **spec.params))

@@ -220,7 +220,7 @@ def _optimizer_spec(key: str, spec: Any, path: KeyPath, problems: list[Problem])
     for name in [n for n, d in accepted.items() if d is inspect.Parameter.empty]:
         if hints.get(name) in (int, float):
             accepted[name] = hints[name]()
-        if name not in spec:
+        if name not in spec and not nearest(name, [k for k in spec if k not in accepted]):  # not a typo'd key
             problems.append(Problem(path, f"{spec['class']} needs the hyperparameter {name!r}"))
     fixed, sweeps = {}, {}
     for name, value in spec.items():
@@ -271,7 +271,7 @@ class Expectation:
 
 
 def _check_bound(comparator: str, bound: Any, path: KeyPath, problems: list[Problem]) -> None:
-    if isinstance(bound, str):
+    if isinstance(bound, str) and not _NUMBER_STRING.match(bound.strip()):  # '1e-3': YAML 1.1 text
         if bound not in THEORY_REFERENCES:
             guess = nearest(bound, list(THEORY_REFERENCES))
             problems.append(Problem(path, f"unknown theory reference {bound!r}"

@@ -71,7 +71,9 @@ def read_yaml(path: str | Path) -> tuple[Any, Source]:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = f":{mark.line + 1}" if mark is not None else ""
-        raise SourceError(f"{path}{line}: not valid YAML: {exc.problem or exc}") from None
+        context = (f" ({exc.context} at line {exc.context_mark.line + 1})"  # where the construct began
+                   if exc.context and exc.context_mark is not None and exc.context_mark is not mark else "")
+        raise SourceError(f"{path}{line}: not valid YAML: {exc.problem or exc}{context}") from None
     finally:
         loader.dispose()
     return data, Source(str(path), lines)

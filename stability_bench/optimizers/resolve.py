@@ -25,7 +25,7 @@ def _torch_optimizers() -> list[str]:
 
 def _hint(name: str, known: list[str], prefix: str) -> str:
     guess = nearest(name, known)
-    return f" Did you mean {prefix}{guess!r}?" if guess else ""
+    return f" Did you mean {prefix + guess!r}?" if guess else ""
 
 
 def resolve_optimizer_class(spec: str) -> type[torch.optim.Optimizer]:

@@ -1,0 +1,322 @@
+"""The ``stability-bench`` command line: exit codes, messages, JSON results, progress."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from stability_bench.cli import main
+
+PASSING = """\
+name: quad_pass
+dtype: float64
+model: {kind: quadratic, eigenvalues: [1.0, 4.0], x0: 1.0}
+loss: {kind: quadratic}
+steps: 20
+optimizers:
+  gd: {class: reference.GD, lr: 0.1}
+expect:
+  gd:
+    final_loss: {below: 0.1}
+    diverged: {equals: false}
+"""
+
+FAILING = """\
+name: quad_fail
+dtype: float64
+model: {kind: quadratic, eigenvalues: [1.0, 4.0], x0: 1.0}
+loss: {kind: quadratic}
+steps: 20
+optimizers:
+  gd: {class: reference.GD, lr: 0.1}
+expect:
+  gd:
+    final_loss: {above: 1.0}
+"""
+FAILING_EXPECTATION_LINE = 10
+
+# λ = 4 and lr = 1.0 > 2/λ: |1 − ηλ| = 3, the loss grows 9× per step and must diverge.
+DIVERGING = """\
+name: quad_diverge
+dtype: float64
+model: {kind: quadratic, eigenvalues: [4.0], x0: 1.0}
+loss: {kind: quadratic}
+steps: 40
+optimizers:
+  gd: {class: reference.GD, lr: 1.0}
+expect:
+  gd:
+    diverged: {equals: true}
+"""
+
+MALFORMED = """\
+name: quad_bad
+model: {kind: quadratic, eigenvalues: [1.0]}
+loss: {kind: quadratic}
+steps: 10
+optimizers:
+  gd: {class: torch.optim.Adamm, lr: 0.1}
+"""
+MALFORMED_LINE = 6
+
+SWEEP = """\
+name: quad_sweep
+seeds: [3, 4]
+model: {kind: quadratic, eigenvalues: [1.0]}
+loss: {kind: quadratic}
+steps: 5
+optimizers:
+  gd: {class: reference.GD, lr: {sweep: [0.1, 0.2]}}
+"""
+
+CIFAR = """\
+name: cifar_tiny
+model: {kind: mlp, widths: [3072, 10]}
+data: {kind: cifar10, subset: 10}
+loss: {kind: mse}
+steps: 2
+optimizers:
+  sgd: {class: torch.optim.SGD, lr: 0.01}
+"""
+CIFAR_DATA_LINE = 3
+
+
+@pytest.fixture
+def case_file(tmp_path):
+    def write(text: str, name: str = "case.yaml") -> str:
+        path = tmp_path / "cases" / name
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(text)
+        return str(path)
+
+    return write
+
+
+def strict_json(path: Path):
+    """Parse as strict JSON: NaN / Infinity are not JSON and must not appear."""
+    def reject(token):
+        raise ValueError(f"non-standard JSON constant {token}")
+
+    return json.loads(path.read_text(encoding="utf-8"), parse_constant=reject)
+
+
+# ---------------------------------------------------------------------------- validate
+def test_validate_ok(case_file, capsys):
+    path = case_file(PASSING)
+    assert main(["validate", path]) == 0
+    out, err = capsys.readouterr()
+    assert "quad_pass" in out and err == ""
+
+
+def test_validate_a_folder(case_file, capsys):
+    case_file(PASSING, "a.yaml")
+    case_file(SWEEP, "b.yaml")
+    folder = str(Path(case_file(DIVERGING, "c.yaml")).parent)
+    assert main(["validate", folder]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in ("quad_pass", "quad_sweep", "quad_diverge"))
+
+
+@pytest.mark.parametrize("command", ["validate", "run", "list"])
+def test_malformed_case_exits_2_with_a_located_message(case_file, capsys, command):
+    path = case_file(MALFORMED)
+    assert main([command, path]) == 2
+    out, err = capsys.readouterr()
+    assert f"{path}:{MALFORMED_LINE}" in err
+    assert "optimizers.gd.class" in err and "torch.optim.Adam'" in err
+    assert "Traceback" not in err + out
+
+
+def test_invalid_yaml_exits_2(case_file, capsys):
+    path = case_file("name: x\nsteps: [1, 2\n")
+    assert main(["validate", path]) == 2
+    err = capsys.readouterr().err
+    assert path in err and "YAML" in err and "Traceback" not in err
+
+
+def test_missing_case_file_exits_2(tmp_path, capsys):
+    missing = str(tmp_path / "nope.yaml")
+    assert main(["validate", missing]) == 2
+    assert missing in capsys.readouterr().err
+
+
+def test_one_bad_file_in_a_folder_fails_validation(case_file, capsys):
+    case_file(PASSING, "a.yaml")
+    bad = case_file(MALFORMED, "b.yaml")
+    assert main(["validate", str(Path(bad).parent)]) == 2
+    assert f"{bad}:{MALFORMED_LINE}" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------- run
+def test_run_passing_exits_0(case_file, capsys):
+    assert main(["run", case_file(PASSING)]) == 0
+    out, err = capsys.readouterr()
+    assert "quad_pass" in out
+    assert err == ""  # stderr is not a terminal under capsys: no progress line
+
+
+def test_run_failing_exits_1_and_names_the_expectation(case_file, capsys):
+    path = case_file(FAILING)
+    assert main(["run", path]) == 1
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if f"{path}:{FAILING_EXPECTATION_LINE}" in line)
+    assert "final_loss" in line and "above" in line and "1.0" in line
+    # The measured value: GD's closed-form loss at the last of 20 recorded steps.
+    expected = 0.5 * (0.9 ** 38 + 4 * 0.6 ** 38)
+    measured = float(line.split("measured")[1].split()[0])
+    assert measured == pytest.approx(expected, rel=1e-4)
+
+
+def test_run_json_is_strict_complete_and_written_atomically(case_file, tmp_path, capsys):
+    out_dir = tmp_path / "results"
+    out_dir.mkdir()
+    target = out_dir / "results.json"
+    target.write_text("old contents\n")
+    code = main(["run", case_file(PASSING, "a.yaml"), case_file(FAILING, "b.yaml"), "--json", str(target)])
+    assert code == 1
+    data = strict_json(target)
+    assert sorted(p.name for p in out_dir.iterdir()) == ["results.json"]  # no temporary files left
+    runs = {run["case"]: run for run in data["runs"]}
+    assert set(runs) == {"quad_pass", "quad_fail"}
+    for run in runs.values():
+        assert run["steps"] == 20 and run["seed"] == 0 and run["device"] == "cpu"
+        assert run["params"] == {"lr": 0.1}
+        assert len(run["history"]["loss"]) == 20
+        assert {"final_loss", "min_loss", "diverged"} <= set(run["metrics"])
+        assert run["diverged"] is False
+        assert run["metrics"]["final_loss"] == pytest.approx(0.5 * (0.9 ** 38 + 4 * 0.6 ** 38), rel=1e-9)
+        assert run["history"]["loss"][0] == pytest.approx(2.5)  # ½(1 + 4) at x0 = (1, 1)
+    passing, failing = runs["quad_pass"]["expectations"], runs["quad_fail"]["expectations"]
+    assert [(e["metric"], e["passed"]) for e in passing] == [("final_loss", True), ("diverged", True)]
+    assert [(e["metric"], e["comparator"], e["bound"], e["passed"]) for e in failing] == \
+        [("final_loss", "above", 1.0, False)]
+    assert failing[0]["value"] == pytest.approx(0.5 * (0.9 ** 38 + 4 * 0.6 ** 38), rel=1e-9)
+    assert f":{FAILING_EXPECTATION_LINE}" in failing[0]["where"]
+
+
+def test_diverged_run_is_a_result_not_a_crash(case_file, tmp_path, capsys):
+    target = tmp_path / "diverged.json"
+    assert main(["run", case_file(DIVERGING), "--json", str(target)]) == 0
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    assert "diverged" in out
+    (run,) = strict_json(target)["runs"]
+    assert run["diverged"] is True and run["metrics"]["diverged"] is True
+    # 9× per step from 2.0: the loss passes 1e10 × its first value after about 10.5 steps.
+    assert isinstance(run["divergence_step"], int) and 5 <= run["divergence_step"] <= 15
+    assert len(run["history"]["loss"]) < 40
+    assert run["theory"]["threshold"] == pytest.approx(2.0) and run["theory"]["sharpness"] == 4.0
+    assert run["theory"]["predicted_diverged"] is True
+
+
+def test_run_with_metrics_that_are_none_does_not_crash(case_file, capsys):
+    # A negative-definite quadratic: the loss is negative, so late_instability is None.
+    negative = PASSING.replace("eigenvalues: [1.0, 4.0]", "eigenvalues: [-1.0]").split("expect:")[0]
+    assert main(["run", case_file(negative)]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_cuda_runs_are_skipped_not_a_crash_without_cuda(case_file, tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here: the cuda run would run")
+    path = case_file(PASSING.replace("dtype: float64", "dtype: float64\ndevices: [cpu, cuda]"))
+    target = tmp_path / "r.json"
+    assert main(["run", path, "--json", str(target)]) == 0
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    cuda_lines = [line for line in out.splitlines() if "cuda" in line]
+    assert cuda_lines and all("CUDA is not available" in line for line in cuda_lines)
+    assert [run["device"] for run in strict_json(target)["runs"]] == ["cpu"]
+
+
+def test_run_json_keeps_the_old_file_if_writing_fails(tmp_path, monkeypatch):
+    from stability_bench import results
+
+    target = tmp_path / "results.json"
+    target.write_text('{"old": true}\n')
+
+    def broken_dump(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(results.json, "dump", broken_dump)
+    with pytest.raises(OSError):
+        results.write_json_atomic(target, {"new": True})
+    assert json.loads(target.read_text()) == {"old": True}
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+# -------------------------------------------------------------------------------- list
+def test_list_runs_prints_every_run_id(case_file, capsys):
+    from stability_bench.runner import plan_runs
+    from stability_bench.schema import load_case
+
+    path = case_file(SWEEP)
+    assert main(["list", path, "--runs"]) == 0
+    out = capsys.readouterr().out
+    ids = [spec.run_id for spec in plan_runs(load_case(path))]
+    assert len(ids) == 4  # 2 learning rates × 2 seeds
+    listed = [line.strip() for line in out.splitlines() if line.startswith((" ", "\t"))]
+    assert listed == ids
+    for lr in ("0.1", "0.2"):
+        for seed in ("3", "4"):
+            assert sum(f"lr={lr}" in i and seed in i.split("]")[-1] for i in listed) == 1
+
+
+def test_list_without_runs_prints_cases_only(case_file, capsys):
+    assert main(["list", case_file(SWEEP)]) == 0
+    out = capsys.readouterr().out
+    assert "quad_sweep" in out and "lr=" not in out
+
+
+# ---------------------------------------------------------------------------- progress
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_is_shown_on_a_terminal_only(case_file, monkeypatch, capsys):
+    path = case_file(PASSING)
+    terminal = FakeTerminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert main(["run", path]) == 0
+    assert "quad_pass" in terminal.getvalue() and "\r" in terminal.getvalue()
+    monkeypatch.undo()
+    assert main(["run", path]) == 0
+    assert capsys.readouterr().err == ""
+
+
+# --------------------------------------------------------------------------- data
+def test_missing_cifar_data_exits_2_naming_the_case_and_where_it_looked(case_file, tmp_path,
+                                                                        monkeypatch, capsys):
+    empty = tmp_path / "empty_data"
+    empty.mkdir()
+    monkeypatch.setenv("STABILITY_BENCH_DATA", str(empty))
+    path = case_file(CIFAR)
+    assert main(["validate", path]) == 0  # the case itself is fine
+    capsys.readouterr()
+    assert main(["run", path]) == 2
+    out, err = capsys.readouterr()
+    assert f"{path}:{CIFAR_DATA_LINE}" in err
+    assert str(empty) in err
+    assert "Traceback" not in out + err
+
+
+# --------------------------------------------------------------------- console script
+def test_console_script_end_to_end(case_file, tmp_path):
+    script = Path(sys.executable).parent / "stability-bench"
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "stability_bench.cli"]
+    target = tmp_path / "out.json"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run(command + ["run", case_file(FAILING), "--json", str(target)],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr == ""  # stderr is a pipe, not a terminal: no progress line
+    assert "quad_fail" in done.stdout
+    assert strict_json(target)["runs"][0]["expectations"][0]["passed"] is False
