@@ -1,9 +1,9 @@
 """Run a case: expand it into runs, train each one, record every step, compute metrics.
 
-The training loop is the same one a user would write; the harness adds four fused
-``torch._foreach`` calls per step (snapshot, update, norms, one row of the record) and keeps
-the records on the run's device, copying them to the host in blocks — so it never
-synchronises a GPU per step, and divergence is checked once per block.
+The training loop is the one a user would write; the harness adds two fused copies per
+step (gradients before the step, parameters after it) into device buffers, and takes the
+norms, copies to the host and checks for divergence once per block of steps — so it never
+synchronises a GPU per step (see :class:`StepRecorder`).
 """
 from __future__ import annotations
 
@@ -100,6 +100,78 @@ def _theory(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: B
             "batches_per_epoch": batches.per_epoch}
 
 
+class StepRecorder:
+    """Loss, gradient norm and update norm of every step, for two fused copies per step.
+
+    Per step it keeps the detached loss and copies the gradients and the updated parameters
+    into the next rows of two flat buffers (one ``_foreach_copy_`` each). The norms — of the
+    gradient rows and of differences of parameter rows — are taken once per block, in
+    float64 (squares of a late float32 update underflow into slow subnormals), and so are
+    the host copy and the divergence check: a GPU is never synchronised per step. A block
+    holds at most ``MAX_BLOCK`` steps and ``budget_bytes`` of rows, so a large model flushes
+    more often instead of using memory.
+    """
+
+    MAX_BLOCK = BLOCK
+
+    def __init__(self, params: list[torch.Tensor], dtype: torch.dtype, device: str,
+                 budget_bytes: int = 64 * 2**20):
+        numel = sum(p.numel() for p in params)
+        row_bytes = 2 * numel * torch.empty((), dtype=dtype).element_size()
+        self.size = int(max(1, min(self.MAX_BLOCK, budget_bytes // row_bytes - 1)))
+        self.snapshots = torch.empty(self.size + 1, numel, dtype=dtype, device=device)
+        self.grads = torch.empty(self.size, numel, dtype=dtype, device=device)
+        self.snapshot_rows = [self._views(row, params) for row in self.snapshots]
+        self.grad_rows = [self._views(row, params) for row in self.grads]
+        with torch.no_grad():
+            torch._foreach_copy_(self.snapshot_rows[0], params)  # row 0: parameters before the block
+        self.losses: list[torch.Tensor] = []
+        self.blocks: list[np.ndarray] = []
+
+    @staticmethod
+    def _views(row: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [v.view_as(p) for v, p in zip(torch.split(row, [p.numel() for p in params]), params)]
+
+    def before_step(self, loss: torch.Tensor, params: list[torch.Tensor]) -> None:
+        """Record the loss and gradients of this step, before the optimizer uses them."""
+        n = len(self.losses)
+        self.losses.append(loss.detach())
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        torch._foreach_copy_(self.grad_rows[n], grads)
+
+    def after_step(self, params: list[torch.Tensor]) -> None:
+        with torch.no_grad():
+            torch._foreach_copy_(self.snapshot_rows[len(self.losses)], params)
+
+    @property
+    def full(self) -> bool:
+        return len(self.losses) == self.size
+
+    def flush(self) -> np.ndarray:
+        """Move the block to the host as rows (loss, grad norm, update norm); returns them."""
+        n = len(self.losses)
+        losses = torch.stack(self.losses)
+        if self.snapshots.is_cuda:  # reduce on the device, copy three numbers per step
+            rows = self.snapshots[: n + 1].double()
+            block = torch.stack([losses.double(),
+                                 torch.linalg.vector_norm(self.grads[:n].double(), dim=1),
+                                 torch.linalg.vector_norm(rows[1:] - rows[:-1], dim=1)], dim=1).cpu().numpy()
+        else:  # numpy: a torch reduction here would wake idle OpenMP workers, costing ms a call
+            rows = self.snapshots[: n + 1].numpy().astype(np.float64)
+            with np.errstate(over="ignore", invalid="ignore"):  # a diverged block may hold inf/nan
+                block = np.stack([losses.numpy().astype(np.float64),
+                                  np.linalg.norm(self.grads[:n].numpy().astype(np.float64), axis=1),
+                                  np.linalg.norm(np.diff(rows, axis=0), axis=1)], axis=1)
+        self.blocks.append(block)
+        self.snapshots[0].copy_(self.snapshots[n])
+        self.losses.clear()
+        return block
+
+    @property
+    def record(self) -> np.ndarray:
+        return np.concatenate(self.blocks) if self.blocks else np.empty((0, 3))
+
+
 def execute(spec: RunSpec, progress: Progress | None = None) -> RunResult:
     """Train one run and return its result; divergence ends the run, it is not an error."""
     case = spec.case
@@ -110,11 +182,7 @@ def execute(spec: RunSpec, progress: Progress | None = None) -> RunResult:
     optimizer = _located(case, ("optimizers", spec.optimizer.key), lambda: spec.optimizer.cls(params, **spec.params))
     theory = _theory(model, optimizer, batches)
 
-    n_params = len(params)
-    width = 1 + 2 * n_params  # loss, per-parameter grad norms, per-parameter update norms
-    block = torch.empty(BLOCK, width, dtype=dtype, device=spec.device)
-    snapshot = [torch.empty_like(p) for p in params]
-    rows: list[np.ndarray] = []
+    recorder = StepRecorder(params, dtype, spec.device)
     cap = case.divergence["max_loss"]
     divergence_step = None
     batch_iter = iter(batches)
@@ -125,31 +193,25 @@ def execute(spec: RunSpec, progress: Progress | None = None) -> RunResult:
         optimizer.zero_grad()
         loss = loss_fn(model(x), y)
         loss.backward()
-        with torch.no_grad():
-            torch._foreach_copy_(snapshot, params)
-            optimizer.step()
-            torch._foreach_sub_(snapshot, params)  # now x_t − x_{t+1}: minus the update
-            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-            norms = torch._foreach_norm(grads + snapshot)
-            torch.stack([loss.detach(), *norms], out=block[step % BLOCK])
-        if (step + 1) % BLOCK == 0 or step + 1 == case.steps:
-            # copy=True: on a float64 CPU run .to() would otherwise return a view of `block`
-            filled = block[: step % BLOCK + 1].to("cpu", torch.float64, copy=True).numpy()
-            rows.append(filled)
-            losses = filled[:, 0]
+        recorder.before_step(loss, params)
+        optimizer.step()
+        recorder.after_step(params)
+        if recorder.full or step + 1 == case.steps:
+            losses = recorder.flush()[:, 0]
             if cap is None:
-                cap = case.divergence["factor"] * abs(rows[0][0, 0])
+                cap = case.divergence["factor"] * abs(recorder.record[0, 0])
             bad = np.flatnonzero(~np.isfinite(losses) | (losses > cap))
             if bad.size:
-                divergence_step = step + 1 - len(filled) + int(bad[0])
+                divergence_step = step + 1 - len(losses) + int(bad[0])
                 break
             if progress is not None:
                 progress(step + 1, case.steps, float(losses[-1]))
 
-    record = np.concatenate(rows) if rows else np.empty((0, width))
+    record = recorder.record
     if divergence_step is not None:
         record = record[: divergence_step + 1]
-    history = _history(record, n_params)
+    history = {"step": list(range(len(record))), "loss": record[:, 0].tolist(),
+               "grad_norm": record[:, 1].tolist(), "update_norm": record[:, 2].tolist()}
     view = RunView(loss=np.asarray(history["loss"], dtype=float), steps=np.asarray(history["step"]),
                    diverged=divergence_step is not None, divergence_step=divergence_step,
                    total_steps=case.steps, extra={}, spike_config=case.spikes)
@@ -160,15 +222,6 @@ def execute(spec: RunSpec, progress: Progress | None = None) -> RunResult:
         diverged=divergence_step is not None, divergence_step=divergence_step,
         metrics=compute_metrics(view), history=history, theory=theory,
         meta={"wall_time_s": time.perf_counter() - start, "torch": torch.__version__})
-
-
-def _history(record: np.ndarray, n_params: int) -> dict[str, list]:
-    """Per-step columns; total norms are the 2-norm of the per-parameter norms."""
-    with np.errstate(over="ignore"):  # a diverged run's norms may overflow to inf: that is the value
-        grad = np.sqrt(np.sum(record[:, 1:1 + n_params] ** 2, axis=1))
-        update = np.sqrt(np.sum(record[:, 1 + n_params:] ** 2, axis=1))
-    return {"step": list(range(len(record))), "loss": record[:, 0].tolist(),
-            "grad_norm": grad.tolist(), "update_norm": update.tolist()}
 
 
 def run_case(case: Case | str | Mapping, devices: Iterable[str] | None = None,

@@ -230,7 +230,7 @@ def _adam_P(nu: torch.Tensor, t: int, group: dict) -> torch.Tensor:
         return nu.sqrt() + group["eps"]
     bc1 = 1.0 - group["beta1"] ** t
     bc2 = 1.0 - group["beta2"] ** t
-    return ((nu / bc2).sqrt() + group["eps"]) / bc1
+    return bc1 * ((nu / bc2).sqrt() + group["eps"])
 
 
 @REFERENCE_OPTIMIZERS.register("Adam")
