@@ -101,10 +101,11 @@ def _theory(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: B
 
 
 class StepRecorder:
-    """Loss, gradient norm and update norm of every step, for two fused copies per step.
+    """Loss, gradient norm and update norm of every step, for one fused copy and one concatenation per step.
 
-    Per step it keeps the detached loss and copies the gradients and the updated parameters
-    into the next rows of two flat buffers (one ``_foreach_copy_`` each). The norms — of the
+    Per step it keeps the detached loss, copies the gradients into the next row of a flat
+    buffer (one ``_foreach_copy_``) and concatenates the updated parameters — through flat
+    views made once, since they change in place — into the next row of another. The norms — of the
     gradient rows and of differences of parameter rows — are taken once per block, in
     float64 (squares of a late float32 update underflow into slow subnormals), and so are
     the host copy and the divergence check: a GPU is never synchronised per step. A block
@@ -121,10 +122,10 @@ class StepRecorder:
         self.size = int(max(1, min(self.MAX_BLOCK, budget_bytes // row_bytes - 1)))
         self.snapshots = torch.empty(self.size + 1, numel, dtype=dtype, device=device)
         self.grads = torch.empty(self.size, numel, dtype=dtype, device=device)
-        self.snapshot_rows = [self._views(row, params) for row in self.snapshots]
+        self.flat_params = [p.detach().view(-1) for p in params]  # parameters are updated in place
         self.grad_rows = [self._views(row, params) for row in self.grads]
-        with torch.no_grad():
-            torch._foreach_copy_(self.snapshot_rows[0], params)  # row 0: parameters before the block
+        self._diff = np.empty((self.size, numel)) if device == "cpu" else None
+        torch.cat(self.flat_params, out=self.snapshots[0])  # row 0: parameters before the block
         self.losses: list[torch.Tensor] = []
         self.blocks: list[np.ndarray] = []
 
@@ -139,9 +140,8 @@ class StepRecorder:
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         torch._foreach_copy_(self.grad_rows[n], grads)
 
-    def after_step(self, params: list[torch.Tensor]) -> None:
-        with torch.no_grad():
-            torch._foreach_copy_(self.snapshot_rows[len(self.losses)], params)
+    def after_step(self) -> None:
+        torch.cat(self.flat_params, out=self.snapshots[len(self.losses)])
 
     @property
     def full(self) -> bool:
@@ -156,12 +156,14 @@ class StepRecorder:
             block = torch.stack([losses.double(),
                                  torch.linalg.vector_norm(self.grads[:n].double(), dim=1),
                                  torch.linalg.vector_norm(rows[1:] - rows[:-1], dim=1)], dim=1).cpu().numpy()
-        else:  # numpy: a torch reduction here would wake idle OpenMP workers, costing ms a call
-            rows = self.snapshots[: n + 1].numpy().astype(np.float64)
+        else:  # numpy, into a reused buffer: a torch reduction here would wake idle OpenMP
+            # workers and a fresh temporary would page-fault, each costing more than the math
+            snaps, grads = self.snapshots[: n + 1].numpy(), self.grads[:n].numpy()
+            diff = np.subtract(snaps[1:], snaps[:-1], out=self._diff[:n], dtype=np.float64)
             with np.errstate(over="ignore", invalid="ignore"):  # a diverged block may hold inf/nan
                 block = np.stack([losses.numpy().astype(np.float64),
-                                  np.linalg.norm(self.grads[:n].numpy().astype(np.float64), axis=1),
-                                  np.linalg.norm(np.diff(rows, axis=0), axis=1)], axis=1)
+                                  np.sqrt(np.einsum("ij,ij->i", grads, grads, dtype=np.float64)),
+                                  np.sqrt(np.einsum("ij,ij->i", diff, diff))], axis=1)
         self.blocks.append(block)
         self.snapshots[0].copy_(self.snapshots[n])
         self.losses.clear()
@@ -195,7 +197,7 @@ def execute(spec: RunSpec, progress: Progress | None = None) -> RunResult:
         loss.backward()
         recorder.before_step(loss, params)
         optimizer.step()
-        recorder.after_step(params)
+        recorder.after_step()
         if recorder.full or step + 1 == case.steps:
             losses = recorder.flush()[:, 0]
             if cap is None:
