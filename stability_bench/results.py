@@ -34,6 +34,8 @@ class RunResult:
     divergence_step: int | None
     metrics: dict[str, Any]
     history: dict[str, list]        # column → one value per recorded step ("step", "loss", ...)
+    # Curvature probes, sparse in time: column → values at the probed steps ("step" lists them).
+    probes: dict[str, list] = field(default_factory=dict)
     theory: dict[str, Any] = field(default_factory=dict)   # threshold, sharpness, predicted_diverged
     meta: dict[str, Any] = field(default_factory=dict)     # wall time, versions
 
