@@ -38,11 +38,7 @@ from pathlib import Path
 
 import torch
 
-from stability_bench.components import BuildContext
-from stability_bench.components.data import DATA, Batches
-from stability_bench.components.losses import LOSSES
-from stability_bench.components.models import MODELS
-from stability_bench.runner import BLOCK, execute, plan_runs
+from stability_bench.runner import BLOCK, execute, plan_runs, start
 from stability_bench.schema import load_cases
 
 DEFAULT_CASE = Path(__file__).resolve().parent.parent / "cases" / "bai_li_perceptron.yaml"
@@ -53,32 +49,12 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize(device)
 
 
-def build_bare(spec):
-    """The run's components, built as the runner builds them (same registries, seeds, order)."""
-    case = spec.case
-    dtype = getattr(torch, case.dtype)
-    ctx = BuildContext(seed=spec.seed, dtype=dtype, generator=torch.Generator().manual_seed(spec.seed))
-
-    def make(registry, key):
-        section = getattr(case, key)
-        return registry.get(section["kind"])(ctx, **{k: v for k, v in section.items() if k != "kind"})
-
-    data = make(DATA, "data").to(spec.device)
-    torch.manual_seed(spec.seed)
-    model = make(MODELS, "model").to(device=spec.device, dtype=dtype)
-    loss_fn = make(LOSSES, "loss")
-    batches = Batches(data, case.batch["size"], case.batch["shuffle"], case.batch["drop_last"],
-                      torch.Generator().manual_seed(spec.seed + 1))
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = spec.optimizer.cls(params, **spec.params)
-    return model, loss_fn, batches, optimizer
-
-
 def time_bare(spec) -> tuple[float, float, torch.Tensor]:
     """(build+loop seconds, loop-only seconds, last loss tensor)."""
     _sync(spec.device)
     t0 = time.perf_counter()
-    model, loss_fn, batches, optimizer = build_bare(spec)
+    session = start(spec)  # the runner's own build: same registries, seeds and order
+    model, loss_fn, batches, optimizer = session.model, session.loss_fn, session.batches, session.optimizer
     _sync(spec.device)
     t1 = time.perf_counter()
     batch_iter = iter(batches)

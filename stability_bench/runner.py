@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from stability_bench.components import BuildContext
-from stability_bench.components.data import DATA, Batches
+from stability_bench.components.data import DATA, Batches, TensorData
 from stability_bench.components.losses import LOSSES
 from stability_bench.components.models import MODELS
 from stability_bench.metrics import RunView, compute_metrics
@@ -68,8 +68,30 @@ def _located(case: Case, path: tuple, build: Callable):
         raise RunSetupError(f"{case.where(path)}: {'.'.join(map(str, path))}: {exc}") from exc
 
 
-def _build(spec: RunSpec, dtype: torch.dtype):
+@dataclass
+class Session:
+    """The live objects of one run, built from its case and seed."""
+
+    spec: RunSpec
+    model: torch.nn.Module
+    params: list[torch.nn.Parameter]
+    loss_fn: Callable
+    data: TensorData          # the whole training set, on the run's device
+    batches: Batches
+    optimizer: torch.optim.Optimizer
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return getattr(torch, self.spec.case.dtype)
+
+
+def start(spec: RunSpec) -> Session:
+    """Build a run's data, model, loss, batches and optimizer; errors name the case key."""
     case = spec.case
+    if spec.device.startswith("cuda") and not torch.cuda.is_available():
+        raise RunSetupError(f"{case.where(('devices',))}: devices: {spec.run_id}: "
+                            "CUDA is not available on this machine")
+    dtype = getattr(torch, case.dtype)
     ctx = BuildContext(seed=spec.seed, dtype=dtype, generator=torch.Generator().manual_seed(spec.seed))
 
     def make(registry, key):
@@ -84,7 +106,24 @@ def _build(spec: RunSpec, dtype: torch.dtype):
     batches = _located(case, ("batch",), lambda: Batches(
         data, case.batch["size"], case.batch["shuffle"], case.batch["drop_last"],
         torch.Generator().manual_seed(spec.seed + 1)))
-    return model, params_of(model), loss_fn, batches
+    params = params_of(model)
+    optimizer = _located(case, ("optimizers", spec.optimizer.key),
+                         lambda: spec.optimizer.cls(params, **spec.params))
+    return Session(spec, model, params, loss_fn, data, batches, optimizer)
+
+
+def replay(spec: RunSpec, steps: int) -> Session:
+    """The run's live state just before step ``steps`` (deterministic on CPU: the same
+    trajectory :func:`execute` records), e.g. to save the optimizer state at a spike."""
+    session = start(spec)
+    batch_iter = iter(session.batches)
+    model, loss_fn, optimizer = session.model, session.loss_fn, session.optimizer
+    for _ in range(steps):
+        x, y = next(batch_iter)
+        optimizer.zero_grad()
+        loss_fn(model(x), y).backward()
+        optimizer.step()
+    return session
 
 
 def params_of(model: torch.nn.Module) -> list[torch.nn.Parameter]:
@@ -177,18 +216,15 @@ class StepRecorder:
 def execute(spec: RunSpec, progress: Progress | None = None) -> RunResult:
     """Train one run and return its result; divergence ends the run, it is not an error."""
     case = spec.case
-    if spec.device.startswith("cuda") and not torch.cuda.is_available():
-        raise RunSetupError(f"{case.where(('devices',))}: devices: {spec.run_id}: CUDA is not available on this machine")
-    dtype = getattr(torch, case.dtype)
-    model, params, loss_fn, batches = _build(spec, dtype)
-    optimizer = _located(case, ("optimizers", spec.optimizer.key), lambda: spec.optimizer.cls(params, **spec.params))
-    theory = _theory(model, optimizer, batches)
+    session = start(spec)
+    model, params, loss_fn, optimizer = session.model, session.params, session.loss_fn, session.optimizer
+    theory = _theory(model, optimizer, session.batches)
 
-    recorder = StepRecorder(params, dtype, spec.device)
+    recorder = StepRecorder(params, session.dtype, spec.device)
     cap = case.divergence["max_loss"]
     divergence_step = None
-    batch_iter = iter(batches)
-    start = time.perf_counter()
+    batch_iter = iter(session.batches)
+    started = time.perf_counter()
 
     for step in range(case.steps):
         x, y = next(batch_iter)
@@ -223,7 +259,7 @@ def execute(spec: RunSpec, progress: Progress | None = None) -> RunResult:
         device=spec.device, dtype=case.dtype, steps=case.steps,
         diverged=divergence_step is not None, divergence_step=divergence_step,
         metrics=compute_metrics(view), history=history, theory=theory,
-        meta={"wall_time_s": time.perf_counter() - start, "torch": torch.__version__})
+        meta={"wall_time_s": time.perf_counter() - started, "torch": torch.__version__})
 
 
 def run_case(case: Case | str | Mapping, devices: Iterable[str] | None = None,
