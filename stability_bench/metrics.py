@@ -383,6 +383,123 @@ def spike_period(view: RunView) -> int | None:
 
 
 # ---------------------------------------------------------------------------------------------
+# Curvature metrics (from probe columns; None when the case declares no such probes)
+# ---------------------------------------------------------------------------------------------
+
+
+def _probe_columns(view: RunView, *names: str) -> tuple[np.ndarray, ...] | None:
+    probes = view.extra.get("probes") or {}
+    if "step" not in probes or any(n not in probes for n in names):
+        return None
+    return (np.asarray(probes["step"], dtype=float),) + tuple(np.asarray(probes[n], dtype=float) for n in names)
+
+
+def _late_rows(view: RunView, steps: np.ndarray) -> np.ndarray:
+    """Probe rows in the late window: steps ≥ (1 − late_window) × the last recorded step."""
+    fraction = float((view.extra.get("probe_options") or {}).get("late_window", 0.5))
+    last = float(view.steps[-1]) if len(view.steps) else 0.0
+    return steps >= (1.0 - fraction) * last
+
+
+def _precond_ratio(view: RunView) -> tuple[np.ndarray, np.ndarray] | None:
+    cols = _probe_columns(view, "precond_sharpness", "threshold")
+    if cols is None:
+        return None
+    steps, lam, threshold = cols
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return steps, lam / threshold
+
+
+@METRICS.register("precond_sharpness_ratio")
+def precond_sharpness_ratio(view: RunView) -> float | None:
+    """The median of λ₁(P⁻¹H) / threshold over the probes in the late window (the last
+    ``late_window`` fraction of the run, default half): 1 at the Adaptive Edge of Stability
+    (Cohen et al. 2022). None without ``precond_sharpness`` and ``threshold`` probes there."""
+    found = _precond_ratio(view)
+    if found is None:
+        return None
+    steps, ratio = found
+    late = ratio[_late_rows(view, steps) & np.isfinite(ratio)]
+    return float(np.median(late)) if late.size else None
+
+
+@METRICS.register("threshold_crossings")
+def threshold_crossings(view: RunView) -> int | None:
+    """How many times λ₁(P⁻¹H) rises from at or below the threshold to above it between
+    consecutive probes."""
+    found = _precond_ratio(view)
+    if found is None:
+        return None
+    ratio = found[1][np.isfinite(found[1])]
+    return int(np.count_nonzero((ratio[:-1] <= 1.0) & (ratio[1:] > 1.0)))
+
+
+def _spike_leads(view: RunView) -> list[float] | None:
+    """For each spike onset, the steps since the earliest probe within ``lead_window`` steps
+    before it at which λ₁(P⁻¹H) or the preconditioned directional curvature exceeded the
+    threshold (NaN when none did)."""
+    probes = view.extra.get("probes") or {}
+    if "step" not in probes or "threshold" not in probes:
+        return None
+    steps = np.asarray(probes["step"], dtype=float)
+    threshold = np.asarray(probes["threshold"], dtype=float)
+    above = np.zeros(len(steps), dtype=bool)
+    for name in ("precond_sharpness", "precond_directional_curvature"):
+        if name in probes:
+            with np.errstate(invalid="ignore"):
+                above |= np.asarray(probes[name], dtype=float) > threshold
+    window = float((view.extra.get("probe_options") or {}).get("lead_window", 50))
+    leads = []
+    for onset in view.steps[detect_spikes(view.loss, view.spike_config)]:
+        before = above & (steps <= onset) & (steps >= onset - window)
+        leads.append(float(onset - steps[before].min()) if before.any() else math.nan)
+    return leads
+
+
+@METRICS.register("spikes_led_by_crossing")
+def spikes_led_by_crossing(view: RunView) -> float | None:
+    """The fraction of spikes preceded (within ``lead_window`` steps, at most at the spike's
+    own step) by λ₁(P⁻¹H) or the preconditioned directional curvature above the threshold —
+    Xiong et al. 2025's mechanism. None without spikes or without the probes."""
+    leads = _spike_leads(view)
+    if not leads:
+        return None
+    return float(np.mean(np.isfinite(leads)))
+
+
+@METRICS.register("spike_lead_time")
+def spike_lead_time(view: RunView) -> float | None:
+    """The median, over spikes led by a threshold crossing, of the steps from the crossing
+    to the spike."""
+    leads = _spike_leads(view)
+    led = [x for x in leads or [] if math.isfinite(x)]
+    return float(np.median(led)) if led else None
+
+
+@METRICS.register("sharpness_rise")
+def sharpness_rise(view: RunView) -> float | None:
+    """λ₁(H) at the last probe over λ₁(H) at the first probe of the late window: above 1 when
+    the raw sharpness keeps rising while λ₁(P⁻¹H) sits at the threshold (Cohen et al. Fig. 8)."""
+    cols = _probe_columns(view, "sharpness")
+    if cols is None:
+        return None
+    steps, lam = cols
+    late = lam[_late_rows(view, steps) & np.isfinite(lam)]
+    return float(late[-1] / late[0]) if late.size >= 2 and late[0] > 0 else None
+
+
+@METRICS.register("min_g2_over_v")
+def min_g2_over_v(view: RunView) -> float | None:
+    """The smallest probed median of g²/v over parameters: far below 1 is the regime Xiong
+    et al. find before a spike (squared gradients far below Adam's second moment)."""
+    cols = _probe_columns(view, "g2_over_v_median")
+    if cols is None:
+        return None
+    values = cols[1][np.isfinite(cols[1])]
+    return float(values.min()) if values.size else None
+
+
+# ---------------------------------------------------------------------------------------------
 # Evaluation
 # ---------------------------------------------------------------------------------------------
 

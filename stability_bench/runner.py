@@ -20,6 +20,7 @@ from stability_bench.components.losses import LOSSES
 from stability_bench.components.models import MODELS
 from stability_bench.metrics import RunView, compute_metrics
 from stability_bench.optimizers.thresholds import stability_threshold
+from stability_bench.probes.registry import ProbePlan
 from stability_bench.results import RunResult
 from stability_bench.schema import Case, OptimizerSpec, load_case
 
@@ -221,6 +222,7 @@ def execute(spec: RunSpec, progress: Progress | None = None) -> RunResult:
     theory = _theory(model, optimizer, session.batches)
 
     recorder = StepRecorder(params, session.dtype, spec.device)
+    probes = ProbePlan.from_case(case)
     cap = case.divergence["max_loss"]
     divergence_step = None
     batch_iter = iter(session.batches)
@@ -231,6 +233,8 @@ def execute(spec: RunSpec, progress: Progress | None = None) -> RunResult:
         optimizer.zero_grad()
         loss = loss_fn(model(x), y)
         loss.backward()
+        if probes is not None:
+            probes.run(session, step)
         recorder.before_step(loss, params)
         optimizer.step()
         recorder.after_step()
@@ -250,16 +254,29 @@ def execute(spec: RunSpec, progress: Progress | None = None) -> RunResult:
         record = record[: divergence_step + 1]
     history = {"step": list(range(len(record))), "loss": record[:, 0].tolist(),
                "grad_norm": record[:, 1].tolist(), "update_norm": record[:, 2].tolist()}
+    probe_columns = _truncate(probes.columns, divergence_step) if probes is not None else {}
+    extra = {"grad_norm": record[:, 1], "update_norm": record[:, 2],
+             "probes": {k: np.asarray(v, dtype=float) for k, v in probe_columns.items()
+                        if not k.endswith("_top")},
+             "probe_options": probes.options if probes is not None else {}}
     view = RunView(loss=np.asarray(history["loss"], dtype=float), steps=np.asarray(history["step"]),
                    diverged=divergence_step is not None, divergence_step=divergence_step,
-                   total_steps=case.steps, extra={}, spike_config=case.spikes)
+                   total_steps=case.steps, extra=extra, spike_config=case.spikes)
     return RunResult(
         case=case.name, run_id=spec.run_id, optimizer=spec.optimizer.key,
         optimizer_class=spec.optimizer.class_name, params=dict(spec.params), seed=spec.seed,
         device=spec.device, dtype=case.dtype, steps=case.steps,
         diverged=divergence_step is not None, divergence_step=divergence_step,
-        metrics=compute_metrics(view), history=history, theory=theory,
+        metrics=compute_metrics(view), history=history, probes=probe_columns, theory=theory,
         meta={"wall_time_s": time.perf_counter() - started, "torch": torch.__version__})
+
+
+def _truncate(columns: dict[str, list], divergence_step: int | None) -> dict[str, list]:
+    """Probe rows up to the divergence step (the training that was recorded)."""
+    if divergence_step is None:
+        return columns
+    keep = sum(1 for step in columns["step"] if step <= divergence_step)
+    return {name: values[:keep] for name, values in columns.items()}
 
 
 def run_case(case: Case | str | Mapping, devices: Iterable[str] | None = None,

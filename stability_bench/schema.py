@@ -337,6 +337,32 @@ def _expectations(expect: Any, optimizers: Mapping[str, Any], path: KeyPath,
     return out
 
 
+# ---------------------------------------------------------------------------- probes
+def _check_probes(section: dict, path: KeyPath, problems: list[Problem]) -> None:
+    """Plan options by type; every other key names a probe whose options are checked
+    against the probe function's signature (plus ``every``)."""
+    from stability_bench.probes.registry import PLAN_OPTIONS, PROBES
+
+    for key, value in section.items():
+        key_path = path + (key,)
+        if key in PLAN_OPTIONS:
+            problem = _type_problem(value, PLAN_OPTIONS[key], key_path)
+            if problem:
+                problems.append(problem)
+            elif key in ("every", "max_iter", "subset", "chunk_size") and value is not None and value < 1:
+                problems.append(Problem(key_path, f"{key} must be at least 1, got {value}"))
+            continue
+        if key not in PROBES:
+            guess = nearest(str(key), PROBES.names() + list(PLAN_OPTIONS))
+            problems.append(Problem(key_path, f"unknown probe {key!r}"
+                                    + (f"; did you mean {guess!r}?" if guess else "")
+                                    + f" Probes: {', '.join(PROBES.names())}; options: {', '.join(PLAN_OPTIONS)}."))
+            continue
+        allowed, required, _ = _signature_params(PROBES.get(key), skip=1)
+        _check_mapping(value if value is not None else {}, {**allowed, "every": int}, required,
+                       key_path, problems, f"probe {key!r}")
+
+
 # ----------------------------------------------------------------------------- case
 BatchSpec = Union[Literal["full"], dict]
 _BATCH_KEYS = {"size": int, "shuffle": bool, "drop_last": bool}
@@ -348,7 +374,7 @@ TOP_LEVEL: dict[str, Any] = {
     "name": str, "description": str, "seeds": list[int], "devices": list[str],
     "dtype": Literal["float32", "float64"], "model": dict, "data": dict, "loss": dict,
     "batch": Union[str, dict], "steps": int, "optimizers": dict, "expect": dict,
-    "divergence": dict, "spikes": dict, "slow": bool, "variants": dict,
+    "divergence": dict, "spikes": dict, "slow": bool, "variants": dict, "probes": dict,
 }
 REQUIRED = {"name", "model", "loss", "steps", "optimizers"}
 _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
@@ -375,6 +401,7 @@ class Case:
     slow: bool
     source: Source = field(repr=False)
     raw: dict = field(repr=False)    # the case as written (variant merged), for reports/triage
+    probes: dict = field(default_factory=dict)  # the ``probes:`` section as written (validated)
 
     def where(self, path: KeyPath = ()) -> str:
         return self.source.where(path)
@@ -403,6 +430,8 @@ def _validate(raw: Any, source: Source) -> Case:
     for key, allowed in (("divergence", _DIVERGENCE_KEYS), ("spikes", _SPIKE_KEYS)):
         if key in raw:
             _check_mapping(raw[key], allowed, set(), (key,), problems, key)
+    if isinstance(raw.get("probes"), dict):
+        _check_probes(raw["probes"], ("probes",), problems)
     optimizers: dict[str, OptimizerSpec] = {}
     if isinstance(raw.get("optimizers"), dict):
         if not raw["optimizers"]:
@@ -425,7 +454,7 @@ def _validate(raw: Any, source: Source) -> Case:
         steps=raw["steps"], optimizers=optimizers, expectations=expectations,
         divergence={"factor": 1e10, "max_loss": None, **raw.get("divergence", {})},
         spikes=SpikeConfig(**raw.get("spikes", {})), slow=bool(raw.get("slow", False)),
-        source=source, raw=raw)
+        source=source, raw=raw, probes=raw.get("probes") or {})
 
 
 def _merge(base: dict, override: dict, replace: frozenset = frozenset({"expect"})) -> dict:

@@ -1,0 +1,272 @@
+"""Probes a case declares under ``probes:``, and the plan that runs them during training.
+
+```yaml
+probes:
+  every: 10                 # default schedule (steps); each probe may set its own `every`
+  subset: 1000              # probe the loss on the first N training examples (default: all)
+  chunk_size: 500           # examples per HVP chunk (memory bound; results do not depend on it)
+  tol: 1.0e-3               # Lanczos relative residual
+  max_iter: 30              # Lanczos iterations (HVPs) per eigenvalue estimate
+  late_window: 0.5          # precond_sharpness_ratio: median over the last half of the probes
+  lead_window: 50           # a threshold crossing within this many steps before a spike "leads" it
+  sharpness: {k: 1}
+  precond_sharpness: {}
+  threshold: {}
+  directional_curvature: {}
+  second_moment_ratio: {bound: 1.0e-3}
+  grad_alignment: {k: 4}
+```
+
+A probe is a function ``probe(ctx: ProbeContext, **options) -> dict[column, value]``
+registered in :data:`PROBES`. Probes run at step t after the backward pass and before the
+optimizer's update, at the parameters x_t, with the optimizer's preconditioner as its last
+step left it (so P is the one used for step t−1, see :mod:`.preconditioner`). They never
+change training: everything runs inside :func:`~.hvp.untouched`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from stability_bench.registry import Registry
+
+PROBES: Registry = Registry("probe")
+
+# Options of the ``probes:`` section itself (everything else names a probe).
+PLAN_OPTIONS: dict[str, Any] = {"every": int, "subset": int | None, "chunk_size": int | None,
+                                "tol": float, "max_iter": int, "late_window": float,
+                                "lead_window": int, "hvp": str}
+PLAN_DEFAULTS: dict[str, Any] = {"every": 10, "subset": None, "chunk_size": None, "tol": 1e-3,
+                                 "max_iter": 30, "late_window": 0.5, "lead_window": 50,
+                                 "hvp": "double_backward"}
+
+
+class ProbeContext:
+    """What probes of one step share: the Hessian operator, P, the full-batch gradient and
+    eigenpairs, computed at most once per step and warm-started from the previous probe."""
+
+    def __init__(self, session, plan: "ProbePlan", step: int):
+        self.session, self.plan, self.step = session, plan, step
+        self._cache: dict[str, Any] = {}
+
+    def cached(self, key: str, compute: Callable[[], Any]) -> Any:
+        if key not in self._cache:
+            self._cache[key] = compute()
+        return self._cache[key]
+
+    @property
+    def hessian(self):
+        from stability_bench.probes.hvp import LossHessian
+
+        def build():
+            s = self.session
+            x, y = self.plan.probe_data(s)
+            return LossHessian(s.model, s.params, s.loss_fn, x, y, chunk_size=self.plan.options["chunk_size"],
+                               mode=self.plan.options["hvp"], additive=self.plan.additive)
+        return self.cached("hessian", build)
+
+    @property
+    def preconditioner(self) -> torch.Tensor | None:
+        """The flat diagonal of P, or None while an adaptive optimizer has no state yet;
+        methods without a preconditioner get the identity (their sharpness is λ₁(H))."""
+        from stability_bench.probes.preconditioner import diagonal_preconditioner, is_preconditioned
+
+        def build():
+            opt = self.session.optimizer
+            diag = diagonal_preconditioner(opt)
+            if diag is None:
+                return None if is_preconditioned(opt) else torch.ones(self.hessian.dim, dtype=torch.float64,
+                                                                      device=self.hessian_device)
+            return torch.cat([d.reshape(-1) for d in diag]).to(torch.float64)
+        return self.cached("P", build)
+
+    @property
+    def hessian_device(self) -> torch.device:
+        return self.session.params[0].device
+
+    @property
+    def full_gradient(self) -> torch.Tensor:
+        return self.cached("gradient", lambda: self.hessian.gradient())
+
+    def eigen(self, preconditioned: bool, k: int):
+        """Top-k eigenpairs of H or of P^{-1/2} H P^{-1/2}, warm-started from the last probe."""
+        from stability_bench.probes.lanczos import top_eigenpairs
+
+        key = f"eig:{preconditioned}:{k}"
+
+        def build():
+            H = self.hessian
+            if preconditioned:
+                P = self.preconditioner
+                if P is None:
+                    return None
+                scale = P.rsqrt().to(self.hessian_dtype)
+
+                def matvec(v):
+                    return scale * H.hvp(scale * v)
+            else:
+                matvec = H.hvp
+            v0 = self.plan.warm.get(key)
+            result = top_eigenpairs(matvec, H.dim, k=k, max_iter=self.plan.options["max_iter"],
+                                    tol=self.plan.options["tol"], v0=v0, device=self.hessian_device)
+            self.plan.warm[key] = result.vectors[:, 0].clone()
+            return result
+        return self.cached(key, build)
+
+    @property
+    def hessian_dtype(self) -> torch.dtype:
+        return self.session.params[0].dtype
+
+
+@dataclass
+class ProbeSpec:
+    name: str
+    every: int
+    options: dict
+
+
+@dataclass
+class ProbePlan:
+    """The probes of one run: which, when, and the state carried between probe steps."""
+
+    probes: list[ProbeSpec]
+    options: dict
+    additive: str
+    columns: dict[str, list] = field(default_factory=lambda: {"step": []})
+    warm: dict[str, torch.Tensor] = field(default_factory=dict)
+    _data: tuple | None = None
+
+    @classmethod
+    def from_case(cls, case) -> "ProbePlan | None":
+        section = case.probes
+        if not section:
+            return None
+        options = {**PLAN_DEFAULTS, **{k: v for k, v in section.items() if k in PLAN_OPTIONS}}
+        specs = []
+        for name, opts in section.items():
+            if name in PLAN_OPTIONS:
+                continue
+            opts = dict(opts or {})
+            specs.append(ProbeSpec(name, int(opts.pop("every", options["every"])), opts))
+        return cls(specs, options, additive=_additive(case.loss))
+
+    def due(self, step: int) -> list[ProbeSpec]:
+        return [p for p in self.probes if step % p.every == 0]
+
+    def probe_data(self, session):
+        if self._data is None:
+            x, y = session.data.x, session.data.y
+            n = self.options["subset"]
+            self._data = (x[:n], y[:n]) if n else (x, y)
+        return self._data
+
+    def run(self, session, step: int) -> None:
+        """Take the probes due at ``step`` and append one row to :attr:`columns`."""
+        due = self.due(step)
+        if not due:
+            return
+        from stability_bench.probes.hvp import untouched
+
+        ctx = ProbeContext(session, self, step)
+        row: dict[str, Any] = {}
+        with untouched(session.model, session.optimizer):
+            for spec in due:
+                row.update(PROBES.get(spec.name)(ctx, **spec.options))
+        n = len(self.columns["step"])
+        self.columns["step"].append(step)
+        for key, value in row.items():
+            column = self.columns.setdefault(key, [math.nan] * n)
+            column.append(_plain(value))
+        for column in self.columns.values():  # probes not due this step leave a gap
+            if len(column) < n + 1:
+                column.append(math.nan)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.item() if value.numel() == 1 else value.tolist()
+    return value
+
+
+def _additive(loss_spec: dict) -> str:
+    """How the case's loss combines over examples, so chunked HVPs can add chunks exactly."""
+    if loss_spec.get("kind") == "quadratic":
+        return "sum"
+    if loss_spec.get("divide_by_batch_size"):
+        return "mean_over_batch"
+    return "sum" if loss_spec.get("reduction") == "sum" else "mean"
+
+
+# ------------------------------------------------------------------------------ probes
+@PROBES.register("threshold")
+def threshold(ctx: ProbeContext) -> dict:
+    """The optimizer's stability threshold now (it follows lr schedules)."""
+    from stability_bench.optimizers.thresholds import stability_threshold
+
+    value = stability_threshold(ctx.session.optimizer)
+    return {"threshold": math.nan if value is None else value}
+
+
+@PROBES.register("sharpness")
+def sharpness(ctx: ProbeContext, k: int = 1) -> dict:
+    """λ₁(H) (and the top k) of the probe loss, by Lanczos; with its relative residual."""
+    result = ctx.eigen(preconditioned=False, k=k)
+    out = {"sharpness": result.values[0], "sharpness_residual": result.residuals[0],
+           "sharpness_hvps": result.n_matvec}
+    if k > 1:
+        out["sharpness_top"] = [float(v) for v in result.values]
+    return out
+
+
+@PROBES.register("precond_sharpness")
+def precond_sharpness(ctx: ProbeContext, k: int = 1) -> dict:
+    """λ₁(P⁻¹H) = λ₁(P^{-1/2} H P^{-1/2}) with P the optimizer's current diagonal preconditioner."""
+    result = ctx.eigen(preconditioned=True, k=k)
+    if result is None:
+        return {"precond_sharpness": math.nan}
+    out = {"precond_sharpness": result.values[0], "precond_sharpness_residual": result.residuals[0],
+           "precond_sharpness_hvps": result.n_matvec}
+    if k > 1:
+        out["precond_sharpness_top"] = [float(v) for v in result.values]
+    return out
+
+
+@PROBES.register("directional_curvature")
+def directional_curvature(ctx: ProbeContext) -> dict:
+    """gᵀHg/gᵀg and its preconditioned form, g the full-batch (probe) gradient — the curvature
+    along which the next step moves; Xiong et al.'s spike trigger when it passes the threshold."""
+    from stability_bench.probes import directional_curvature as curvature
+
+    raw, pre = curvature(ctx.hessian, ctx.full_gradient, ctx.preconditioner)
+    return {"directional_curvature": raw, "precond_directional_curvature": math.nan if pre is None else pre}
+
+
+@PROBES.register("second_moment_ratio")
+def second_moment_ratio(ctx: ProbeContext, bound: float = 1e-3) -> dict:
+    """g²/v over all parameters (g this step's minibatch gradient, v the optimizer's second
+    moment before this step): median, 10th percentile and the fraction below ``bound``."""
+    from stability_bench.probes import second_moment_ratio as ratio
+    from stability_bench.probes.preconditioner import second_moment
+
+    v = second_moment(ctx.session.optimizer)
+    if v is None:
+        return {"g2_over_v_median": math.nan, "g2_over_v_p10": math.nan, "g2_over_v_frac_below": math.nan}
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in ctx.session.params]
+    stats = ratio(grads, v, bound=bound)
+    return {"g2_over_v_median": stats["median"], "g2_over_v_p10": stats["p10"],
+            "g2_over_v_frac_below": stats["frac_below"]}
+
+
+@PROBES.register("grad_alignment")
+def grad_alignment(ctx: ProbeContext, k: int = 4) -> dict:
+    """Fraction of the (semi-preconditioned) gradient's squared norm along the top-k
+    eigenvectors of P^{-1/2} H P^{-1/2} (Cohen et al. App. E)."""
+    from stability_bench.probes import grad_alignment as alignment
+
+    result = ctx.eigen(preconditioned=True, k=k)
+    if result is None:
+        return {"grad_alignment": math.nan}
+    return {"grad_alignment": alignment(ctx.full_gradient, ctx.preconditioner, result.vectors)}
