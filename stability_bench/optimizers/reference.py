@@ -203,7 +203,7 @@ class RMSprop(ReferenceOptimizer):
         with torch.no_grad():
             for group in self.param_groups:
                 for p in group["params"]:
-                    nu = self.state[p].get("exp_avg_sq", torch.full_like(p, float(group["v0"])))
+                    nu = self.state.get(p, {}).get("exp_avg_sq", torch.full_like(p, float(group["v0"])))
                     Ps.append(nu.sqrt() + group["eps"])
         return Ps
 
@@ -258,7 +258,7 @@ class Adam(ReferenceOptimizer):
         return theory.adam_threshold(self._first("lr"), self._first("beta1"))
 
     def _P(self, p: torch.Tensor, group: dict) -> torch.Tensor | None:
-        state = self.state[p]
+        state = self.state.get(p, {})  # not self.state[p]: a defaultdict read would add an entry
         if not state.get("step"):
             return None
         return _adam_P(state["exp_avg_sq"], state["step"], group)
@@ -323,7 +323,7 @@ class FrozenAdam(Adam):
         return theory.frozen_adam_threshold(self._first("lr"), self._first("beta1"))
 
     def _P(self, p: torch.Tensor, group: dict) -> torch.Tensor | None:
-        state = self.state[p]
+        state = self.state.get(p, {})
         return state["frozen_P"].clone() if "frozen_P" in state else super()._P(p, group)
 
     def preconditioner(self) -> list[torch.Tensor] | None:

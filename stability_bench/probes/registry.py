@@ -31,6 +31,7 @@ from typing import Any, Callable
 
 import torch
 
+from stability_bench.probes.hvp import additive_for
 from stability_bench.registry import Registry
 
 PROBES: Registry = Registry("probe")
@@ -69,56 +70,44 @@ class ProbeContext:
         return self.cached("hessian", build)
 
     @property
-    def preconditioner(self) -> torch.Tensor | None:
-        """The flat diagonal of P, or None while an adaptive optimizer has no state yet;
-        methods without a preconditioner get the identity (their sharpness is λ₁(H))."""
-        from stability_bench.probes.preconditioner import diagonal_preconditioner, is_preconditioned
+    def preconditioner(self) -> list[torch.Tensor] | None:
+        """P per parameter, or None — while an adaptive optimizer has no state yet, and for
+        methods without a preconditioner (whose "preconditioned" quantities are then the
+        raw ones: P = I)."""
+        from stability_bench.probes.preconditioner import diagonal_preconditioner
 
-        def build():
-            opt = self.session.optimizer
-            diag = diagonal_preconditioner(opt)
-            if diag is None:
-                return None if is_preconditioned(opt) else torch.ones(self.hessian.dim, dtype=torch.float64,
-                                                                      device=self.hessian_device)
-            return torch.cat([d.reshape(-1) for d in diag]).to(torch.float64)
-        return self.cached("P", build)
+        s = self.session
+        return self.cached("P", lambda: diagonal_preconditioner(s.optimizer, s.params))
 
     @property
-    def hessian_device(self) -> torch.device:
-        return self.session.params[0].device
+    def has_preconditioner(self) -> bool:
+        """False while an adaptive optimizer has not stepped yet (its P is unknown)."""
+        from stability_bench.probes.preconditioner import is_preconditioned
+
+        return self.preconditioner is not None or not is_preconditioned(self.session.optimizer)
 
     @property
     def full_gradient(self) -> torch.Tensor:
         return self.cached("gradient", lambda: self.hessian.gradient())
 
     def eigen(self, preconditioned: bool, k: int):
-        """Top-k eigenpairs of H or of P^{-1/2} H P^{-1/2}, warm-started from the last probe."""
-        from stability_bench.probes.lanczos import top_eigenpairs
+        """Top-k eigenpairs of H or of P^{-1/2} H P^{-1/2}, warm-started from the last probe;
+        None when P is not known yet."""
+        from stability_bench.probes.quantities import precond_sharpness, sharpness
 
-        key = f"eig:{preconditioned}:{k}"
+        P = self.preconditioner if preconditioned else None
+        if preconditioned and not self.has_preconditioner:
+            return None
+        key = f"eig:{preconditioned and P is not None}:{k}"
 
         def build():
-            H = self.hessian
-            if preconditioned:
-                P = self.preconditioner
-                if P is None:
-                    return None
-                scale = P.rsqrt().to(self.hessian_dtype)
-
-                def matvec(v):
-                    return scale * H.hvp(scale * v)
-            else:
-                matvec = H.hvp
-            v0 = self.plan.warm.get(key)
-            result = top_eigenpairs(matvec, H.dim, k=k, max_iter=self.plan.options["max_iter"],
-                                    tol=self.plan.options["tol"], v0=v0, device=self.hessian_device)
-            self.plan.warm[key] = result.vectors[:, 0].clone()
+            lanczos = {"max_iter": self.plan.options["max_iter"], "tol": self.plan.options["tol"],
+                       "v0": self.plan.warm.get(key)}
+            result = sharpness(self.hessian, k, **lanczos) if P is None else \
+                precond_sharpness(self.hessian, P, k, **lanczos)
+            self.plan.warm[key] = result.vectors.clone()
             return result
         return self.cached(key, build)
-
-    @property
-    def hessian_dtype(self) -> torch.dtype:
-        return self.session.params[0].dtype
 
 
 @dataclass
@@ -151,7 +140,9 @@ class ProbePlan:
                 continue
             opts = dict(opts or {})
             specs.append(ProbeSpec(name, int(opts.pop("every", options["every"])), opts))
-        return cls(specs, options, additive=_additive(case.loss))
+        loss = case.loss
+        additive = additive_for(loss["kind"], loss.get("reduction", "mean"), loss.get("divide_by_batch_size", False))
+        return cls(specs, options, additive=additive)
 
     def due(self, step: int) -> list[ProbeSpec]:
         return [p for p in self.probes if step % p.every == 0]
@@ -172,7 +163,7 @@ class ProbePlan:
 
         ctx = ProbeContext(session, self, step)
         row: dict[str, Any] = {}
-        with untouched(session.model, session.optimizer):
+        with untouched(session.model, session.optimizer, session.params):
             for spec in due:
                 row.update(PROBES.get(spec.name)(ctx, **spec.options))
         n = len(self.columns["step"])
@@ -191,15 +182,6 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _additive(loss_spec: dict) -> str:
-    """How the case's loss combines over examples, so chunked HVPs can add chunks exactly."""
-    if loss_spec.get("kind") == "quadratic":
-        return "sum"
-    if loss_spec.get("divide_by_batch_size"):
-        return "mean_over_batch"
-    return "sum" if loss_spec.get("reduction") == "sum" else "mean"
-
-
 # ------------------------------------------------------------------------------ probes
 @PROBES.register("threshold")
 def threshold(ctx: ProbeContext) -> dict:
@@ -214,7 +196,7 @@ def threshold(ctx: ProbeContext) -> dict:
 def sharpness(ctx: ProbeContext, k: int = 1) -> dict:
     """λ₁(H) (and the top k) of the probe loss, by Lanczos; with its relative residual."""
     result = ctx.eigen(preconditioned=False, k=k)
-    out = {"sharpness": result.values[0], "sharpness_residual": result.residuals[0],
+    out = {"sharpness": float(result.values[0]), "sharpness_residual": float(result.residuals[0]),
            "sharpness_hvps": result.n_matvec}
     if k > 1:
         out["sharpness_top"] = [float(v) for v in result.values]
@@ -227,7 +209,8 @@ def precond_sharpness(ctx: ProbeContext, k: int = 1) -> dict:
     result = ctx.eigen(preconditioned=True, k=k)
     if result is None:
         return {"precond_sharpness": math.nan}
-    out = {"precond_sharpness": result.values[0], "precond_sharpness_residual": result.residuals[0],
+    out = {"precond_sharpness": float(result.values[0]),
+           "precond_sharpness_residual": float(result.residuals[0]),
            "precond_sharpness_hvps": result.n_matvec}
     if k > 1:
         out["precond_sharpness_top"] = [float(v) for v in result.values]
@@ -238,23 +221,27 @@ def precond_sharpness(ctx: ProbeContext, k: int = 1) -> dict:
 def directional_curvature(ctx: ProbeContext) -> dict:
     """gᵀHg/gᵀg and its preconditioned form, g the full-batch (probe) gradient — the curvature
     along which the next step moves; Xiong et al.'s spike trigger when it passes the threshold."""
-    from stability_bench.probes import directional_curvature as curvature
+    from stability_bench.probes.quantities import directional_curvature as curvature
 
     raw, pre = curvature(ctx.hessian, ctx.full_gradient, ctx.preconditioner)
-    return {"directional_curvature": raw, "precond_directional_curvature": math.nan if pre is None else pre}
+    if pre is None:  # P = I for methods without a preconditioner; unknown before Adam's first step
+        pre = raw if ctx.has_preconditioner else math.nan
+    return {"directional_curvature": raw, "precond_directional_curvature": pre}
 
 
 @PROBES.register("second_moment_ratio")
 def second_moment_ratio(ctx: ProbeContext, bound: float = 1e-3) -> dict:
-    """g²/v over all parameters (g this step's minibatch gradient, v the optimizer's second
-    moment before this step): median, 10th percentile and the fraction below ``bound``."""
-    from stability_bench.probes import second_moment_ratio as ratio
+    """g²/v over all parameters (g this step's minibatch gradient, v the optimizer's
+    bias-corrected second moment before this step): median, 10th percentile and the fraction
+    below ``bound``."""
     from stability_bench.probes.preconditioner import second_moment
+    from stability_bench.probes.quantities import second_moment_ratio as ratio
 
-    v = second_moment(ctx.session.optimizer)
+    s = ctx.session
+    v = second_moment(s.optimizer, s.params)
     if v is None:
         return {"g2_over_v_median": math.nan, "g2_over_v_p10": math.nan, "g2_over_v_frac_below": math.nan}
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in ctx.session.params]
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in s.params]
     stats = ratio(grads, v, bound=bound)
     return {"g2_over_v_median": stats["median"], "g2_over_v_p10": stats["p10"],
             "g2_over_v_frac_below": stats["frac_below"]}
@@ -262,9 +249,9 @@ def second_moment_ratio(ctx: ProbeContext, bound: float = 1e-3) -> dict:
 
 @PROBES.register("grad_alignment")
 def grad_alignment(ctx: ProbeContext, k: int = 4) -> dict:
-    """Fraction of the (semi-preconditioned) gradient's squared norm along the top-k
-    eigenvectors of P^{-1/2} H P^{-1/2} (Cohen et al. App. E)."""
-    from stability_bench.probes import grad_alignment as alignment
+    """Fraction of ‖P^{-1/2}g‖² along the top-k eigenvectors of P^{-1/2} H P^{-1/2}
+    (Cohen et al. App. E; see :func:`~.quantities.grad_alignment_parts` for the choice)."""
+    from stability_bench.probes.quantities import grad_alignment as alignment
 
     result = ctx.eigen(preconditioned=True, k=k)
     if result is None:

@@ -1,0 +1,196 @@
+"""Top eigenpairs of a symmetric linear operator by Lanczos with full reorthogonalisation.
+
+Only matrix-vector products are needed (an HVP for a Hessian). Arithmetic is float64;
+the operator may compute in lower precision (a float32 model's HVP), which bounds the
+attainable accuracy at about its rounding error, far below the 1e-3 a probe needs.
+
+Algorithm. Starting from q₁ = v0/‖v0‖, step j computes w = A q_j, α_j = q_jᵀw, removes
+from w its components along all of q₁..q_j (classical Gram–Schmidt, twice — "twice is
+enough" — which also removes the β_{j-1}q_{j-1} term of the three-term recurrence), and
+sets β_j = ‖w‖, q_{j+1} = w/β_j. The Ritz values θ_i (eigenvalues of the j×j tridiagonal
+T_j) approximate the extreme eigenvalues; the Ritz vector y_i = Q_j s_i has residual
+‖A y_i − θ_i y_i‖ = β_j·|s_i[j]| (the last component of s_i): this is the recurrence's
+estimate, exact up to rounding as long as the basis is kept orthogonal, which full
+reorthogonalisation does. Iteration stops when each of the k wanted Ritz pairs (largest
+*algebraic* θ, which='LA') has relative residual β_j|s_i[j]|/|θ_i| < ``tol``. For a simple
+eigenvalue with gap δ to the rest of the spectrum, |θ − λ| ≤ residual²/δ, so a 1e-3
+relative residual usually means a far more accurate eigenvalue.
+
+Verification. With ``verify=True`` (default) the residuals reported are *true* residuals,
+‖A y_i − θ_i y_i‖/|θ_i|, computed with one extra matvec per wanted pair (k in all; counted
+in ``n_matvec``); ``residual_estimates`` keeps the recurrence's numbers. With
+``verify=False`` ``residuals`` are the estimates and no extra matvec is taken.
+
+Invariant subspaces. If β_j falls to rounding level the Krylov space is exhausted and the
+Ritz pairs found are exact, but the invariant subspace need not hold every wanted
+eigenvector (a repeated eigenvalue contributes one copy; a start vector orthogonal to the
+top eigenvector never sees it). The iteration then continues from a fresh random vector
+orthogonal to the basis (β_j = 0 in T: a new, decoupled block), and after such a restart
+it stops only once the current block's top Ritz pair has converged *below* the k-th wanted
+value, or the whole space is spanned. So repeated eigenvalues, exactly low-rank
+Hessians (one extra matvec) and matrices smaller than ``max_iter`` are handled.
+``max_iter`` is capped at the dimension.
+
+Warm start. ``v0`` is a starting vector — typically the previous probe's top eigenvector,
+which makes the next solve much shorter when the matrix changed a little. A (dim, m)
+``v0`` (several previous eigenvectors) starts from the sum of its normalised columns.
+With ``v0=None`` the start is N(0, I) from a private ``torch.Generator`` seeded with
+``seed``: deterministic, and the global RNG is never touched.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+__all__ = ["EigResult", "top_eigenpairs"]
+
+Matvec = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class EigResult:
+    """values: (k,) float64 on the CPU, largest first; vectors: (dim, k) float64 on the
+    operator's device, orthonormal; residuals: (k,) relative residuals ‖Av − θv‖/|θ|
+    (true ones when verified, else the estimates); residual_estimates: (k,) the Lanczos
+    estimates β_j|s_i[j]|/|θ_i|; n_matvec: products taken, verification included;
+    iterations: Lanczos steps; converged: every wanted pair met ``tol`` (by the estimate);
+    ritz_history: the wanted Ritz values after each step (for convergence studies)."""
+
+    values: torch.Tensor
+    vectors: torch.Tensor
+    residuals: torch.Tensor
+    residual_estimates: torch.Tensor
+    n_matvec: int
+    iterations: int
+    converged: bool
+    ritz_history: list[list[float]] = field(default_factory=list)
+
+    @property
+    def top(self) -> float:
+        """The largest eigenvalue found."""
+        return float(self.values[0])
+
+    @property
+    def n_hvp(self) -> int:
+        return self.n_matvec
+
+
+def _start_vector(dim: int, v0, generator: torch.Generator, device) -> torch.Tensor:
+    if v0 is not None:
+        v = torch.as_tensor(v0).detach().to(device=device, dtype=torch.float64)
+        if v.dim() == 2:
+            norms = torch.linalg.vector_norm(v, dim=0).clamp_min(torch.finfo(torch.float64).tiny)
+            v = (v / norms).sum(dim=1)
+        if v.shape != (dim,):
+            raise ValueError(f"v0 has shape {tuple(v.shape)}, expected ({dim},) or ({dim}, m)")
+        norm = torch.linalg.vector_norm(v)
+        if torch.isfinite(norm) and norm > 0:
+            return v / norm
+    v = torch.randn(dim, generator=generator, dtype=torch.float64).to(device)
+    return v / torch.linalg.vector_norm(v)
+
+
+def top_eigenpairs(matvec: Matvec, dim: int, k: int = 1, *, max_iter: int = 30, tol: float = 1e-3,
+                   v0: torch.Tensor | None = None, dtype: torch.dtype = torch.float64,
+                   device: torch.device | str = "cpu", verify: bool = True, seed: int = 0) -> EigResult:
+    """The k largest (algebraic) eigenvalues of the symmetric operator ``matvec`` on
+    R^``dim`` and their eigenvectors; see the module docstring. ``matvec`` receives a flat
+    float64 vector on ``device`` and may return any float dtype. ``dtype`` must be
+    float64 (the argument exists to make that explicit)."""
+    if dtype != torch.float64:
+        raise ValueError("Lanczos runs in float64")
+    if dim < 1:
+        raise ValueError(f"dim must be >= 1, got {dim}")
+    if not 1 <= k <= dim:
+        raise ValueError(f"k must be in [1, {dim}], got {k}")
+    max_iter = min(max(int(max_iter), k), dim)
+    device = torch.device(device)
+    generator = torch.Generator().manual_seed(seed)
+    f64 = torch.float64
+
+    Q = torch.empty(max_iter, dim, dtype=f64, device=device)  # rows: the orthonormal basis
+    alpha = torch.zeros(max_iter, dtype=f64)
+    beta = torch.zeros(max_iter, dtype=f64)  # beta[j]: coupling of q_j and q_{j+1}
+    q = _start_vector(dim, v0, generator, device)
+    n_matvec = 0
+    scale = 0.0  # largest |θ| seen, for the breakdown test and tiny eigenvalues
+    theta = S = est = None
+    converged = False
+    history: list[list[float]] = []
+    m = 0
+    block_start = 0  # first basis vector of the current Krylov block (> 0 after a breakdown)
+    for j in range(max_iter):
+        Q[j] = q
+        w = matvec(q).detach().to(device=device, dtype=f64).reshape(-1)
+        n_matvec += 1
+        if w.numel() != dim:
+            raise ValueError(f"matvec returned {w.numel()} entries, expected {dim}")
+        if not bool(torch.isfinite(w).all()):  # e.g. a diverged model: report, do not raise
+            nan = torch.full((k,), float("nan"), dtype=f64)
+            return EigResult(values=nan, vectors=torch.full((dim, k), float("nan"), dtype=f64, device=device),
+                             residuals=nan.clone(), residual_estimates=nan.clone(), n_matvec=n_matvec,
+                             iterations=j, converged=False, ritz_history=history)
+        a = torch.dot(q, w)
+        basis = Q[: j + 1]
+        w = w - basis.T @ (basis @ w)
+        w = w - basis.T @ (basis @ w)  # twice is enough
+        alpha[j] = a
+        b = torch.linalg.vector_norm(w)
+        m = j + 1
+        T = torch.diag(alpha[:m]) + torch.diag(beta[: m - 1], 1) + torch.diag(beta[: m - 1], -1)
+        theta, S = torch.linalg.eigh(T)  # ascending
+        theta, S = theta.flip(0), S.flip(1)
+        scale = max(scale, float(theta.abs().max()))
+        breakdown = float(b) <= 1e-12 * max(scale, torch.finfo(f64).tiny)
+        wanted = min(k, m)
+        history.append(theta[:wanted].tolist())
+        denom = theta[:wanted].abs().clamp_min(1e-12 * scale if scale > 0 else torch.finfo(f64).tiny)
+        est = (0.0 if breakdown else float(b)) * S[m - 1, :wanted].abs() / denom
+        done = wanted == k and bool((est < tol).all())
+        if breakdown and block_start == 0 and m < dim:
+            done = False  # the first block is invariant: look once beyond it (below)
+        elif done and block_start > 0:
+            # After a breakdown the wanted pairs may sit in blocks already closed while a
+            # larger (or repeated) eigenvalue is only reachable from the current one: stop
+            # only when the current block's top Ritz pair has converged below the k-th.
+            tb, sb = torch.linalg.eigh(T[block_start:, block_start:])
+            est_b = (0.0 if breakdown else float(b)) * float(sb[-1, -1].abs()) / max(abs(float(tb[-1])), 1e-300)
+            done = (est_b < tol or float(tb[-1]) == 0.0) and float(tb[-1]) < float(theta[k - 1])
+        if done or (breakdown and m == dim):
+            converged = True
+            break
+        if j + 1 == max_iter:
+            break
+        if breakdown:  # invariant subspace: continue from a fresh direction, decoupled
+            beta[j] = 0.0
+            for _ in range(3):
+                w = torch.randn(dim, generator=generator, dtype=f64).to(device)
+                w = w - basis.T @ (basis @ w)
+                w = w - basis.T @ (basis @ w)
+                if torch.linalg.vector_norm(w) > 1e-8:
+                    break
+            q = w / torch.linalg.vector_norm(w)
+            block_start = j + 1
+        else:
+            beta[j] = b
+            q = w / b
+
+    wanted = min(k, m)
+    values = theta[:wanted].clone()
+    vectors = Q[:m].T @ S[:, :wanted].to(device)
+    vectors = vectors / torch.linalg.vector_norm(vectors, dim=0)
+    residual_estimates = est.clone()
+    residuals = residual_estimates
+    if verify:
+        true = []
+        for i in range(wanted):
+            av = matvec(vectors[:, i]).detach().to(device=device, dtype=f64).reshape(-1)
+            n_matvec += 1
+            r = torch.linalg.vector_norm(av - values[i] * vectors[:, i])
+            true.append(float(r) / max(abs(float(values[i])), 1e-12 * scale, torch.finfo(f64).tiny))
+        residuals = torch.tensor(true, dtype=f64)
+    return EigResult(values=values, vectors=vectors, residuals=residuals,
+                     residual_estimates=residual_estimates, n_matvec=n_matvec, iterations=m,
+                     converged=converged, ritz_history=history)
