@@ -1,4 +1,4 @@
-"""Command line: ``stability-bench run | validate | list``.
+"""Command line: ``stability-bench run | validate | list | report``.
 
 Exit codes: 0 all expectations held, 1 an expectation failed, 2 bad input (a malformed
 case, an unknown optimizer, missing data) — reported as one paragraph, never a traceback.
@@ -78,21 +78,27 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from stability_bench.runner import execute, plan_runs
 
+    if args.report:  # before the runs: a missing extra should not cost a long run
+        from stability_bench.reports import require_matplotlib
+
+        require_matplotlib()
     cases = _load(args.cases, args.variant)
     specs = [spec for case in cases for spec in plan_runs(
         case, devices=args.device or None, seeds=args.seed or None,
         optimizers=args.optimizer or None)]
     progress = ProgressLine()
     collected, failures, skipped = [], 0, 0
+    runs: dict = {}  # run id -> result: parity expectations compare with these
     for i, spec in enumerate(specs, 1):
         if spec.device.startswith("cuda") and not torch.cuda.is_available():  # as pytest does
             print(f"skip {spec.run_id}: CUDA is not available on this machine")
             skipped += 1
             continue
         progress.begin(f"[{i}/{len(specs)}] {spec.run_id}")
-        result = execute(spec, progress)
+        result = runs.get(spec.run_id) or execute(spec, progress)  # a parity partner may have run already
+        runs[spec.run_id] = result
         progress.end()
-        outcomes = check_run(spec.case, result)
+        outcomes = check_run(spec.case, result, runs)
         collected.append((result, outcomes))
         failed = [o for o in outcomes if not o.passed]
         failures += bool(failed)
@@ -103,11 +109,57 @@ def cmd_run(args: argparse.Namespace) -> int:
               f"spikes {m['spike_count']}, {result.meta['wall_time_s']:.2f}s")
         for outcome in failed if not args.verbose else outcomes:
             print(f"    {outcome.describe()}")
+        if failed and not args.no_triage:
+            print(f"    triage bundle: {_triage(args, spec, result, outcomes)}")
         if args.json:  # rewritten after every run: an interrupted run keeps what finished
             write_json_atomic(args.json, results_payload(collected))
     print(f"{len(specs) - failures - skipped} passed, {failures} failed"
           + (f", {skipped} skipped" if skipped else ""))
+    if args.report and collected:
+        from stability_bench.reports.collect import report_runs
+        from stability_bench.reports.html import write_report
+
+        report = write_report(report_runs(collected, {c.name: c for c in cases}), args.report)
+        print(f"report: {report.html} ({len(report.figures)} figures)")
     return EXIT_FAILED if failures else EXIT_OK
+
+
+def _triage(args: argparse.Namespace, spec, result, outcomes) -> str:
+    """Write a failed run's triage bundle; a failure to write it is reported, not raised."""
+    from stability_bench.reports.triage import write_triage
+
+    try:
+        return str(write_triage(spec.case, spec, result, outcomes, args.triage_dir))
+    except Exception as exc:  # the run's verdict stands even if its bundle cannot be written
+        return f"not written ({type(exc).__name__}: {exc})"
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from stability_bench.reports import require_matplotlib
+    from stability_bench.reports.html import report_from_files
+
+    require_matplotlib()
+    try:
+        report = report_from_files(args.results, args.out, tuple(args.format or ("png", "svg")))
+    except ValueError as exc:
+        print(f"stability-bench: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(f"report: {report.html} ({len(report.figures)} figures)")
+    return EXIT_OK
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Old vs new figures of two results files; exit 1 if a figure worsens past the threshold."""
+    from stability_bench.compare import CompareInputError, run_compare
+
+    figures = [name.strip() for item in args.metrics or [] for name in item.split(",") if name.strip()]
+    try:
+        status, table = run_compare(args.old, args.new, args.threshold, args.atol, figures or None, args.changed)
+    except CompareInputError as exc:
+        print(f"stability-bench: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(table)
+    return status
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -143,7 +195,30 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--optimizer", action="append", help="only this optimizer entry (repeatable)")
     run.add_argument("--variant", help="only this variant of each case")
     run.add_argument("-v", "--verbose", action="store_true", help="print every expectation")
+    run.add_argument("--report", metavar="DIR", help="also write figures and an HTML report to DIR")
+    run.add_argument("--triage-dir", metavar="DIR", help="where failed runs' triage bundles go "
+                     "(default: $STABILITY_BENCH_TRIAGE, else ./triage)")
+    run.add_argument("--no-triage", action="store_true", help="write no triage bundles")
     run.set_defaults(func=cmd_run)
+    report = sub.add_parser("report", help="figures and an HTML page from results files")
+    report.add_argument("results", nargs="+", help="results files (stability-bench run --json FILE)")
+    report.add_argument("--out", required=True, metavar="DIR", help="folder for index.html and the figures")
+    report.add_argument("--format", action="append", choices=["png", "svg", "pdf"],
+                        help="figure file format (repeatable; default png and svg)")
+    report.set_defaults(func=cmd_report)
+    compare = sub.add_parser("compare", help="compare two results files figure by figure "
+                             "(exit 1 if one worsens past the threshold)")
+    compare.add_argument("old", metavar="OLD.json", help="results file of the baseline (run --json)")
+    compare.add_argument("new", metavar="NEW.json", help="results file to check against it")
+    compare.add_argument("--threshold", type=float, default=1.1,
+                         help="a figure is worse when new > old x THRESHOLD (default 1.1)")
+    compare.add_argument("--atol", type=float, default=0.0,
+                         help="... and new - old > ATOL (default 0: from 0, any increase)")
+    compare.add_argument("--metrics", action="append", metavar="NAME[,NAME...]",
+                         help="figures to compare (repeatable; default: late_instability, spike_count, "
+                              "spike_frequency, final_loss, min_loss, divergence, diverged)")
+    compare.add_argument("--changed", action="store_true", help="show only rows whose value changed")
+    compare.set_defaults(func=cmd_compare)
     validate = sub.add_parser("validate", help="check case files without running them")
     validate.add_argument("cases", nargs="*")
     validate.set_defaults(func=cmd_validate)
@@ -168,6 +243,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("stability-bench: interrupted", file=sys.stderr)
         return 130
+    except ImportError as exc:  # an optional extra (reports: matplotlib) is missing
+        from stability_bench.reports import ReportDependencyError
+
+        if not isinstance(exc, ReportDependencyError):
+            raise
+        print(f"stability-bench: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":

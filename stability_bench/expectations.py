@@ -3,17 +3,22 @@
 A bound is a number, a theory reference (``threshold``: the optimizer's stability
 threshold; ``predicted_diverged``: whether theory says the run must diverge), or a scaled
 reference ``{of: threshold, times: 0.8}``. Comparators live in a registry.
+
+One expectation is not a metric: ``parity: {with: <optimizer>, rtol, atol}`` says that
+this run tracks the run of another optimizer of the case (same seed, device and matching
+sweep point) step for step; see ``check_parity``.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, MutableMapping
 
 from stability_bench.registry import Registry
 
 if TYPE_CHECKING:  # imported for annotations only: the schema imports this module
     from stability_bench.results import RunResult
+    from stability_bench.runner import RunSpec
     from stability_bench.schema import Case, Expectation
 
 COMPARATORS: Registry = Registry("comparator")
@@ -92,7 +97,10 @@ def resolve_bound(bound: Any, theory: dict) -> Any:
     return bound
 
 
-def check(expectation: "Expectation", result: "RunResult", case: "Case") -> Outcome:
+def check(expectation: "Expectation", result: "RunResult", case: "Case",
+          runs: MutableMapping[str, "RunResult"] | None = None) -> Outcome:
+    if expectation.metric == PARITY:
+        return check_parity(expectation, result, case, runs)
     value = result.metrics.get(expectation.metric)
     resolved = resolve_bound(expectation.bound, result.theory)
     passed = bool(COMPARATORS.get(expectation.comparator)(value, resolved))
@@ -100,6 +108,101 @@ def check(expectation: "Expectation", result: "RunResult", case: "Case") -> Outc
                    expectation.bound, resolved, value, passed, case.where(expectation.path))
 
 
-def check_run(case: "Case", result: "RunResult") -> list[Outcome]:
-    """Every expectation of ``case`` that applies to ``result``'s optimizer."""
-    return [check(e, result, case) for e in case.expectations if e.optimizer == result.optimizer]
+def check_run(case: "Case", result: "RunResult",
+              runs: MutableMapping[str, "RunResult"] | None = None) -> list[Outcome]:
+    """Every expectation of ``case`` that applies to ``result``'s optimizer.
+
+    ``runs`` (run id → result) holds runs already made: a ``parity`` expectation looks its
+    partner's run up there, or executes it and adds it."""
+    return [check(e, result, case, runs) for e in case.expectations if e.optimizer == result.optimizer]
+
+
+# ---- parity: this run tracks another optimizer's run step for step ---------------------------
+
+PARITY = "parity"
+PARITY_KEYS = {"with": "the optimizer (a key of the case's optimizers) whose run this one must track",
+               "rtol": "relative tolerance per step and column (default 1e-6)",
+               "atol": "absolute tolerance per step and column (default 0)"}
+PARITY_DEFAULTS = {"rtol": 1e-6, "atol": 0.0}
+PARITY_COLUMNS = ("loss", "grad_norm", "update_norm")
+
+
+@dataclass
+class ParityOutcome(Outcome):
+    """A parity expectation checked: ``value`` is the first history step where a column
+    departs beyond tolerance (None: the runs agree at every step); ``detail`` says how."""
+
+    detail: str = ""
+
+    def describe(self) -> str:
+        b = self.resolved_bound
+        verdict = "ok" if self.passed else "FAILED"
+        return (f"{self.where}: expect {self.optimizer} to track {b['with']} (rtol {b['rtol']:g}, "
+                f"atol {b['atol']:g}): {self.detail} — {verdict}")
+
+
+def parity_spec(case: "Case", result: "RunResult", partner: str) -> "RunSpec":
+    """The partner's run that ``result`` is compared with: same case, seed and device; the
+    partner's sweep point is the one whose swept values equal this run's values of those
+    hyperparameters (the schema has checked that there is one)."""
+    from stability_bench.runner import RunSpec
+
+    def same(a: Any, b: Any) -> bool:  # YAML lists and coerced tuples (betas) compare equal
+        return (tuple(a) if isinstance(a, (list, tuple)) else a) == (tuple(b) if isinstance(b, (list, tuple)) else b)
+
+    spec = case.optimizers[partner]
+    for point in spec.points():
+        if all(k in result.params and same(point[k], result.params[k]) for k in spec.sweeps):
+            return RunSpec(case, spec, point, result.seed, result.device)
+    raise ValueError(f"{case.where()}: no run of {partner!r} matches {result.run_id} "
+                     f"(its sweeps: {spec.sweeps}; this run: {result.params})")
+
+
+def compare_histories(history: dict, partner: dict, rtol: float, atol: float) -> tuple[int | None, str]:
+    """(first departing step or None, a sentence): column by column, step by step,
+    |value - partner| <= atol + rtol*|partner| (numpy.isclose; NaN equals NaN). Histories of
+    different lengths (one run diverged earlier) depart where the shorter one ends."""
+    import numpy as np
+
+    n = min(len(history["loss"]), len(partner["loss"]))
+    steps = history.get("step", list(range(n)))
+    first, worst = None, (0.0, None, None)
+    for column in PARITY_COLUMNS:
+        a = np.asarray(history[column][:n], dtype=float)
+        b = np.asarray(partner[column][:n], dtype=float)
+        close = np.isclose(a, b, rtol=rtol, atol=atol, equal_nan=True)
+        bad = np.flatnonzero(~close)
+        if bad.size and (first is None or bad[0] < first[0]):
+            first = (int(bad[0]), [])
+        if first is not None and bad.size and bad[0] == first[0]:
+            first[1].append(f"{column} {a[bad[0]]:.9g} vs {b[bad[0]]:.9g}")
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel = np.where(close & np.isfinite(a) & np.isfinite(b) & (b != 0), np.abs(a - b) / np.abs(b), 0.0)
+        if rel.size and rel.max() > worst[0]:
+            worst = (float(rel.max()), column, int(np.argmax(rel)))
+    if first is not None:
+        step = int(steps[first[0]])
+        return step, f"departs first at step {step}: " + ", ".join(first[1])
+    if len(history["loss"]) != len(partner["loss"]):
+        return n, (f"agrees up to step {n - 1}, then the partner's run has {len(partner['loss'])} steps "
+                   f"and this one {len(history['loss'])} (one diverged earlier)")
+    largest = (f"largest relative difference {worst[0]:.2g} ({worst[1]}, step {int(steps[worst[2]])})"
+               if worst[1] else "identical")
+    return None, f"agrees at all {n} steps; {largest}"
+
+
+def check_parity(expectation: "Expectation", result: "RunResult", case: "Case",
+                 runs: MutableMapping[str, "RunResult"] | None = None) -> ParityOutcome:
+    """Run (or look up in ``runs``) the partner's matching run, compare the histories."""
+    from stability_bench.runner import execute
+
+    bound = {**PARITY_DEFAULTS, **expectation.bound}
+    spec = parity_spec(case, result, bound["with"])
+    runs = {} if runs is None else runs
+    if spec.run_id not in runs:
+        runs[spec.run_id] = execute(spec)
+    partner = runs[spec.run_id]
+    step, detail = compare_histories(result.history, partner.history, float(bound["rtol"]), float(bound["atol"]))
+    return ParityOutcome(expectation.optimizer, expectation.metric, expectation.comparator,
+                         expectation.bound, bound, step, step is None, case.where(expectation.path),
+                         detail=f"{detail} (against {spec.run_id})")

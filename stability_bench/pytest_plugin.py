@@ -18,6 +18,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("stability-bench")
     group.addoption("--run-slow", action="store_true", default=False,
                     help="also run cases and tests marked slow (paper-scale variants)")
+    group.addoption("--triage-dir", default=None, metavar="DIR",
+                    help="where a failed case's triage bundle goes (default: $STABILITY_BENCH_TRIAGE, "
+                         "else ./triage)")
     parser.addini("stability_cases_dirs", type="args", default=["cases"],
                   help="names of folders whose *.yaml files are stability-bench cases")
 
@@ -64,8 +67,8 @@ class CaseFile(pytest.File):
 
 
 class ExpectationFailed(Exception):
-    def __init__(self, result, outcomes):
-        self.result, self.outcomes = result, outcomes
+    def __init__(self, result, outcomes, triage=None):
+        self.result, self.outcomes, self.triage = result, outcomes, triage
         super().__init__(result.run_id)
 
 
@@ -86,10 +89,25 @@ class CaseItem(pytest.Item):
         from stability_bench.runner import execute
 
         result = execute(self.spec)
-        outcomes = check_run(self.spec.case, result)
+        # runs that parity expectations compare with, shared by this session's items
+        runs = self.session.__dict__.setdefault("_stability_bench_parity_runs", {})
+        key = self.spec.optimizer.key
+        if any(e.metric == "parity" and e.bound["with"] == key for e in self.spec.case.expectations):
+            runs.setdefault(result.run_id, result)
+        outcomes = check_run(self.spec.case, result, runs)
         self.user_properties.append(("metrics", result.metrics))
         if not all(o.passed for o in outcomes):
-            raise ExpectationFailed(result, outcomes)
+            raise ExpectationFailed(result, outcomes, self._triage(result, outcomes))
+
+    def _triage(self, result, outcomes) -> str:
+        """Write the failed run's triage bundle; a failure to write it is reported, not raised."""
+        from stability_bench.reports.triage import write_triage
+
+        root = self.config.getoption("--triage-dir", default=None)
+        try:
+            return str(write_triage(self.spec.case, self.spec, result, outcomes, root))
+        except Exception as exc:  # the expectation failure is what the item reports
+            return f"not written ({type(exc).__name__}: {exc})"
 
     def repr_failure(self, excinfo, style=None):
         error = excinfo.value
@@ -100,6 +118,8 @@ class CaseItem(pytest.Item):
             lines += [o.describe() for o in failed]
             if error.result.diverged:
                 lines.append(f"(the run diverged at step {error.result.divergence_step})")
+            if error.triage:
+                lines.append(f"triage bundle: {error.triage}")
             return "\n".join(lines)
         from stability_bench.runner import RunSetupError
 

@@ -7,6 +7,7 @@ synchronises a GPU per step (see :class:`StepRecorder`).
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping
@@ -268,7 +269,8 @@ def execute(spec: RunSpec, progress: Progress | None = None) -> RunResult:
         device=spec.device, dtype=case.dtype, steps=case.steps,
         diverged=divergence_step is not None, divergence_step=divergence_step,
         metrics=compute_metrics(view), history=history, probes=probe_columns, theory=theory,
-        meta={"wall_time_s": time.perf_counter() - started, "torch": torch.__version__})
+        meta={"wall_time_s": time.perf_counter() - started, "torch": torch.__version__,
+              "spikes": dataclasses.asdict(case.spikes)})
 
 
 def _truncate(columns: dict[str, list], divergence_step: int | None) -> dict[str, list]:

@@ -19,7 +19,7 @@ from typing import Any, Literal, Mapping, Union
 from stability_bench.components.data import DATA
 from stability_bench.components.losses import LOSSES
 from stability_bench.components.models import MODELS
-from stability_bench.expectations import COMPARATORS, THEORY_REFERENCES
+from stability_bench.expectations import COMPARATORS, PARITY, PARITY_KEYS, THEORY_REFERENCES
 from stability_bench.metrics import METRICS, SpikeConfig
 from stability_bench.optimizers.resolve import OptimizerResolveError, resolve_optimizer_class
 from stability_bench.registry import Registry, nearest
@@ -314,6 +314,11 @@ def _expectations(expect: Any, optimizers: Mapping[str, Any], path: KeyPath,
             continue
         for metric, checks in metrics.items():
             m_path = opt_path + (metric,)
+            if metric == PARITY:
+                parity = _parity(str(opt_key), checks, optimizers, m_path, problems)
+                if parity:
+                    out.append(parity)
+                continue
             if metric not in METRICS:
                 guess = nearest(str(metric), METRICS.names())
                 problems.append(Problem(m_path, f"unknown metric {metric!r}"
@@ -361,6 +366,59 @@ def _check_probes(section: dict, path: KeyPath, problems: list[Problem]) -> None
         allowed, required, _ = _signature_params(PROBES.get(key), skip=1)
         _check_mapping(value if value is not None else {}, {**allowed, "every": int}, required,
                        key_path, problems, f"probe {key!r}")
+
+
+def _parity(opt_key: str, checks: Any, optimizers: Mapping[str, Any], path: KeyPath,
+            problems: list[Problem]) -> Expectation | None:
+    """``parity: {with: <optimizer>, rtol: <number>, atol: <number>}``: the partner exists,
+    is another optimizer, the tolerances are numbers >= 0, and every run of ``opt_key`` has
+    exactly one partner run: each hyperparameter the partner sweeps has, at every point of
+    ``opt_key``, one of the partner's values."""
+    form = "parity takes {with: <optimizer>, rtol: <number>, atol: <number>}"
+    if not isinstance(checks, dict) or "with" not in checks:
+        problems.append(Problem(path, f"{form}, got {checks!r}"))
+        return None
+    n = len(problems)
+    for key in checks:
+        if key not in PARITY_KEYS:
+            guess = nearest(str(key), list(PARITY_KEYS))
+            problems.append(Problem(path + (key,), f"unknown parity key {key!r}"
+                                    + (f"; did you mean {guess!r}?" if guess else f"; {form}")))
+    for key in ("rtol", "atol"):
+        if key in checks:
+            problem = _type_problem(checks[key], float, path + (key,))
+            if problem:
+                problems.append(problem)
+            elif not 0.0 <= checks[key] < float("inf"):
+                problems.append(Problem(path + (key,), f"{key} must be a finite number >= 0, got {checks[key]!r}"))
+    partner = checks["with"]
+    if partner == opt_key:
+        problems.append(Problem(path + ("with",), f"{opt_key!r} cannot be its own parity partner"))
+    elif not isinstance(partner, str) or partner not in optimizers:
+        guess = nearest(str(partner), [k for k in optimizers if k != opt_key])
+        problems.append(Problem(path + ("with",), f"unknown parity partner {partner!r}"
+                                + (f"; did you mean {guess!r}?" if guess else
+                                   f"; the case's optimizers are {', '.join(map(str, optimizers))}")))
+    elif isinstance(optimizers.get(opt_key), dict) and isinstance(optimizers[partner], dict):
+        mine, theirs = optimizers[opt_key], optimizers[partner]
+        for name, value in theirs.items():
+            if not (isinstance(value, dict) and isinstance(value.get("sweep"), list)):
+                continue
+            if name not in mine:
+                problems.append(Problem(path + ("with",), f"{partner!r} sweeps {name} over {value['sweep']!r} "
+                                        f"but {opt_key!r} sets no {name}, so which run of {partner!r} to "
+                                        f"compare with is ambiguous: give {opt_key!r} the same sweep (or one "
+                                        f"value of it), or fix {name} in {partner!r}"))
+                continue
+            own = mine[name].get("sweep") if isinstance(mine[name], dict) else [mine[name]]
+            missing = [v for v in own if v not in value["sweep"]] if isinstance(own, list) else []
+            if missing:
+                problems.append(Problem(path + ("with",), f"sweeps don't line up: {opt_key!r} runs {name}="
+                                        f"{', '.join(map(repr, missing))}, which {partner!r} (sweep "
+                                        f"{value['sweep']!r}) does not run"))
+    if len(problems) > n:
+        return None
+    return Expectation(opt_key, PARITY, "tracks", dict(checks), path)
 
 
 # ----------------------------------------------------------------------------- case
