@@ -83,6 +83,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         require_matplotlib()
     cases = _load(args.cases, args.variant)
+    for case in [c for c in cases if c.slow and not args.slow]:
+        print(f"skip {case.name}: slow (run it with --slow)")
+    cases = [c for c in cases if args.slow or not c.slow]
     specs = [spec for case in cases for spec in plan_runs(
         case, devices=args.device or None, seeds=args.seed or None,
         optimizers=args.optimizer or None)]
@@ -194,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", action="append", type=int, help="only this seed (repeatable)")
     run.add_argument("--optimizer", action="append", help="only this optimizer entry (repeatable)")
     run.add_argument("--variant", help="only this variant of each case")
+    run.add_argument("--slow", action="store_true", help="also run cases marked slow (paper scale)")
     run.add_argument("-v", "--verbose", action="store_true", help="print every expectation")
     run.add_argument("--report", metavar="DIR", help="also write figures and an HTML report to DIR")
     run.add_argument("--triage-dir", metavar="DIR", help="where failed runs' triage bundles go "
