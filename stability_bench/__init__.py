@@ -4,6 +4,8 @@ Data flows one way: case (YAML or dict) → runs → results → metrics → exp
 """
 from __future__ import annotations
 
+from stability_bench.registry import lazy_exports
+
 __version__ = "0.1.0"
 
 # Imported lazily so that `import stability_bench` stays cheap for the pytest plugin
@@ -17,12 +19,7 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'stability_bench' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)
 
 
 __all__ = sorted(_EXPORTS)

@@ -63,3 +63,16 @@ class Registry(Generic[T]):
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, {self.names()})"
+
+
+def lazy_exports(package: str, exports: dict[str, str]) -> Callable[[str], object]:
+    """A module ``__getattr__`` importing ``name`` from ``exports[name]`` on first use, so a
+    package's ``import`` stays cheap (the pytest plugin and CLI import little up front)."""
+    def __getattr__(name: str) -> object:
+        if name in exports:
+            import importlib
+
+            return getattr(importlib.import_module(exports[name]), name)
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    return __getattr__

@@ -47,6 +47,13 @@ class CaseError(ValueError):
             for p in self.problems)
 
 
+def _unknown(what: str, name: Any, known: list[str]) -> str:
+    """``unknown metric 'x'; did you mean 'y'? Known: ...`` for any registry-like name."""
+    guess = nearest(str(name), known)
+    return (f"unknown {what} {name!r}" + (f"; did you mean {guess!r}?" if guess else "")
+            + f" Known: {', '.join(known)}.")
+
+
 def _dotted(path: KeyPath) -> str:
     return "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in path).lstrip(".")
 
@@ -151,10 +158,7 @@ def _check_component(spec: Any, registry: Registry, path: KeyPath, problems: lis
         return
     kind = spec["kind"]
     if kind not in registry:
-        guess = nearest(str(kind), registry.names())
-        problems.append(Problem(path + ("kind",), f"unknown {registry.kind} kind {kind!r}"
-                                + (f"; did you mean {guess!r}?" if guess else "")
-                                + f" Known: {', '.join(registry.names())}."))
+        problems.append(Problem(path + ("kind",), _unknown(f"{registry.kind} kind", kind, registry.names())))
         return
     allowed, required, _ = _signature_params(registry.get(kind), skip=1)
     params = {k: v for k, v in spec.items() if k != "kind"}
@@ -273,10 +277,7 @@ class Expectation:
 def _check_bound(comparator: str, bound: Any, path: KeyPath, problems: list[Problem]) -> None:
     if isinstance(bound, str) and not _NUMBER_STRING.match(bound.strip()):  # '1e-3': YAML 1.1 text
         if bound not in THEORY_REFERENCES:
-            guess = nearest(bound, list(THEORY_REFERENCES))
-            problems.append(Problem(path, f"unknown theory reference {bound!r}"
-                                    + (f"; did you mean {guess!r}?" if guess else "")
-                                    + f" Known: {', '.join(THEORY_REFERENCES)}."))
+            problems.append(Problem(path, _unknown("theory reference", bound, list(THEORY_REFERENCES))))
         return
     if isinstance(bound, dict):
         if set(bound) != {"times", "of"} or bound.get("of") not in THEORY_REFERENCES:
@@ -320,10 +321,7 @@ def _expectations(expect: Any, optimizers: Mapping[str, Any], path: KeyPath,
                     out.append(parity)
                 continue
             if metric not in METRICS:
-                guess = nearest(str(metric), METRICS.names())
-                problems.append(Problem(m_path, f"unknown metric {metric!r}"
-                                        + (f"; did you mean {guess!r}?" if guess else "")
-                                        + f" Known: {', '.join(METRICS.names())}."))
+                problems.append(Problem(m_path, _unknown("metric", metric, METRICS.names())))
                 continue
             if not isinstance(checks, dict) or not checks:
                 problems.append(Problem(m_path, f"expected {{comparator: bound}} with a comparator "
@@ -332,10 +330,7 @@ def _expectations(expect: Any, optimizers: Mapping[str, Any], path: KeyPath,
             for comparator, bound in checks.items():
                 c_path = m_path + (comparator,)
                 if comparator not in COMPARATORS:
-                    guess = nearest(str(comparator), COMPARATORS.names())
-                    problems.append(Problem(c_path, f"unknown comparator {comparator!r}"
-                                            + (f"; did you mean {guess!r}?" if guess else "")
-                                            + f" Known: {', '.join(COMPARATORS.names())}."))
+                    problems.append(Problem(c_path, _unknown("comparator", comparator, COMPARATORS.names())))
                     continue
                 _check_bound(comparator, bound, c_path, problems)
                 out.append(Expectation(opt_key, metric, comparator, bound, c_path))

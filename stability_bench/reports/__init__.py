@@ -13,6 +13,8 @@ only when a figure is drawn, so everything else — triage bundles included — 
 """
 from __future__ import annotations
 
+from stability_bench.registry import lazy_exports
+
 INSTALL_HINT = "pip install stability-bench[report]"
 
 
@@ -44,12 +46,7 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'stability_bench.reports' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)
 
 
 __all__ = sorted([*_EXPORTS, "INSTALL_HINT", "ReportDependencyError", "require_matplotlib"])
