@@ -86,9 +86,12 @@ class CaseItem(pytest.Item):
 
     def runtest(self) -> None:
         from stability_bench.expectations import check_run
-        from stability_bench.runner import execute
+        from stability_bench.runner import MissingDataError, execute
 
-        result = execute(self.spec)
+        try:
+            result = execute(self.spec)
+        except MissingDataError as exc:  # e.g. no CIFAR-10 here: skip, saying where it looked
+            pytest.skip(f"data not available: {exc}")
         # runs that parity expectations compare with, shared by this session's items
         runs = self.session.__dict__.setdefault("_stability_bench_parity_runs", {})
         key = self.spec.optimizer.key

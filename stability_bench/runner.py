@@ -62,11 +62,18 @@ class RunSetupError(RuntimeError):
     optimizer rejects); the message names the file, line and key."""
 
 
+class MissingDataError(RunSetupError, FileNotFoundError):
+    """A case's data set is not on this machine (the message says where it looked); test
+    items skip on it, the CLI reports it as bad input."""
+
+
 def _located(case: Case, path: tuple, build: Callable):
     """Call ``build``; re-raise what it rejects with the case location of ``path``."""
     try:
         return build()
-    except (ValueError, TypeError, FileNotFoundError, KeyError) as exc:
+    except FileNotFoundError as exc:
+        raise MissingDataError(f"{case.where(path)}: {'.'.join(map(str, path))}: {exc}") from exc
+    except (ValueError, TypeError, KeyError) as exc:
         raise RunSetupError(f"{case.where(path)}: {'.'.join(map(str, path))}: {exc}") from exc
 
 

@@ -175,14 +175,15 @@ def test_malformed_case_is_a_collection_error_naming_file_line_and_key(pytester)
     assert "schema.py" not in out and "pytest_plugin.py" not in out  # no traceback frames either
 
 
-def test_missing_data_fails_the_item_with_a_located_message(pytester, tmp_path, monkeypatch):
+def test_missing_data_skips_the_item_with_a_located_reason(pytester, tmp_path, monkeypatch):
     empty = tmp_path / "no_data_here"
     empty.mkdir()
     monkeypatch.setenv("STABILITY_BENCH_DATA", str(empty))
     write_cases(pytester, cifar_tiny=CIFAR)
-    result = run(pytester)
-    result.assert_outcomes(failed=1)
+    result = run(pytester, "-rs")
+    result.assert_outcomes(skipped=1)
     out = result.stdout.str()
+    assert "data not available" in out
     assert f"cifar_tiny.yaml:{CIFAR_DATA_LINE}" in out
     assert str(empty) in out
     assert "Traceback" not in out and "runner.py" not in out
