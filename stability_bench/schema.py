@@ -376,9 +376,7 @@ def _parity(opt_key: str, checks: Any, optimizers: Mapping[str, Any], path: KeyP
     n = len(problems)
     for key in checks:
         if key not in PARITY_KEYS:
-            guess = nearest(str(key), list(PARITY_KEYS))
-            problems.append(Problem(path + (key,), f"unknown parity key {key!r}"
-                                    + (f"; did you mean {guess!r}?" if guess else f"; {form}")))
+            problems.append(Problem(path + (key,), _unknown("parity key", key, list(PARITY_KEYS))))
     for key in ("rtol", "atol"):
         if key in checks:
             problem = _type_problem(checks[key], float, path + (key,))
@@ -390,10 +388,8 @@ def _parity(opt_key: str, checks: Any, optimizers: Mapping[str, Any], path: KeyP
     if partner == opt_key:
         problems.append(Problem(path + ("with",), f"{opt_key!r} cannot be its own parity partner"))
     elif not isinstance(partner, str) or partner not in optimizers:
-        guess = nearest(str(partner), [k for k in optimizers if k != opt_key])
-        problems.append(Problem(path + ("with",), f"unknown parity partner {partner!r}"
-                                + (f"; did you mean {guess!r}?" if guess else
-                                   f"; the case's optimizers are {', '.join(map(str, optimizers))}")))
+        others = [str(k) for k in optimizers if k != opt_key]
+        problems.append(Problem(path + ("with",), _unknown("parity partner", partner, others)))
     elif isinstance(optimizers.get(opt_key), dict) and isinstance(optimizers[partner], dict):
         mine, theirs = optimizers[opt_key], optimizers[partner]
         for name, value in theirs.items():
