@@ -1,16 +1,10 @@
 """asv benchmark suite (``asv.conf.json`` at the top level; see docs/benchmarking.md).
 
-Modules named ``bench_*.py`` hold the asv benchmarks. The other modules in this folder
-are standalone scripts (``python benchmarks/overhead.py``, ``python benchmarks/hvp.py``)
-whose helper functions happen to be named ``time_*``: asv imports every module of the
-benchmark folder and would collect those helpers as (broken) benchmarks. So when asv's
-runner imports this package, each script module is registered in ``sys.modules`` as an
-empty placeholder: asv finds nothing in it and never executes the script. Outside asv
-(the scripts run as ``__main__``, or ``import benchmarks.overhead`` from Python) nothing
-changes.
+Modules named ``bench_*.py`` hold the asv benchmarks; ``overhead.py`` and ``hvp.py`` are
+standalone scripts (``python benchmarks/overhead.py``) whose names asv does not collect.
 
 Helpers shared by the bench modules live here too. Importing this package has no side
-effects beyond that placeholder registration under asv: no training, no data loading,
+effects: no training, no data loading,
 no CUDA initialisation (the launch method may be ``forkserver``, which must not fork a
 process that has touched CUDA).
 """
@@ -18,20 +12,7 @@ from __future__ import annotations
 
 import functools
 import os
-import sys
-import types
 from pathlib import Path
-
-# Standalone scripts in this folder that asv must not collect (see the module docstring).
-SCRIPTS = ("overhead", "hvp")
-
-if "asv_runner" in sys.modules:  # imported by asv's discovery / benchmark processes
-    for _script in SCRIPTS:
-        _name = f"{__name__}.{_script}"
-        if _name not in sys.modules:
-            _stub = types.ModuleType(_name, f"benchmarks/{_script}.py is a standalone script, not an asv benchmark")
-            _stub.__file__ = str(Path(__file__).with_name(f"{_script}.py"))
-            sys.modules[_name] = _stub
 
 REPO = Path(__file__).resolve().parent.parent
 CASES_DIR = REPO / "cases"

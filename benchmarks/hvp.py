@@ -71,7 +71,7 @@ def _session(case, device: str, optimizer: str | None):
     return start(spec)
 
 
-def time_ops(session, device: str, repeats: int, additive: str) -> dict:
+def measure_ops(session, device: str, repeats: int, additive: str) -> dict:
     model, params, loss_fn = session.model, session.params, session.loss_fn
     x, y = session.data.x, session.data.y
     gen = torch.Generator().manual_seed(0)
@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
               "repeats": args.repeats, "devices": {}}
     for device in devices:
         session = _session(case, device, args.optimizer)
-        timing = time_ops(session, device, args.repeats, additive)
+        timing = measure_ops(session, device, args.repeats, additive)
         session = _session(case, device, args.optimizer)  # a fresh run for the Lanczos study
         eig = lanczos_counts(session, args.steps, args.warm_gap, args.tol, args.max_iter, additive)
         report["devices"][device] = {"timing": timing, "lanczos": eig}

@@ -49,7 +49,7 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_bare(spec) -> tuple[float, float, torch.Tensor]:
+def measure_bare(spec) -> tuple[float, float, torch.Tensor]:
     """(build+loop seconds, loop-only seconds, last loss tensor)."""
     _sync(spec.device)
     t0 = time.perf_counter()
@@ -70,7 +70,7 @@ def time_bare(spec) -> tuple[float, float, torch.Tensor]:
     return t2 - t0, t2 - t1, loss
 
 
-def time_harness(spec):
+def measure_harness(spec):
     _sync(spec.device)
     t0 = time.perf_counter()
     result = execute(spec)
@@ -105,8 +105,8 @@ def main(argv=None) -> int:
           f"torch {torch.__version__}, {threads} threads, BLOCK {BLOCK}", flush=True)
 
     # warm-up (allocator, lazy imports, first-call dispatch), and the same-work check
-    _, warm = time_harness(spec)
-    _, _, last = time_bare(spec)
+    _, warm = measure_harness(spec)
+    _, _, last = measure_bare(spec)
     if not warm.diverged:
         same = float(last.detach().cpu()) == warm.history["loss"][-1]
         if not same and spec.device == "cpu":
@@ -118,9 +118,9 @@ def main(argv=None) -> int:
         first, second = ("harness", "bare") if i % 2 == 0 else ("bare", "harness")
         for which in (first, second):
             if which == "harness":
-                harness.append(time_harness(spec)[0])
+                harness.append(measure_harness(spec)[0])
             else:
-                total, loop, _ = time_bare(spec)
+                total, loop, _ = measure_bare(spec)
                 bare.append(total)
                 bare_loop.append(loop)
 
