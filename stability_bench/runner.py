@@ -1,9 +1,9 @@
 """Run a case: expand it into runs, train each one, record every step, compute metrics.
 
-The training loop is the one a user would write; the harness adds two fused copies per
-step (gradients before the step, parameters after it) into device buffers, and takes the
-norms, copies to the host and checks for divergence once per block of steps — so it never
-synchronises a GPU per step (see :class:`StepRecorder`).
+The training loop is the one a user would write; per step the harness adds one fused
+copy of the gradients and one concatenation of the parameters into device buffers, and
+takes the norms, copies to the host and checks for divergence once per block of steps —
+so it never synchronises a GPU per step (see :class:`StepRecorder`).
 """
 from __future__ import annotations
 
