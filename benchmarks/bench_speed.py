@@ -103,9 +103,8 @@ class TimeStep:
         s.optimizer.zero_grad()
         loss = s.loss_fn(s.model(x), y)
         loss.backward()
-        recorder.before_step(loss, s.params)
+        recorder.before_step(loss)
         s.optimizer.step()
-        recorder.after_step()
 
     def time_step(self, cases, case, device):
         for _ in range(self.recorder.size):

@@ -5,7 +5,11 @@ first optimizer, seed 0, cpu):
 
 (a) harness — ``stability_bench.runner.execute(spec)`` for the RunSpec ``plan_runs`` gives;
 (b) bare    — a hand-written torch loop doing the same training steps: zero_grad, forward,
-    loss, backward, step, and nothing else (no ``.item()``, no records, no checks).
+    loss, backward, step, and nothing else (no ``.item()``, no records, no checks);
+(c) floor   — the bare loop plus the least that any recorder of the update norm of an
+    arbitrary (in-place) optimizer must do per step: keep the detached loss and copy the
+    parameters after the step (here into one fixed buffer: no gradients, no norms, no
+    history). ``floor/bare`` is what recording costs at best on this model and machine.
 
 Fairness. ``execute`` builds its data, model, loss, batches and optimizer inside the call,
 and after the loop turns the record into a history and computes metrics. So the bare timing
@@ -18,9 +22,10 @@ post-processing (history, metrics) is counted as harness cost: it is work the ha
 Batches come from the same :class:`Batches` iterator in both (for a full-batch case it
 yields the same tensors every step).
 
-The two are interleaved (one warm-up of each, then ABAB... ``--repeats`` times) so drift
-on a shared machine hits both alike; the table shows median and minimum seconds and the
-ratio harness/bare of the medians and of the minima. ``torch.get_num_threads()`` is left at
+The three are interleaved (one warm-up of each, then ``--repeats`` rounds, each in a
+rotated order) so drift on a shared machine hits them alike; the table shows median and
+minimum seconds, and the ratios to bare three ways: of the medians, of the minima, and the
+median over rounds of each round's own ratio (``paired``: the most robust to drift). ``torch.get_num_threads()`` is left at
 its default for both and recorded. On CUDA each timing synchronises before the clock stops.
 
     python benchmarks/overhead.py                      # Bai Li, adam, seed 0, cpu, 7 repeats
@@ -49,12 +54,15 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure_bare(spec) -> tuple[float, float, torch.Tensor]:
-    """(build+loop seconds, loop-only seconds, last loss tensor)."""
+def measure_bare(spec, floor: bool = False) -> tuple[float, float, torch.Tensor]:
+    """(build+loop seconds, loop-only seconds, last loss tensor); with ``floor``, the loop
+    also keeps each detached loss and copies the parameters after each step."""
     _sync(spec.device)
     t0 = time.perf_counter()
     session = start(spec)  # the runner's own build: same registries, seeds and order
     model, loss_fn, batches, optimizer = session.model, session.loss_fn, session.batches, session.optimizer
+    flat = [p.detach().view(-1) for p in session.params]
+    kept, copies = [], [torch.empty_like(f) for f in flat]
     _sync(spec.device)
     t1 = time.perf_counter()
     batch_iter = iter(batches)
@@ -65,6 +73,9 @@ def measure_bare(spec) -> tuple[float, float, torch.Tensor]:
         loss = loss_fn(model(x), y)
         loss.backward()
         optimizer.step()
+        if floor:
+            kept.append(loss.detach())
+            torch._foreach_copy_(copies, flat)
     _sync(spec.device)
     t2 = time.perf_counter()
     return t2 - t0, t2 - t1, loss
@@ -113,38 +124,43 @@ def main(argv=None) -> int:
             print("warning: the bare loop's last loss differs from the harness's "
                   f"({float(last):.17g} vs {warm.history['loss'][-1]:.17g})", file=sys.stderr)
 
-    harness, bare, bare_loop = [], [], []
+    times = {"harness": [], "bare": [], "bare_loop": [], "floor": []}
+    order = ["harness", "bare", "floor"]
     for i in range(args.repeats):
-        first, second = ("harness", "bare") if i % 2 == 0 else ("bare", "harness")
-        for which in (first, second):
+        for which in order[i % 3:] + order[:i % 3]:
             if which == "harness":
-                harness.append(measure_harness(spec)[0])
+                times["harness"].append(measure_harness(spec)[0])
             else:
-                total, loop, _ = measure_bare(spec)
-                bare.append(total)
-                bare_loop.append(loop)
+                total, loop, _ = measure_bare(spec, floor=which == "floor")
+                times[which].append(total)
+                if which == "bare":
+                    times["bare_loop"].append(loop)
 
-    med = {k: statistics.median(v) for k, v in (("harness", harness), ("bare", bare), ("bare_loop", bare_loop))}
-    low = {k: min(v) for k, v in (("harness", harness), ("bare", bare), ("bare_loop", bare_loop))}
+    med = {k: statistics.median(v) for k, v in times.items()}
+    low = {k: min(v) for k, v in times.items()}
+    paired = {k: statistics.median(a / b for a, b in zip(times[k], times["bare"])) for k in ("harness", "floor")}
     ratio_median = med["harness"] / med["bare"]
     ratio_min = low["harness"] / low["bare"]
     steps = spec.case.steps
 
     print(f"\n{'':24}{'median s':>10}{'min s':>10}{'us/step':>10}")
     for label, key in (("harness (execute)", "harness"), ("bare (build + loop)", "bare"),
-                       ("bare loop only", "bare_loop")):
+                       ("bare loop only", "bare_loop"), ("floor (bare + minimum)", "floor")):
         print(f"{label:24}{med[key]:10.3f}{low[key]:10.3f}{1e6 * med[key] / steps:10.1f}")
-    print(f"{'ratio harness/bare':24}{ratio_median:10.3f}{ratio_min:10.3f}")
-    print(f"overhead per step (median): {1e6 * (med['harness'] - med['bare']) / steps:.1f} us; "
-          f"{args.repeats} interleaved pairs")
+    print(f"\n{'ratio to bare':24}{'medians':>10}{'minima':>10}{'paired':>10}")
+    for key in ("harness", "floor"):
+        print(f"{key:24}{med[key] / med['bare']:10.3f}{low[key] / low['bare']:10.3f}{paired[key]:10.3f}")
+    print(f"overhead per step (medians): harness {1e6 * (med['harness'] - med['bare']) / steps:.1f} us, "
+          f"floor {1e6 * (med['floor'] - med['bare']) / steps:.1f} us; {args.repeats} interleaved rounds")
 
     if args.json:
         payload = {"run_id": spec.run_id, "case": args.case, "optimizer": spec.optimizer.key,
                    "device": args.device, "seed": args.seed, "steps": steps, "dtype": spec.case.dtype,
                    "repeats": args.repeats, "num_threads": threads, "torch": torch.__version__,
                    "python": platform.python_version(), "machine": platform.machine(),
-                   "block": BLOCK, "times_s": {"harness": harness, "bare": bare, "bare_loop": bare_loop},
-                   "median_s": med, "min_s": low, "ratio_median": ratio_median, "ratio_min": ratio_min}
+                   "block": BLOCK, "times_s": times, "median_s": med, "min_s": low,
+                   "ratio_median": ratio_median, "ratio_min": ratio_min, "ratio_paired": paired["harness"],
+                   "floor_ratio_paired": paired["floor"]}
         Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
     return 0
 

@@ -30,6 +30,7 @@ Adding a metric::
 # No ``from __future__ import annotations``: SpikeConfig's field types must stay real types,
 # because the case schema checks a case's ``spikes:`` mapping against ``fields(SpikeConfig)``.
 import math
+from functools import cached_property
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -144,6 +145,11 @@ class RunView:
             raise ValueError(
                 f"RunView: loss has {self.loss.size} entries but steps has {self.steps.size}"
             )
+
+    @cached_property
+    def spike_onsets(self) -> np.ndarray:
+        """``detect_spikes(loss, spike_config)``, found once for all the spike metrics."""
+        return detect_spikes(self.loss, self.spike_config)
 
 
 MetricFn = Callable[[RunView], "float | int | bool | None"]
@@ -353,7 +359,7 @@ def spike_count(view: RunView) -> int:
     ``factor`` (3) times the median of the previous ``window`` (20) finite losses, after at least
     ``min_history`` (10) of them; an excursion above that threshold counts once however many steps
     it lasts, and a non-finite loss is never a spike (it is divergence)."""
-    return int(detect_spikes(view.loss, view.spike_config).size)
+    return int(view.spike_onsets.size)
 
 
 @METRICS.register("spike_frequency")
@@ -365,7 +371,7 @@ def spike_frequency(view: RunView) -> float | None:
     n = view.loss.size
     if n == 0:
         return None
-    return 1000.0 * int(detect_spikes(view.loss, view.spike_config).size) / n
+    return 1000.0 * int(view.spike_onsets.size) / n
 
 
 @METRICS.register("spike_period")
@@ -378,7 +384,7 @@ def spike_period(view: RunView) -> int | None:
     them, and no other equally scoring g lies more than 2 x tolerance away (two separate equally
     common spacings are not a period). So gaps 32, 32, 31, 32, 33 give 32; gaps 32, 32 give 32;
     gaps 10, 50 or fewer than 3 spikes give None."""
-    onsets = detect_spikes(view.loss, view.spike_config)
+    onsets = view.spike_onsets
     return spike_period_from_onsets(view.steps[onsets], int(view.spike_config.period_tolerance))
 
 
@@ -450,7 +456,7 @@ def _spike_leads(view: RunView) -> list[float] | None:
                 above |= np.asarray(probes[name], dtype=float) > threshold
     window = float((view.extra.get("probe_options") or {}).get("lead_window", 50))
     leads = []
-    for onset in view.steps[detect_spikes(view.loss, view.spike_config)]:
+    for onset in view.steps[view.spike_onsets]:
         before = above & (steps <= onset) & (steps >= onset - window)
         leads.append(float(onset - steps[before].min()) if before.any() else math.nan)
     return leads

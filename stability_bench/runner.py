@@ -1,8 +1,7 @@
 """Run a case: expand it into runs, train each one, record every step, compute metrics.
 
-The training loop is the one a user would write; per step the harness adds one fused
-copy of the gradients and one concatenation of the parameters into device buffers, and
-takes the norms, copies to the host and checks for divergence once per block of steps —
+The training loop is the one a user would write; per step the harness keeps the loss and
+adds one fused copy of the gradients and parameters into device buffers, and takes the norms, copies to the host and checks for divergence once per block of steps —
 so it never synchronises a GPU per step (see :class:`StepRecorder`).
 """
 from __future__ import annotations
@@ -149,16 +148,18 @@ def _theory(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: B
 
 
 class StepRecorder:
-    """Loss, gradient norm and update norm of every step, for one fused copy and one concatenation per step.
+    """Loss, gradient norm and update norm of every step, for one fused copy per step.
 
-    Per step it keeps the detached loss, copies the gradients into the next row of a flat
-    buffer (one ``_foreach_copy_``) and concatenates the updated parameters — through flat
-    views made once, since they change in place — into the next row of another. The norms — of the
-    gradient rows and of differences of parameter rows — are taken once per block, in
-    float64 (squares of a late float32 update underflow into slow subnormals), and so are
-    the host copy and the divergence check: a GPU is never synchronised per step. A block
-    holds at most ``MAX_BLOCK`` steps and ``budget_bytes`` of rows, so a large model flushes
-    more often instead of using memory.
+    Before each optimizer step it keeps the detached loss, and a single
+    ``torch._foreach_copy_`` writes the gradients and the parameters (through flat views
+    made once: parameters change in place) into the next row of device buffers; the
+    parameters after a block's last step are copied when it is flushed. Step k's update is
+    then the difference of parameter rows k+1 and k, whatever the optimizer does to
+    ``p.grad`` inside its step. The norms are taken once per block, and so are the host
+    copy and the divergence check: a GPU is never synchronised per step. Squares are summed
+    in float64 (those of a late float32 update would underflow into slow subnormals). A
+    block holds at most ``MAX_BLOCK`` steps and ``budget_bytes`` of rows, so a large model
+    flushes more often instead of using memory.
     """
 
     MAX_BLOCK = BLOCK
@@ -170,34 +171,34 @@ class StepRecorder:
         self.size = int(max(1, min(self.MAX_BLOCK, budget_bytes // row_bytes - 1)))
         self.snapshots = torch.empty(self.size + 1, numel, dtype=dtype, device=device)
         self.grads = torch.empty(self.size, numel, dtype=dtype, device=device)
+        self.params = params
         self.flat_params = [p.detach().view(-1) for p in params]  # parameters are updated in place
-        self.grad_rows = [self._views(row, params) for row in self.grads]
-        self._diff = np.empty((self.size, numel)) if device == "cpu" else None
-        torch.cat(self.flat_params, out=self.snapshots[0])  # row 0: parameters before the block
+        sizes = [p.numel() for p in params]
+        self._rows = [[v.view_as(p) for v, p in zip(torch.split(g, sizes), params)] + list(torch.split(q, sizes))
+                      for g, q in zip(self.grads, self.snapshots)]
+        self._diff = np.empty((self.size, numel), dtype=self.grads.numpy().dtype) if device == "cpu" else None
         self.losses: list[torch.Tensor] = []
         self.blocks: list[np.ndarray] = []
 
-    @staticmethod
-    def _views(row: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tensor]:
-        return [v.view_as(p) for v, p in zip(torch.split(row, [p.numel() for p in params]), params)]
-
-    def before_step(self, loss: torch.Tensor, params: list[torch.Tensor]) -> None:
-        """Record the loss and gradients of this step, before the optimizer uses them."""
-        n = len(self.losses)
+    def before_step(self, loss: torch.Tensor) -> None:
+        """Record this step's loss, gradients and parameters, before the optimizer changes them."""
+        row = self._rows[len(self.losses)]
         self.losses.append(loss.detach())
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        torch._foreach_copy_(self.grad_rows[n], grads)
-
-    def after_step(self) -> None:
-        torch.cat(self.flat_params, out=self.snapshots[len(self.losses)])
+        try:
+            torch._foreach_copy_(row, [*[p.grad for p in self.params], *self.flat_params])
+        except TypeError:  # a parameter without a gradient this step (p.grad is None)
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+            torch._foreach_copy_(row, grads + self.flat_params)
 
     @property
     def full(self) -> bool:
         return len(self.losses) == self.size
 
     def flush(self) -> np.ndarray:
-        """Move the block to the host as rows (loss, grad norm, update norm); returns them."""
+        """After the block's last step: move the block to the host as rows (loss, grad norm,
+        update norm); returns them."""
         n = len(self.losses)
+        torch.cat(self.flat_params, out=self.snapshots[n])  # the parameters after the last step
         losses = torch.stack(self.losses)
         if self.snapshots.is_cuda:  # reduce on the device, copy three numbers per step
             rows = self.snapshots[: n + 1].double()
@@ -205,15 +206,17 @@ class StepRecorder:
                                  torch.linalg.vector_norm(self.grads[:n].double(), dim=1),
                                  torch.linalg.vector_norm(rows[1:] - rows[:-1], dim=1)], dim=1).cpu().numpy()
         else:  # numpy, into a reused buffer: a torch reduction here would wake idle OpenMP
-            # workers and a fresh temporary would page-fault, each costing more than the math
+            # workers and a fresh temporary would page-fault, each costing more than the math.
+            # Differences in the parameters' dtype (exact for float32 weights within a factor
+            # of 2 of each other, i.e. every update that neither crosses zero nor doubles a
+            # weight), squares and sums in float64.
             snaps, grads = self.snapshots[: n + 1].numpy(), self.grads[:n].numpy()
-            diff = np.subtract(snaps[1:], snaps[:-1], out=self._diff[:n], dtype=np.float64)
             with np.errstate(over="ignore", invalid="ignore"):  # a diverged block may hold inf/nan
+                diff = np.subtract(snaps[1:], snaps[:-1], out=self._diff[:n])
                 block = np.stack([losses.numpy().astype(np.float64),
                                   np.sqrt(np.einsum("ij,ij->i", grads, grads, dtype=np.float64)),
-                                  np.sqrt(np.einsum("ij,ij->i", diff, diff))], axis=1)
+                                  np.sqrt(np.einsum("ij,ij->i", diff, diff, dtype=np.float64))], axis=1)
         self.blocks.append(block)
-        self.snapshots[0].copy_(self.snapshots[n])
         self.losses.clear()
         return block
 
@@ -234,6 +237,7 @@ def execute(spec: RunSpec, progress: Progress | None = None) -> RunResult:
     cap = case.divergence["max_loss"]
     divergence_step = None
     batch_iter = iter(session.batches)
+    last = case.steps - 1
     started = time.perf_counter()
 
     for step in range(case.steps):
@@ -243,10 +247,9 @@ def execute(spec: RunSpec, progress: Progress | None = None) -> RunResult:
         loss.backward()
         if probes is not None:
             probes.run(session, step)
-        recorder.before_step(loss, params)
+        recorder.before_step(loss)
         optimizer.step()
-        recorder.after_step()
-        if recorder.full or step + 1 == case.steps:
+        if recorder.full or step == last:
             losses = recorder.flush()[:, 0]
             if cap is None:
                 cap = case.divergence["factor"] * abs(recorder.record[0, 0])

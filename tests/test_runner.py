@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import stability_bench
 from stability_bench.components import BuildContext
 from stability_bench.components.data import Batches, TensorData
 from stability_bench.components.losses import LOSSES
-from stability_bench.runner import plan_runs
+from stability_bench.runner import StepRecorder, plan_runs
 
 
 def quadratic_case(**overrides) -> dict:
@@ -55,8 +56,10 @@ def test_minibatch_shuffling_is_deterministic_and_seeded():
     assert a.history["loss"] != other.history["loss"]
 
 
-def test_gd_on_a_quadratic_matches_the_closed_form_iterates():
+@pytest.mark.parametrize("block", [128, 7, 1])  # one block; blocks ending mid-run; a flush every step
+def test_gd_on_a_quadratic_matches_the_closed_form_iterates(block, monkeypatch):
     # x_t = (1 - ηλ)^t x_0 along each eigenvector, so f_t = ½ Σ λ (1-ηλ)^{2t}.
+    monkeypatch.setattr(StepRecorder, "MAX_BLOCK", block)
     result = stability_bench.run_case(quadratic_case())[0]
     expected = [0.5 * sum(lam * (1 - 0.5 * lam) ** (2 * t) for lam in (1.0, 0.25)) for t in range(60)]
     np.testing.assert_allclose(result.history["loss"], expected, rtol=1e-12)
@@ -175,3 +178,64 @@ def test_teacher_data_has_the_requested_outliers():
     changed = (clean.y != dirty.y).any(dim=1)
     assert changed.sum().item() == 10 and changed[:10].all()
     assert torch.equal(clean.x, dirty.x)
+
+
+# --- the recorder: which gradient it reads, and when --------------------------------------
+
+
+class HalvingGD(torch.optim.Optimizer):
+    """GD that halves p.grad in place before using it, as clipping inside step() would."""
+
+    def __init__(self, params, lr):
+        super().__init__(params, {"lr": lr})
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.grad.mul_(0.5)
+                p.add_(p.grad, alpha=-group["lr"])
+
+
+def test_an_optimizer_that_rewrites_p_grad_has_its_gradient_read_before_the_step():
+    # HalvingGD with η = 0.5 on f = ½x² (λ = 1): x_{t+1} = (1 - η/2) x_t = 0.75 x_t, and the
+    # gradient backward gives is x_t; read after the step it would be x_t / 2.
+    case = quadratic_case(model={"kind": "quadratic", "eigenvalues": [1.0], "x0": 1.0}, steps=20,
+                          optimizers={"halving": {"class": f"{__name__}:HalvingGD", "lr": 0.5}})
+    result = stability_bench.run_case(case)[0]
+    x = 0.75 ** np.arange(20)
+    np.testing.assert_allclose(result.history["grad_norm"], x, rtol=1e-12)
+    np.testing.assert_allclose(result.history["update_norm"], 0.25 * x, rtol=1e-12)
+
+
+def test_the_recorder_reads_a_missing_gradient_as_zero():
+    used = torch.nn.Parameter(torch.tensor([3.0, 4.0], dtype=torch.float64))
+    unused = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))
+    optimizer = torch.optim.SGD([used, unused], lr=0.1)
+    recorder = StepRecorder([used, unused], torch.float64, "cpu")
+    for _ in range(2):
+        optimizer.zero_grad()
+        loss = 0.5 * used.pow(2).sum()
+        loss.backward()
+        assert unused.grad is None
+        recorder.before_step(loss)
+        optimizer.step()
+    block = recorder.flush()
+    # step 0: g = (3, 4), |g| = 5, update 0.5; step 1: g = 0.9 g, update 0.45
+    np.testing.assert_allclose(block, [[12.5, 5.0, 0.5], [12.5 * 0.81, 4.5, 0.45]], rtol=1e-12)
+
+
+def test_a_block_holding_infinite_parameters_flushes_without_numpy_warnings():
+    # A diverged block may hold +inf in consecutive parameter rows: inf - inf is nan, and numpy
+    # would warn about it (and about squares overflowing) in the user's output.
+    p = torch.nn.Parameter(torch.tensor([math.inf, 1e200], dtype=torch.float64))
+    recorder = StepRecorder([p], torch.float64, "cpu")
+    for _ in range(3):  # no optimizer: the parameters stay as they are
+        p.grad = None
+        loss = p.sum()
+        loss.backward()
+        recorder.before_step(loss)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        block = recorder.flush()
+    assert np.isinf(block[:, 0]).all() and np.isnan(block[:, 2]).all()
