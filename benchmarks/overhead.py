@@ -1,7 +1,7 @@
 """How much does the harness cost on top of the training it watches?
 
 Times, side by side, for one run of a case (default: ``cases/bai_li_perceptron.yaml``, its
-first optimizer, seed 0, cpu):
+first optimizer, seed 0, cpu; its probes switched off unless ``--with-probes``):
 
 (a) harness — ``stability_bench.runner.execute(spec)`` for the RunSpec ``plan_runs`` gives;
 (b) bare    — a hand-written torch loop doing the same training steps: zero_grad, forward,
@@ -34,6 +34,7 @@ its default for both and recorded. On CUDA each timing synchronises before the c
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import statistics
@@ -89,9 +90,11 @@ def measure_harness(spec):
     return time.perf_counter() - t0, result
 
 
-def find_spec(case_file: str, optimizer: str | None, device: str, seed: int):
+def find_spec(case_file: str, optimizer: str | None, device: str, seed: int, probes: bool = False):
     cases = load_cases(case_file)
     case = cases[0]  # the base case, not a variant
+    if not probes:  # the overhead target is for training without probes (benchmarks/hvp.py times those)
+        case = dataclasses.replace(case, probes={})
     key = optimizer or next(iter(case.optimizers))
     if key not in case.optimizers:
         sys.exit(f"{case_file}: no optimizer {key!r}; it has {', '.join(case.optimizers)}")
@@ -106,14 +109,17 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=7, help="timed pairs (default: %(default)s)")
     ap.add_argument("--json", metavar="FILE", help="also write the numbers to FILE")
+    ap.add_argument("--with-probes", action="store_true",
+                    help="keep the case's probes (default: off; the overhead target is without them)")
     args = ap.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         sys.exit("CUDA is not available on this machine")
 
-    spec = find_spec(args.case, args.optimizer, args.device, args.seed)
+    spec = find_spec(args.case, args.optimizer, args.device, args.seed, args.with_probes)
     threads = torch.get_num_threads()
     print(f"{spec.run_id}: {spec.case.steps} steps, dtype {spec.case.dtype}, "
-          f"torch {torch.__version__}, {threads} threads, BLOCK {BLOCK}", flush=True)
+          f"torch {torch.__version__}, {threads} threads, BLOCK {BLOCK}, "
+          f"probes {'on' if spec.case.probes else 'off'}", flush=True)
 
     # warm-up (allocator, lazy imports, first-call dispatch), and the same-work check
     _, warm = measure_harness(spec)

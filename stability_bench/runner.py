@@ -147,6 +147,26 @@ def _theory(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: B
             "batches_per_epoch": batches.per_epoch}
 
 
+CHUNK_BYTES = 512 * 2**10  # float64 rows the CPU norms work through at a time (stays in cache)
+
+
+def _row_norms(rows: np.ndarray, chunk: np.ndarray, minus: np.ndarray | None = None) -> np.ndarray:
+    """Euclidean norm of each row of ``rows`` (of ``rows - minus``), the difference and the
+    squares in float64, a few rows at a time through ``chunk`` (a reused float64 buffer) so
+    the work stays in cache whatever the row length. float64 keeps the squares of a late
+    float32 update out of (slow, inexact) subnormals."""
+    out = np.empty(len(rows))
+    k = len(chunk)
+    for i in range(0, len(rows), k):
+        part = chunk[: min(k, len(rows) - i)]
+        if minus is None:
+            np.copyto(part, rows[i:i + k])
+        else:
+            np.subtract(rows[i:i + k], minus[i:i + k], out=part, dtype=np.float64)
+        out[i:i + len(part)] = (part[:, None, :] @ part[:, :, None])[:, 0, 0]  # row dot products (BLAS)
+    return np.sqrt(out)
+
+
 class StepRecorder:
     """Loss, gradient norm and update norm of every step, for one fused copy per step.
 
@@ -156,9 +176,8 @@ class StepRecorder:
     parameters after a block's last step are copied when it is flushed. Step k's update is
     then the difference of parameter rows k+1 and k, whatever the optimizer does to
     ``p.grad`` inside its step. The norms are taken once per block, and so are the host
-    copy and the divergence check: a GPU is never synchronised per step. Squares are summed
-    in float64 (those of a late float32 update would underflow into slow subnormals). A
-    block holds at most ``MAX_BLOCK`` steps and ``budget_bytes`` of rows, so a large model
+    copy and the divergence check: a GPU is never synchronised per step. Differences and
+    squares are taken in float64 (see :func:`_row_norms`). A block holds at most ``MAX_BLOCK`` steps and ``budget_bytes`` of rows, so a large model
     flushes more often instead of using memory.
     """
 
@@ -176,7 +195,8 @@ class StepRecorder:
         sizes = [p.numel() for p in params]
         self._rows = [[v.view_as(p) for v, p in zip(torch.split(g, sizes), params)] + list(torch.split(q, sizes))
                       for g, q in zip(self.grads, self.snapshots)]
-        self._diff = np.empty((self.size, numel), dtype=self.grads.numpy().dtype) if device == "cpu" else None
+        chunk_rows = max(1, min(self.size, CHUNK_BYTES // (8 * numel)))
+        self._chunk = np.empty((chunk_rows, numel)) if device == "cpu" else None
         self.losses: list[torch.Tensor] = []
         self.blocks: list[np.ndarray] = []
 
@@ -205,17 +225,12 @@ class StepRecorder:
             block = torch.stack([losses.double(),
                                  torch.linalg.vector_norm(self.grads[:n].double(), dim=1),
                                  torch.linalg.vector_norm(rows[1:] - rows[:-1], dim=1)], dim=1).cpu().numpy()
-        else:  # numpy, into a reused buffer: a torch reduction here would wake idle OpenMP
-            # workers and a fresh temporary would page-fault, each costing more than the math.
-            # Differences in the parameters' dtype (exact for float32 weights within a factor
-            # of 2 of each other, i.e. every update that neither crosses zero nor doubles a
-            # weight), squares and sums in float64.
-            snaps, grads = self.snapshots[: n + 1].numpy(), self.grads[:n].numpy()
+        else:  # numpy: a torch reduction here would wake idle OpenMP workers, costing more than the math
+            snaps = self.snapshots[: n + 1].numpy()
             with np.errstate(over="ignore", invalid="ignore"):  # a diverged block may hold inf/nan
-                diff = np.subtract(snaps[1:], snaps[:-1], out=self._diff[:n])
                 block = np.stack([losses.numpy().astype(np.float64),
-                                  np.sqrt(np.einsum("ij,ij->i", grads, grads, dtype=np.float64)),
-                                  np.sqrt(np.einsum("ij,ij->i", diff, diff, dtype=np.float64))], axis=1)
+                                  _row_norms(self.grads[:n].numpy(), self._chunk),
+                                  _row_norms(snaps[1:], self._chunk, minus=snaps[:-1])], axis=1)
         self.blocks.append(block)
         self.losses.clear()
         return block

@@ -239,3 +239,20 @@ def test_a_block_holding_infinite_parameters_flushes_without_numpy_warnings():
         warnings.simplefilter("error")
         block = recorder.flush()
     assert np.isinf(block[:, 0]).all() and np.isnan(block[:, 2]).all()
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 2, 5, 8])
+def test_row_norms_are_float64_norms_of_the_float32_rows_in_any_chunking(chunk_rows):
+    # float32 entries of 1e-30 square to 1e-60, below float32's range: the norm must still be
+    # the float64 norm of the stored values (and of their exact differences).
+    from stability_bench.runner import _row_norms
+
+    rng = np.random.default_rng(0)
+    rows = (rng.standard_normal((5, 7)) * np.logspace(-30, 3, 5)[:, None]).astype(np.float32)
+    minus = (rows * 0.5).astype(np.float32)
+    chunk = np.empty((chunk_rows, 7))
+    exact = rows.astype(np.float64)
+    np.testing.assert_allclose(_row_norms(rows, chunk), np.linalg.norm(exact, axis=1), rtol=1e-15)
+    np.testing.assert_allclose(_row_norms(rows, chunk, minus=minus),
+                               np.linalg.norm(exact - minus.astype(np.float64), axis=1), rtol=1e-15)
+    assert (_row_norms(rows, chunk) > 0).all()
