@@ -113,7 +113,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         for outcome in failed if not args.verbose else outcomes:
             print(f"    {outcome.describe()}")
         if failed and not args.no_triage:
-            print(f"    triage bundle: {_triage(args, spec, result, outcomes)}")
+            from stability_bench.reports.triage import triage_or_reason
+
+            print(f"    triage bundle: {triage_or_reason(spec, result, outcomes, args.triage_dir)}")
         if args.json:  # rewritten after every run: an interrupted run keeps what finished
             write_json_atomic(args.json, results_payload(collected))
     print(f"{len(specs) - failures - skipped} passed, {failures} failed"
@@ -125,16 +127,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         report = write_report(report_runs(collected, {c.name: c for c in cases}), args.report)
         print(f"report: {report.html} ({len(report.figures)} figures)")
     return EXIT_FAILED if failures else EXIT_OK
-
-
-def _triage(args: argparse.Namespace, spec, result, outcomes) -> str:
-    """Write a failed run's triage bundle; a failure to write it is reported, not raised."""
-    from stability_bench.reports.triage import write_triage
-
-    try:
-        return str(write_triage(spec.case, spec, result, outcomes, args.triage_dir))
-    except Exception as exc:  # the run's verdict stands even if its bundle cannot be written
-        return f"not written ({type(exc).__name__}: {exc})"
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -100,17 +100,10 @@ class CaseItem(pytest.Item):
         outcomes = check_run(self.spec.case, result, runs)
         self.user_properties.append(("metrics", result.metrics))
         if not all(o.passed for o in outcomes):
-            raise ExpectationFailed(result, outcomes, self._triage(result, outcomes))
+            from stability_bench.reports.triage import triage_or_reason
 
-    def _triage(self, result, outcomes) -> str:
-        """Write the failed run's triage bundle; a failure to write it is reported, not raised."""
-        from stability_bench.reports.triage import write_triage
-
-        root = self.config.getoption("--triage-dir", default=None)
-        try:
-            return str(write_triage(self.spec.case, self.spec, result, outcomes, root))
-        except Exception as exc:  # the expectation failure is what the item reports
-            return f"not written ({type(exc).__name__}: {exc})"
+            root = self.config.getoption("--triage-dir", default=None)
+            raise ExpectationFailed(result, outcomes, triage_or_reason(self.spec, result, outcomes, root))
 
     def repr_failure(self, excinfo, style=None):
         error = excinfo.value

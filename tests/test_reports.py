@@ -543,3 +543,21 @@ def test_without_matplotlib_reports_say_how_to_get_it_and_bundles_still_work(tmp
     assert {"case.yaml", "result.json", "model_state.pt", "optimizer_state.pt"} <= names
     assert not any(n.endswith(".png") for n in names)
     assert INSTALL_HINT in json.loads((bundle / "triage.json").read_text())["figure_note"]
+
+
+def test_a_bundle_that_cannot_be_written_is_reported_not_raised(tmp_path):
+    from stability_bench.reports.triage import triage_or_reason
+
+    case = load_case({"name": "quad_gd", "dtype": "float64", "steps": 5,
+                      "model": {"kind": "quadratic", "eigenvalues": [1.0]}, "loss": {"kind": "quadratic"},
+                      "optimizers": {"gd": {"class": "reference.GD", "lr": 0.5}},
+                      "expect": {"gd": {"final_loss": {"above": 1.0}}}})
+    spec = plan_runs(case)[0]
+    result = execute(spec)
+    outcomes = check_run(case, result)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    reason = triage_or_reason(spec, result, outcomes, blocker / "triage")
+    assert reason.startswith("not written (") and "a_file" in reason
+    written = triage_or_reason(spec, result, outcomes, tmp_path / "triage")
+    assert (Path(written) / "case.yaml").is_file()

@@ -149,6 +149,16 @@ def _save_state(spec, step: int, folder: Path) -> dict:
     return info
 
 
+def triage_or_reason(spec, result: RunResult, outcomes: Iterable[Any], root: str | Path | None = None) -> str:
+    """The folder of the failed run's triage bundle, or why it was not written: the run's
+    verdict stands either way, so a bundle that cannot be written is reported, not raised
+    (what both the CLI and the pytest items print)."""
+    try:
+        return str(write_triage(spec.case, spec, result, outcomes, root))
+    except Exception as exc:
+        return f"not written ({type(exc).__name__}: {exc})"
+
+
 def write_triage(case, spec, result: RunResult, outcomes: Iterable[Any], root: str | Path | None = None,
                  formats: tuple[str, ...] = ("png", "svg")) -> Path:
     """Write the triage bundle of a failed run into ``root/<safe run id>/`` (replacing an
