@@ -25,10 +25,10 @@ yields the same tensors every step).
 The three are interleaved (one warm-up of each, then ``--repeats`` rounds, each in a
 rotated order) so drift on a shared machine hits them alike; the table shows median and
 minimum seconds, and the ratios to bare three ways: of the medians, of the minima, and the
-median over rounds of each round's own ratio (``paired``: the most robust to drift). ``torch.get_num_threads()`` is left at
-its default for both and recorded. On CUDA each timing synchronises before the clock stops.
+median over rounds of each round's own ratio (``paired``: the most robust to drift).
+``torch.get_num_threads()`` is left at its default for all three and recorded. On CUDA each timing synchronises before the clock stops.
 
-    python benchmarks/overhead.py                      # Bai Li, adam, seed 0, cpu, 7 repeats
+    python benchmarks/overhead.py                      # Bai Li, adam, seed 0, cpu, 7 rounds
     python benchmarks/overhead.py --optimizer sgd --repeats 5 --json overhead.json
 """
 from __future__ import annotations
@@ -107,7 +107,7 @@ def main(argv=None) -> int:
     ap.add_argument("--optimizer", help="optimizer entry (default: the case's first)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--repeats", type=int, default=7, help="timed pairs (default: %(default)s)")
+    ap.add_argument("--repeats", type=int, default=7, help="timed rounds, each timing all three (default: %(default)s)")
     ap.add_argument("--json", metavar="FILE", help="also write the numbers to FILE")
     ap.add_argument("--with-probes", action="store_true",
                     help="keep the case's probes (default: off; the overhead target is without them)")
@@ -144,7 +144,8 @@ def main(argv=None) -> int:
 
     med = {k: statistics.median(v) for k, v in times.items()}
     low = {k: min(v) for k, v in times.items()}
-    paired = {k: statistics.median(a / b for a, b in zip(times[k], times["bare"])) for k in ("harness", "floor")}
+    paired = {k: statistics.median(a / b for a, b in zip(times[k], times["bare"]))
+              for k in ("harness", "floor")}
     ratio_median = med["harness"] / med["bare"]
     ratio_min = low["harness"] / low["bare"]
     steps = spec.case.steps

@@ -30,8 +30,8 @@ Adding a metric::
 # No ``from __future__ import annotations``: SpikeConfig's field types must stay real types,
 # because the case schema checks a case's ``spikes:`` mapping against ``fields(SpikeConfig)``.
 import math
-from functools import cached_property
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Callable, Iterable
 
 import numpy as np

@@ -1,8 +1,9 @@
 """Run a case: expand it into runs, train each one, record every step, compute metrics.
 
 The training loop is the one a user would write; per step the harness keeps the loss and
-adds one fused copy of the gradients and parameters into device buffers, and takes the norms, copies to the host and checks for divergence once per block of steps —
-so it never synchronises a GPU per step (see :class:`StepRecorder`).
+adds one fused copy of the gradients and parameters into device buffers, and takes the
+norms, copies to the host and checks for divergence once per block of steps — so it never
+synchronises a GPU per step (see :class:`StepRecorder`).
 """
 from __future__ import annotations
 
@@ -177,8 +178,9 @@ class StepRecorder:
     then the difference of parameter rows k+1 and k, whatever the optimizer does to
     ``p.grad`` inside its step. The norms are taken once per block, and so are the host
     copy and the divergence check: a GPU is never synchronised per step. Differences and
-    squares are taken in float64 (see :func:`_row_norms`). A block holds at most ``MAX_BLOCK`` steps and ``budget_bytes`` of rows, so a large model
-    flushes more often instead of using memory.
+    squares are taken in float64 (see :func:`_row_norms`). A block holds at most
+    ``MAX_BLOCK`` steps and ``budget_bytes`` of rows, so a large model flushes more often
+    instead of using memory.
     """
 
     MAX_BLOCK = BLOCK
@@ -193,8 +195,9 @@ class StepRecorder:
         self.params = params
         self.flat_params = [p.detach().view(-1) for p in params]  # parameters are updated in place
         sizes = [p.numel() for p in params]
-        self._rows = [[v.view_as(p) for v, p in zip(torch.split(g, sizes), params)] + list(torch.split(q, sizes))
-                      for g, q in zip(self.grads, self.snapshots)]
+        # row k: views of grads[k] shaped like the parameters, then flat views of snapshots[k]
+        self._rows = [[v.view_as(p) for v, p in zip(torch.split(g, sizes), params)]
+                      + list(torch.split(q, sizes)) for g, q in zip(self.grads, self.snapshots)]
         chunk_rows = max(1, min(self.size, CHUNK_BYTES // (8 * numel)))
         self._chunk = np.empty((chunk_rows, numel)) if device == "cpu" else None
         self.losses: list[torch.Tensor] = []
