@@ -6,10 +6,11 @@ first optimizer, seed 0, cpu; its probes switched off unless ``--with-probes``):
 (a) harness — ``stability_bench.runner.execute(spec)`` for the RunSpec ``plan_runs`` gives;
 (b) bare    — a hand-written torch loop doing the same training steps: zero_grad, forward,
     loss, backward, step, and nothing else (no ``.item()``, no records, no checks);
-(c) floor   — the bare loop plus the least that any recorder of the update norm of an
-    arbitrary (in-place) optimizer must do per step: keep the detached loss and copy the
-    parameters after the step (here into one fixed buffer: no gradients, no norms, no
-    history). ``floor/bare`` is what recording costs at best on this model and machine.
+(c) floor   — the bare loop plus the data movement that recording the loss, gradient norm
+    and update norm of an arbitrary (in-place) optimizer needs per step: keep the detached
+    loss, and copy the gradients and the parameters in one fused call — into one fixed
+    buffer that stays in cache, with no norms and no history. ``floor/bare`` bounds from
+    below what such recording can cost on this model and machine.
 
 Fairness. ``execute`` builds its data, model, loss, batches and optimizer inside the call,
 and after the loop turns the record into a history and computes metrics. So the bare timing
@@ -57,13 +58,14 @@ def _sync(device: str) -> None:
 
 def measure_bare(spec, floor: bool = False) -> tuple[float, float, torch.Tensor]:
     """(build+loop seconds, loop-only seconds, last loss tensor); with ``floor``, the loop
-    also keeps each detached loss and copies the parameters after each step."""
+    also keeps each detached loss and copies the gradients and parameters before each step."""
     _sync(spec.device)
     t0 = time.perf_counter()
     session = start(spec)  # the runner's own build: same registries, seeds and order
     model, loss_fn, batches, optimizer = session.model, session.loss_fn, session.batches, session.optimizer
-    flat = [p.detach().view(-1) for p in session.params]
-    kept, copies = [], [torch.empty_like(f) for f in flat]
+    params = session.params
+    flat = [p.detach().view(-1) for p in params]
+    kept, copies = [], [torch.empty_like(p) for p in params] + [torch.empty_like(f) for f in flat]
     _sync(spec.device)
     t1 = time.perf_counter()
     batch_iter = iter(batches)
@@ -73,10 +75,12 @@ def measure_bare(spec, floor: bool = False) -> tuple[float, float, torch.Tensor]
         optimizer.zero_grad()
         loss = loss_fn(model(x), y)
         loss.backward()
-        optimizer.step()
         if floor:
             kept.append(loss.detach())
-            torch._foreach_copy_(copies, flat)
+            torch._foreach_copy_(copies, [*[p.grad for p in params], *flat])
+            if len(kept) == BLOCK:  # the recorder, too, keeps a block's losses
+                kept.clear()
+        optimizer.step()
     _sync(spec.device)
     t2 = time.perf_counter()
     return t2 - t0, t2 - t1, loss
