@@ -27,7 +27,8 @@ The three are interleaved (one warm-up of each, then ``--repeats`` rounds, each 
 rotated order) so drift on a shared machine hits them alike; the table shows median and
 minimum seconds, and the ratios to bare three ways: of the medians, of the minima, and the
 median over rounds of each round's own ratio (``paired``: the most robust to drift).
-``torch.get_num_threads()`` is left at its default for all three and recorded. On CUDA each timing synchronises before the clock stops.
+``torch.get_num_threads()`` is left at its default for all three and recorded. On CUDA each
+timing synchronises before the clock stops.
 
     python benchmarks/overhead.py                      # Bai Li, adam, seed 0, cpu, 7 rounds
     python benchmarks/overhead.py --optimizer sgd --repeats 5 --json overhead.json
@@ -111,7 +112,8 @@ def main(argv=None) -> int:
     ap.add_argument("--optimizer", help="optimizer entry (default: the case's first)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--repeats", type=int, default=7, help="timed rounds, each timing all three (default: %(default)s)")
+    ap.add_argument("--repeats", type=int, default=7,
+                    help="timed rounds, each timing all three (default: %(default)s)")
     ap.add_argument("--json", metavar="FILE", help="also write the numbers to FILE")
     ap.add_argument("--with-probes", action="store_true",
                     help="keep the case's probes (default: off; the overhead target is without them)")
