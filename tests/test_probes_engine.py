@@ -173,12 +173,16 @@ def test_chunk_size_does_not_change_anything(kind, reduction, divide, regression
                 assert abs(uHv - vHu) < 1e-12 * abs(uHv)
 
 
+def _mlp_problem(seed: int):
+    """small_mlp(seed), its parameters, the mse loss and a fixed direction v."""
+    model = small_mlp(seed)
+    v = torch.randn(245, generator=torch.Generator().manual_seed(4), dtype=F64)
+    return model, list(model.parameters()), LOSSES.get("mse")(ctx()), v
+
+
 def test_graph_cache_gives_the_same_products_and_respects_its_budget(regression_data):
     x, y, _ = regression_data
-    model = small_mlp(2)
-    params = list(model.parameters())
-    loss_fn = LOSSES.get("mse")(ctx())
-    v = torch.randn(245, generator=torch.Generator().manual_seed(4), dtype=F64)
+    model, params, loss_fn, v = _mlp_problem(2)
     kept = LossHessian(model, params, loss_fn, x, y, chunk_size=5)
     none = LossHessian(model, params, loss_fn, x, y, chunk_size=5, cache_bytes=0)
     first = kept.hvp(v)
@@ -192,10 +196,7 @@ def test_graph_cache_gives_the_same_products_and_respects_its_budget(regression_
 
 def test_snapshot_is_unaffected_by_later_training(regression_data):
     x, y, _ = regression_data
-    model = small_mlp(3)
-    params = list(model.parameters())
-    loss_fn = LOSSES.get("mse")(ctx())
-    v = torch.randn(245, generator=torch.Generator().manual_seed(4), dtype=F64)
+    model, params, loss_fn, v = _mlp_problem(3)
     H = LossHessian(model, params, loss_fn, x, y)
     before = H.hvp(v)
     opt = torch.optim.SGD(params, lr=0.1)
