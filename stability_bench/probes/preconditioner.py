@@ -81,60 +81,54 @@ def _step(state: dict) -> int:
     return int(float(state["step"])) if "step" in state else 0
 
 
+def _after_first_step(optimizer: Optimizer, formula: Callable[[dict, dict, int], torch.Tensor]):
+    """:func:`_per_param` of ``formula(state, group, t)`` — P at step count t ≥ 1; None before
+    the first step, where P_0 is undefined with bias correction."""
+    def P(p, state, group):
+        t = _step(state)
+        return formula(state, group, t) if t >= 1 else None
+    return _per_param(optimizer, P)
+
+
 @PRECONDITIONERS.register("Adam")
 @PRECONDITIONERS.register("AdamW")
 def _adam(optimizer: Optimizer) -> list[torch.Tensor] | None:
-    def P(p, state, group):
-        t = _step(state)
-        if t < 1:
-            return None
+    def P(state, group, t):
         beta1, beta2 = (float(b) for b in group["betas"])
         v = state["max_exp_avg_sq"] if group.get("amsgrad") else state["exp_avg_sq"]
         bc1, bc2 = 1.0 - beta1 ** t, 1.0 - beta2 ** t
         return bc1 * ((v / bc2).sqrt() + float(group["eps"]))
-    return _per_param(optimizer, P)
+    return _after_first_step(optimizer, P)
 
 
 @PRECONDITIONERS.register("NAdam")
 def _nadam(optimizer: Optimizer) -> list[torch.Tensor] | None:
-    def P(p, state, group):
-        t = _step(state)
-        if t < 1:
-            return None
+    def P(state, group, t):
         beta2 = float(group["betas"][1])
         return (state["exp_avg_sq"] / (1.0 - beta2 ** t)).sqrt() + float(group["eps"])
-    return _per_param(optimizer, P)
+    return _after_first_step(optimizer, P)
 
 
 @PRECONDITIONERS.register("RMSprop")
 def _rmsprop(optimizer: Optimizer) -> list[torch.Tensor] | None:
-    def P(p, state, group):
-        if _step(state) < 1:
-            return None
+    def P(state, group, t):
         v = state["square_avg"]
         if group.get("centered"):
             v = v - state["grad_avg"].square()
         return v.sqrt() + float(group["eps"])
-    return _per_param(optimizer, P)
+    return _after_first_step(optimizer, P)
 
 
 @PRECONDITIONERS.register("Adagrad")
 def _adagrad(optimizer: Optimizer) -> list[torch.Tensor] | None:
-    def P(p, state, group):
-        if _step(state) < 1:
-            return None
-        return state["sum"].sqrt() + float(group["eps"])
-    return _per_param(optimizer, P)
+    return _after_first_step(optimizer,
+                             lambda state, group, t: state["sum"].sqrt() + float(group["eps"]))
 
 
 @PRECONDITIONERS.register("Adamax")
 def _adamax(optimizer: Optimizer) -> list[torch.Tensor] | None:
-    def P(p, state, group):
-        t = _step(state)
-        if t < 1:
-            return None
-        return (1.0 - float(group["betas"][0]) ** t) * state["exp_inf"]
-    return _per_param(optimizer, P)
+    return _after_first_step(optimizer,
+                             lambda state, group, t: (1.0 - float(group["betas"][0]) ** t) * state["exp_inf"])
 
 
 def _reorder(Ps: list[torch.Tensor], optimizer: Optimizer, params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
