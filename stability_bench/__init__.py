@@ -14,7 +14,9 @@ _EXPORTS = {
     "load_case": "stability_bench.schema",
     "Case": "stability_bench.schema",
     "CaseError": "stability_bench.schema",
-    "run_case": "stability_bench.runner",
+    "run_case": "stability_bench.orchestrate",
+    "make_plan": "stability_bench.orchestrate",
+    "run_plan": "stability_bench.orchestrate",
     "RunResult": "stability_bench.results",
 }
 

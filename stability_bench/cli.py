@@ -1,7 +1,16 @@
 """Command line: ``stability-bench run | validate | list | report``.
 
-Exit codes: 0 all expectations held, 1 an expectation failed, 2 bad input (a malformed
-case, an unknown optimizer, missing data) — reported as one paragraph, never a traceback.
+Exit codes of ``run`` (each reported as a paragraph, never a traceback):
+
+* 0 — every run finished and every expectation held;
+* 1 — an expectation failed;
+* 2 — bad input: a malformed case, an unknown optimizer, missing data, a run that could
+  not be set up, an unusable option or ``--json`` path;
+* 3 — a run crashed (the optimizer or model raised while training); the other runs
+  still ran and are in ``--json``;
+* 130 — interrupted (Ctrl-C); ``--json`` holds the runs that finished.
+
+When several apply, the first in the order 2, 3, 1 wins.
 """
 from __future__ import annotations
 
@@ -11,7 +20,11 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CRASHED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+class UsageError(ValueError):
+    """A bad option value (exit 2)."""
 
 
 def _case_files(paths: Sequence[str]) -> list[Path]:
@@ -39,26 +52,27 @@ def _load(paths: Sequence[str], variant: str | None = None):
 
 
 class ProgressLine:
-    """One updating status line on a terminal; silent when stderr is not a terminal."""
+    """One updating status line over the runs (done/total, and the current run's steps
+    when runs train in this process); silent when stderr is not a terminal."""
 
-    def __init__(self, stream=None):
+    def __init__(self, total: int, stream=None):
         stream = sys.stderr if stream is None else stream  # at call time: stderr may be redirected
         self.stream, self.enabled = stream, stream.isatty()
-        self.label, self.start = "", time.perf_counter()
+        self.total, self.done, self.start = total, 0, time.perf_counter()
 
-    def begin(self, label: str) -> None:
-        self.label, self.start = label, time.perf_counter()
+    def _show(self, text: str) -> None:
+        if self.enabled:
+            self.stream.write(f"\r[{self.done}/{self.total} runs, {time.perf_counter() - self.start:.0f}s] "
+                              f"{text}\x1b[K")
+            self.stream.flush()
 
-    def __call__(self, done: int, total: int, loss: float) -> None:
-        if not self.enabled:
-            return
-        elapsed = time.perf_counter() - self.start
-        eta = elapsed / done * (total - done) if done else 0.0
+    def __call__(self, run_id: str, done: int, total: int, loss: float) -> None:
         width = 24
-        bar = "#" * int(width * done / total)
-        self.stream.write(f"\r{self.label} [{bar:<{width}}] {done}/{total} loss {loss:.3e} "
-                          f"ETA {eta:4.0f}s\x1b[K")
-        self.stream.flush()
+        self._show(f"{run_id} [{'#' * int(width * done / total):<{width}}] {done}/{total} loss {loss:.3e}")
+
+    def finished(self, run_id: str) -> None:
+        self.done += 1
+        self._show(f"last: {run_id}")
 
     def end(self) -> None:
         if self.enabled:
@@ -71,62 +85,99 @@ def _num(value, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from stability_bench.expectations import check_run
-    from stability_bench.results import results_payload, write_json_atomic
-    import torch
+def _summary(report) -> str:
+    """One line per requested run."""
+    if report.skipped is not None:
+        return f"skip {report.run_id}: {report.skipped}"
+    if report.failure is not None:  # the paragraph saying why goes to stderr
+        return f"{'CRASH' if report.failure.kind == 'crash' else 'ERROR'} {report.run_id}"
+    result, m = report.result, report.result.metrics
+    status = "diverged at step %d" % result.divergence_step if result.diverged else "ok"
+    return (f"{'FAIL' if report.failed_outcomes else 'pass'} {result.run_id}: {status}; min_loss "
+            f"{_num(m['min_loss'], '.3g')} at step {m['min_loss_step']}, late_instability "
+            f"{_num(m['late_instability'], '.2f')}, spikes {m['spike_count']}, {result.meta['wall_time_s']:.2f}s")
 
-    from stability_bench.runner import execute, plan_runs
+
+def _exit_code(statuses: list[str]) -> int:
+    """Bad input (a run that could not be set up) over a crash over a failed expectation."""
+    for status, code in (("setup", EXIT_BAD_INPUT), ("missing_data", EXIT_BAD_INPUT),
+                         ("crash", EXIT_CRASHED), ("failed", EXIT_FAILED)):
+        if status in statuses:
+            return code
+    return EXIT_OK
+
+
+def _client(address: str | None):
+    if address is None:
+        return None
+    try:
+        from distributed import Client
+    except ImportError:
+        raise UsageError("--dask needs dask.distributed: pip install 'stability-bench[dask]'") from None
+    try:
+        return Client(address, timeout="10s")
+    except OSError as exc:
+        raise UsageError(f"--dask {address}: no Dask scheduler answers there ({exc})") from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from stability_bench.orchestrate import make_plan, run_plan
+    from stability_bench.results import ResultsJournal, run_entry
 
     if args.report:  # before the runs: a missing extra should not cost a long run
         from stability_bench.reports import require_matplotlib
 
         require_matplotlib()
+    if args.jobs < 1:
+        raise UsageError(f"--jobs must be at least 1, got {args.jobs}")
     cases = _load(args.cases, args.variant)
-    for case in [c for c in cases if c.slow and not args.slow]:
-        print(f"skip {case.name}: slow (run it with --slow)")
-    cases = [c for c in cases if args.slow or not c.slow]
-    specs = [spec for case in cases for spec in plan_runs(
-        case, devices=args.device or None, seeds=args.seed or None,
-        optimizers=args.optimizer or None)]
-    progress = ProgressLine()
-    collected, failures, skipped = [], 0, 0
-    runs: dict = {}  # run id -> result: parity expectations compare with these
-    for i, spec in enumerate(specs, 1):
-        if spec.device.startswith("cuda") and not torch.cuda.is_available():  # as pytest does
-            print(f"skip {spec.run_id}: CUDA is not available on this machine")
-            skipped += 1
-            continue
-        progress.begin(f"[{i}/{len(specs)}] {spec.run_id}")
-        result = runs.get(spec.run_id) or execute(spec, progress)  # a parity partner may have run already
-        runs[spec.run_id] = result
-        progress.end()
-        outcomes = check_run(spec.case, result, runs)
-        collected.append((result, outcomes))
-        failed = [o for o in outcomes if not o.passed]
-        failures += bool(failed)
-        status = "diverged at step %d" % result.divergence_step if result.diverged else "ok"
-        m = result.metrics
-        print(f"{'FAIL' if failed else 'pass'} {result.run_id}: {status}; min_loss {_num(m['min_loss'], '.3g')} "
-              f"at step {m['min_loss_step']}, late_instability {_num(m['late_instability'], '.2f')}, "
-              f"spikes {m['spike_count']}, {result.meta['wall_time_s']:.2f}s")
-        for outcome in failed if not args.verbose else outcomes:
-            print(f"    {outcome.describe()}")
-        if failed and not args.no_triage:
-            from stability_bench.reports.triage import triage_or_reason
+    plan = make_plan(cases, devices=args.device or None, seeds=args.seed or None,
+                     optimizers=args.optimizer or None, run_slow=args.run_slow)
+    journal = ResultsJournal(args.json) if args.json else None  # a bad --json path fails before training
+    client = _client(args.dask)
+    progress = ProgressLine(total=len(plan.to_execute()))
+    collected, statuses = [], []
+    try:
+        for report in run_plan(plan, jobs=args.jobs, client=client, threads=args.threads,
+                               progress=progress if args.jobs == 1 and client is None else None):
+            progress.end()
+            statuses.append(report.status)
+            print(_summary(report), flush=True)
+            for outcome in report.outcomes if args.verbose else report.failed_outcomes:
+                print(f"    {outcome.describe()}")
+            if report.failure is not None:
+                print(f"stability-bench: error: {report.failure.describe()}", file=sys.stderr)
+                if args.verbose and report.failure.traceback:
+                    print(report.failure.traceback.rstrip(), file=sys.stderr)
+            if report.failed_outcomes and not args.no_triage:
+                from stability_bench.reports.triage import triage_or_reason
 
-            print(f"    triage bundle: {triage_or_reason(spec, result, outcomes, args.triage_dir)}")
-        if args.json:  # rewritten after every run: an interrupted run keeps what finished
-            write_json_atomic(args.json, results_payload(collected))
-    print(f"{len(specs) - failures - skipped} passed, {failures} failed"
-          + (f", {skipped} skipped" if skipped else ""))
+                print(f"    triage bundle: {triage_or_reason(report.spec, report.result, report.outcomes, args.triage_dir)}")
+            if report.result is not None:
+                collected.append((report.result, report.outcomes))
+            if journal is not None and report.skipped is None:
+                journal.append(run_entry(report.result, report.outcomes) if report.result is not None
+                               else {"failure": report.failure.to_dict()})
+            progress.finished(report.run_id)
+    finally:
+        progress.end()
+        if journal is not None:  # also on Ctrl-C: the file holds every run that finished
+            journal.close(plan.requested)
+        if client is not None:
+            client.close()
+    counts = {s: statuses.count(s) for s in ("passed", "failed", "crash", "setup", "missing_data", "skipped")}
+    errors = counts["setup"] + counts["missing_data"]
+    print(f"{counts['passed']} passed, {counts['failed']} failed"
+          + (f", {counts['crash']} crashed" if counts["crash"] else "")
+          + (f", {errors} could not start" if errors else "")
+          + (f", {counts['skipped']} skipped" if counts["skipped"] else ""))
     if args.report and collected:
         from stability_bench.reports.collect import report_runs
         from stability_bench.reports.html import write_report
 
         report = write_report(report_runs(collected, {c.name: c for c in cases}), args.report)
         print(f"report: {report.html} ({len(report.figures)} figures)")
-    return EXIT_FAILED if failures else EXIT_OK
+    return _exit_code(statuses)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -189,7 +240,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", action="append", type=int, help="only this seed (repeatable)")
     run.add_argument("--optimizer", action="append", help="only this optimizer entry (repeatable)")
     run.add_argument("--variant", help="only this variant of each case")
-    run.add_argument("--slow", action="store_true", help="also run cases marked slow (paper scale)")
+    run.add_argument("--run-slow", "--slow", dest="run_slow", action="store_true",
+                     help="also run cases marked slow (paper scale); the same flag as pytest's")
+    run.add_argument("-j", "--jobs", type=int, default=1, metavar="N",
+                     help="train runs in N worker processes (default 1; CPU results are identical)")
+    run.add_argument("--dask", metavar="ADDRESS", help="train runs on the Dask cluster whose scheduler "
+                     "is at ADDRESS (tcp://HOST:PORT); needs the dask extra")
+    run.add_argument("--threads", type=int, metavar="N", help="torch threads per run (default: "
+                     "$STABILITY_BENCH_THREADS, else the harness's choice: 1 for small models)")
     run.add_argument("-v", "--verbose", action="store_true", help="print every expectation")
     run.add_argument("--report", metavar="DIR", help="also write figures and an HTML report to DIR")
     run.add_argument("--triage-dir", metavar="DIR", help="where failed runs' triage bundles go "
@@ -233,12 +291,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (CaseError, RunSetupError, DataNotFoundError, CIFAR10FormatError) as exc:
+    except (CaseError, RunSetupError, DataNotFoundError, CIFAR10FormatError, UsageError, OSError) as exc:
         print(f"stability-bench: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("stability-bench: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except ImportError as exc:  # an optional extra (reports: matplotlib) is missing
         from stability_bench.reports import ReportDependencyError
 

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Callable, MutableMapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from stability_bench.registry import Registry
 
 if TYPE_CHECKING:  # imported for annotations only: the schema imports this module
     from stability_bench.results import RunResult
-    from stability_bench.runner import RunSpec
     from stability_bench.schema import Case, Expectation
 
 COMPARATORS: Registry = Registry("comparator")
@@ -98,9 +97,9 @@ def resolve_bound(bound: Any, theory: dict) -> Any:
 
 
 def check(expectation: "Expectation", result: "RunResult", case: "Case",
-          runs: MutableMapping[str, "RunResult"] | None = None) -> Outcome:
+          runs: Mapping[str, "RunResult"] | None = None, missing: Mapping[str, str] | None = None) -> Outcome:
     if expectation.metric == PARITY:
-        return check_parity(expectation, result, case, runs)
+        return check_parity(expectation, result, case, runs or {}, missing or {})
     value = result.metrics.get(expectation.metric)
     resolved = resolve_bound(expectation.bound, result.theory)
     passed = bool(COMPARATORS.get(expectation.comparator)(value, resolved))
@@ -108,13 +107,13 @@ def check(expectation: "Expectation", result: "RunResult", case: "Case",
                    expectation.bound, resolved, value, passed, case.where(expectation.path))
 
 
-def check_run(case: "Case", result: "RunResult",
-              runs: MutableMapping[str, "RunResult"] | None = None) -> list[Outcome]:
-    """Every expectation of ``case`` that applies to ``result``'s optimizer.
-
-    ``runs`` (run id → result) holds runs already made: a ``parity`` expectation looks its
-    partner's run up there, or executes it and adds it."""
-    return [check(e, result, case, runs) for e in case.expectations if e.optimizer == result.optimizer]
+def check_run(case: "Case", result: "RunResult", runs: Mapping[str, "RunResult"] | None = None,
+              missing: Mapping[str, str] | None = None) -> list[Outcome]:
+    """Every expectation of ``case`` that applies to ``result``'s optimizer. Pure: it never
+    trains. A ``parity`` expectation reads its partner's run from ``runs`` (run id →
+    result; the orchestrator plans partners as dependencies); ``missing`` says why a
+    partner has no result."""
+    return [check(e, result, case, runs, missing) for e in case.expectations if e.optimizer == result.optimizer]
 
 
 # ---- parity: this run tracks another optimizer's run step for step ---------------------------
@@ -141,21 +140,28 @@ class ParityOutcome(Outcome):
                 f"atol {b['atol']:g}): {self.detail} — {verdict}")
 
 
-def parity_spec(case: "Case", result: "RunResult", partner: str) -> "RunSpec":
-    """The partner's run that ``result`` is compared with: same case, seed and device; the
-    partner's sweep point is the one whose swept values equal this run's values of those
-    hyperparameters (the schema has checked that there is one)."""
-    from stability_bench.runner import RunSpec
-
+def partner_point(case: "Case", params: dict, partner: str) -> dict:
+    """The sweep point of ``partner`` that a run with hyperparameters ``params`` compares
+    with: the one whose swept values equal this run's values of those hyperparameters (the
+    schema has checked that there is one)."""
     def same(a: Any, b: Any) -> bool:  # YAML lists and coerced tuples (betas) compare equal
         return (tuple(a) if isinstance(a, (list, tuple)) else a) == (tuple(b) if isinstance(b, (list, tuple)) else b)
 
     spec = case.optimizers[partner]
     for point in spec.points():
-        if all(k in result.params and same(point[k], result.params[k]) for k in spec.sweeps):
-            return RunSpec(case, spec, point, result.seed, result.device)
-    raise ValueError(f"{case.where()}: no run of {partner!r} matches {result.run_id} "
-                     f"(its sweeps: {spec.sweeps}; this run: {result.params})")
+        if all(k in params and same(point[k], params[k]) for k in spec.sweeps):
+            return point
+    raise ValueError(f"{case.where()}: no run of {partner!r} matches hyperparameters {params} "
+                     f"(its sweeps: {spec.sweeps})")
+
+
+def partner_run_id(case: "Case", result: "RunResult", partner: str) -> str:
+    """The run id of ``result``'s parity partner (same seed and device)."""
+    from stability_bench.results import format_run_id
+
+    spec = case.optimizers[partner]
+    point = partner_point(case, result.params, partner)
+    return format_run_id(case.name, partner, spec.label(point), result.seed, result.device)
 
 
 def compare_histories(history: dict, partner: dict, rtol: float, atol: float) -> tuple[int | None, str]:
@@ -192,17 +198,18 @@ def compare_histories(history: dict, partner: dict, rtol: float, atol: float) ->
 
 
 def check_parity(expectation: "Expectation", result: "RunResult", case: "Case",
-                 runs: MutableMapping[str, "RunResult"] | None = None) -> ParityOutcome:
-    """Run (or look up in ``runs``) the partner's matching run, compare the histories."""
-    from stability_bench.runner import execute
-
+                 runs: Mapping[str, "RunResult"], missing: Mapping[str, str]) -> ParityOutcome:
+    """Compare the histories of ``result`` and its partner's run, looked up in ``runs``; a
+    partner that did not run (``missing``: run id → why) fails the expectation, saying why."""
     bound = {**PARITY_DEFAULTS, **expectation.bound}
-    spec = parity_spec(case, result, bound["with"])
-    runs = {} if runs is None else runs
-    if spec.run_id not in runs:
-        runs[spec.run_id] = execute(spec)
-    partner = runs[spec.run_id]
-    step, detail = compare_histories(result.history, partner.history, float(bound["rtol"]), float(bound["atol"]))
+    partner_id = partner_run_id(case, result, bound["with"])
+    if partner_id in runs:
+        step, detail = compare_histories(result.history, runs[partner_id].history,
+                                         float(bound["rtol"]), float(bound["atol"]))
+        passed = step is None
+    else:
+        step, passed = None, False
+        detail = f"no result to compare with: {missing.get(partner_id, 'the partner run was not planned')}"
     return ParityOutcome(expectation.optimizer, expectation.metric, expectation.comparator,
-                         expectation.bound, bound, step, step is None, case.where(expectation.path),
-                         detail=f"{detail} (against {spec.run_id})")
+                         expectation.bound, bound, step, passed, case.where(expectation.path),
+                         detail=f"{detail} (against {partner_id})")

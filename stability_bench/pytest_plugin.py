@@ -1,17 +1,21 @@
 """pytest plugin (entry point ``pytest11``): every run of every case file is a test item.
 
-Collects ``*.yaml`` files below a folder named ``cases`` (the ini option
-``stability_cases_dirs`` changes the names). An item's id names case, optimizer, sweep
-point, seed and device; a failed expectation reports its file:line, metric, bound and the
-measured value. ``slow`` cases run with ``--run-slow``; ``cuda`` items skip without CUDA.
+Installed with the package, this plugin loads in every project's pytest, so it stays out
+of their way: loading it imports neither torch nor the case schema, and it collects only
+what is clearly a stability-bench case — a ``*.yaml``/``*.yml`` file below one of the
+``stability_cases_dirs`` folders (relative to the rootdir; default ``cases``) that carries
+the top-level marker ``stability-bench: 1``. Other YAML files are left alone.
+
+Items run through the library's orchestrator (:mod:`stability_bench.orchestrate`): each
+run, parity partners included, trains once per session (per xdist worker; ``--dist
+loadfile`` keeps a case file's items together), and checking an item never trains.
+``slow`` cases run with ``--run-slow``; CUDA items skip without a GPU, saying so.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-
-from stability_bench.schema import CaseError, load_cases
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -21,8 +25,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--triage-dir", default=None, metavar="DIR",
                     help="where a failed case's triage bundle goes (default: $STABILITY_BENCH_TRIAGE, "
                          "else ./triage)")
-    parser.addini("stability_cases_dirs", type="args", default=["cases"],
-                  help="names of folders whose *.yaml files are stability-bench cases")
+    parser.addini("stability_cases_dirs", type="paths", default=[],
+                  help="folders (relative to the rootdir or the ini file) whose case files (marked "
+                       "'stability-bench: 1') are collected; default: <rootdir>/cases")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -30,12 +35,20 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "cuda: needs a CUDA device")
 
 
+def _case_dirs(config: pytest.Config) -> list[Path]:
+    return [Path(p) for p in config.getini("stability_cases_dirs")] or [config.rootpath / "cases"]
+
+
 def pytest_collect_file(file_path: Path, parent: pytest.Collector):
-    if file_path.suffix in (".yaml", ".yml"):
-        folders = set(parent.config.getini("stability_cases_dirs"))
-        if folders.intersection(file_path.parent.parts):
-            return CaseFile.from_parent(parent, path=file_path)
-    return None
+    if file_path.suffix not in (".yaml", ".yml"):
+        return None
+    if not any(file_path.is_relative_to(folder) for folder in _case_dirs(parent.config)):
+        return None
+    from stability_bench.yamlsource import has_case_marker
+
+    if not has_case_marker(file_path):
+        return None
+    return CaseFile.from_parent(parent, path=file_path)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -48,79 +61,107 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 class CaseFile(pytest.File):
+    """A case file: one item per requested run of its base case and variants."""
+
     def collect(self):
-        from stability_bench.runner import plan_runs
+        from stability_bench.orchestrate import make_plan
+        from stability_bench.schema import load_cases
 
-        for case in load_cases(self.path):
-            for spec in plan_runs(case):
-                item = CaseItem.from_parent(self, name=spec.run_id, spec=spec)
-                if case.slow:
-                    item.add_marker(pytest.mark.slow)
-                if spec.device.startswith("cuda"):
-                    item.add_marker(pytest.mark.cuda)
-                yield item
+        plan = make_plan(load_cases(self.path), cuda_available=True)  # CUDA is checked per item
+        for run_id in plan.requested:
+            spec = plan.runs[run_id]
+            item = CaseItem.from_parent(self, name=run_id, plan=plan)
+            if spec.case.slow:
+                item.add_marker(pytest.mark.slow)
+            if spec.device.startswith("cuda"):
+                item.add_marker(pytest.mark.cuda)
+            yield item
 
-    def repr_failure(self, excinfo, style=None):
+    def repr_failure(self, excinfo):
+        from stability_bench.schema import CaseError
+
         if isinstance(excinfo.value, CaseError):
             return f"malformed case file:\n{excinfo.value}"
-        return super().repr_failure(excinfo, style)
+        return f"{self.path}: could not read the case file: {type(excinfo.value).__name__}: {excinfo.value}"
 
 
 class ExpectationFailed(Exception):
-    def __init__(self, result, outcomes, triage=None):
-        self.result, self.outcomes, self.triage = result, outcomes, triage
-        super().__init__(result.run_id)
+    def __init__(self, report, triage=None):
+        self.report, self.triage = report, triage
+        super().__init__(report.run_id)
+
+
+class RunFailed(Exception):
+    """A run that could not be set up or crashed while training."""
+
+
+class SessionRuns:
+    """The runs this session has trained (run id → result or failure), shared by items."""
+
+    KEY = "_stability_bench_runs"
+
+    def __init__(self):
+        self.finished: dict = {}
+
+    @classmethod
+    def of(cls, session: pytest.Session) -> "SessionRuns":
+        if not hasattr(session, cls.KEY):
+            setattr(session, cls.KEY, cls())
+        return getattr(session, cls.KEY)
+
+    def report(self, plan, run_id: str):
+        """Train ``run_id`` and its partners once, then check it (the orchestrator's check)."""
+        from stability_bench.orchestrate import check, run_one
+
+        for need in (*plan.needs.get(run_id, ()), run_id):
+            if need not in self.finished and need not in plan.skipped:
+                self.finished[need] = run_one(plan.runs[need])
+        return check(plan, run_id, self.finished)
 
 
 class CaseItem(pytest.Item):
-    def __init__(self, *, spec, **kwargs):
+    def __init__(self, *, plan, **kwargs):
         super().__init__(**kwargs)
-        self.spec = spec
+        self.plan = plan
+        self.spec = plan.runs[self.name]
 
     def setup(self) -> None:
         if self.spec.device.startswith("cuda"):
             import torch
 
+            from stability_bench.orchestrate import CUDA_MISSING
+
             if not torch.cuda.is_available():
-                pytest.skip("CUDA is not available on this machine")
+                pytest.skip(CUDA_MISSING)
 
     def runtest(self) -> None:
-        from stability_bench.expectations import check_run
-        from stability_bench.runner import MissingDataError, execute
-
-        try:
-            result = execute(self.spec)
-        except MissingDataError as exc:  # e.g. no CIFAR-10 here: skip, saying where it looked
-            pytest.skip(f"data not available: {exc}")
-        # runs that parity expectations compare with, shared by this session's items
-        runs = self.session.__dict__.setdefault("_stability_bench_parity_runs", {})
-        key = self.spec.optimizer.key
-        if any(e.metric == "parity" and e.bound["with"] == key for e in self.spec.case.expectations):
-            runs.setdefault(result.run_id, result)
-        outcomes = check_run(self.spec.case, result, runs)
-        self.user_properties.append(("metrics", result.metrics))
-        if not all(o.passed for o in outcomes):
+        report = SessionRuns.of(self.session).report(self.plan, self.name)
+        if report.status == "missing_data":  # e.g. no CIFAR-10 here: skip, saying where it looked
+            pytest.skip(f"data not available: {report.failure.error}")
+        if report.failure is not None:
+            raise RunFailed(report.failure)
+        self.user_properties.append(("metrics", report.result.metrics))
+        if report.failed_outcomes:
             from stability_bench.reports.triage import triage_or_reason
 
             root = self.config.getoption("--triage-dir", default=None)
-            raise ExpectationFailed(result, outcomes, triage_or_reason(self.spec, result, outcomes, root))
+            raise ExpectationFailed(report, triage_or_reason(self.spec, report.result, report.outcomes, root))
 
     def repr_failure(self, excinfo, style=None):
         error = excinfo.value
         if isinstance(error, ExpectationFailed):
-            failed = [o for o in error.outcomes if not o.passed]
-            held = len(error.outcomes) - len(failed)
-            lines = [f"{error.result.run_id}: {len(failed)} expectation(s) failed, {held} held"]
+            report = error.report
+            failed = report.failed_outcomes
+            lines = [f"{report.run_id}: {len(failed)} expectation(s) failed, {len(report.outcomes) - len(failed)} held"]
             lines += [o.describe() for o in failed]
-            if error.result.diverged:
-                lines.append(f"(the run diverged at step {error.result.divergence_step})")
+            if report.result.diverged:
+                lines.append(f"(the run diverged at step {report.result.divergence_step})")
             if error.triage:
                 lines.append(f"triage bundle: {error.triage}")
             return "\n".join(lines)
-        from stability_bench.runner import RunSetupError
-
-        if isinstance(error, RunSetupError):
-            return str(error)
+        if isinstance(error, RunFailed):
+            failure = error.args[0]
+            return failure.describe() + (f"\n{failure.traceback}" if failure.kind == "crash" else "")
         return super().repr_failure(excinfo, style)
 
     def reportinfo(self):

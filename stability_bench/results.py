@@ -19,6 +19,12 @@ FORMAT = "stability-bench-results"
 VERSION = 1
 
 
+def format_run_id(case: str, optimizer: str, label: str, seed: int, device: str) -> str:
+    """``case::optimizer[lr=0.1]-seed0-cpu``: names one run in results, items and reports."""
+    point = f"[{label}]" if label else ""
+    return f"{case}::{optimizer}{point}-seed{seed}-{device}"
+
+
 @dataclass
 class RunResult:
     case: str
@@ -92,11 +98,59 @@ def _umask() -> int:
     return mask
 
 
-def results_payload(runs: Iterable[tuple[RunResult, list]]) -> dict:
-    """The results file: environment, then each run with its checked expectations."""
+def run_entry(run: RunResult, outcomes: Iterable[Any]) -> dict:
+    """One run of a results file: its result and its checked expectations."""
+    return {**run.to_dict(), "expectations": [o.to_dict() for o in outcomes]}
+
+
+def results_payload(runs: Iterable[tuple[RunResult, list]], failures: Iterable[dict] = ()) -> dict:
+    """The results file: environment, each run with its checked expectations, and the runs
+    that did not finish (``failures``: run id, kind, error, step)."""
     return {"format": FORMAT, "version": VERSION, "environment": environment(),
-            "runs": [{**run.to_dict(), "expectations": [o.to_dict() for o in outcomes]}
-                     for run, outcomes in runs]}
+            "runs": [run_entry(run, outcomes) for run, outcomes in runs], "failures": list(failures)}
+
+
+class ResultsJournal:
+    """``--json FILE`` without rewriting the file per run: each finished run is appended
+    as one JSON line to ``.FILE.journal`` (flushed and fsynced: an interrupted or killed
+    invocation keeps what finished), and :meth:`close` compacts the journal into FILE
+    atomically, runs in the order given, and removes it.
+
+    The folder is checked when the journal opens, before any run trains."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if self.path.is_dir():
+            raise OSError(f"--json {path}: is a folder; name a file")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.journal = self.path.parent / f".{self.path.name}.journal"
+            self._handle = open(self.journal, "w", encoding="utf-8")
+        except OSError as exc:
+            raise OSError(f"--json {path}: cannot write there ({exc.strerror or exc})") from None
+
+    def append(self, entry: dict) -> None:
+        """One finished run (``run_entry``) or failure (``{"failure": ...}``)."""
+        self._handle.write(json.dumps(_json_safe(entry), allow_nan=False) + "\n")
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+
+    def close(self, order: list[str] | None = None) -> None:
+        """Write FILE from the journal (runs sorted by their place in ``order``)."""
+        self._handle.close()
+        entries = [json.loads(line) for line in self.journal.read_text(encoding="utf-8").splitlines() if line]
+        rank = {run_id: i for i, run_id in enumerate(order or [])}
+
+        def place(entry: dict) -> tuple:
+            run_id = entry.get("run_id") or entry["failure"]["run_id"]
+            return (rank.get(run_id, len(rank)), run_id)
+
+        entries.sort(key=place)
+        payload = {"format": FORMAT, "version": VERSION, "environment": environment(),
+                   "runs": [e for e in entries if "failure" not in e],
+                   "failures": [e["failure"] for e in entries if "failure" in e]}
+        write_json_atomic(self.path, payload)
+        self.journal.unlink()
 
 
 def read_results(path: str | Path) -> list[RunResult]:

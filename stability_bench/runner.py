@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -22,8 +22,8 @@ from stability_bench.components.models import MODELS
 from stability_bench.metrics import RunView, compute_metrics
 from stability_bench.optimizers.thresholds import stability_threshold
 from stability_bench.probes.registry import ProbePlan
-from stability_bench.results import RunResult
-from stability_bench.schema import Case, OptimizerSpec, load_case
+from stability_bench.results import RunResult, format_run_id
+from stability_bench.schema import Case, OptimizerSpec
 
 BLOCK = 128  # steps recorded on the device between host copies / divergence checks
 Progress = Callable[[int, int, float], None]  # (steps done, steps total, last loss)
@@ -41,9 +41,8 @@ class RunSpec:
 
     @property
     def run_id(self) -> str:
-        label = self.optimizer.label(self.params)
-        point = f"[{label}]" if label else ""
-        return f"{self.case.name}::{self.optimizer.key}{point}-seed{self.seed}-{self.device}"
+        return format_run_id(self.case.name, self.optimizer.key, self.optimizer.label(self.params),
+                             self.seed, self.device)
 
 
 def plan_runs(case: Case, devices: Iterable[str] | None = None,
@@ -307,12 +306,3 @@ def _truncate(columns: dict[str, list], divergence_step: int | None) -> dict[str
         return columns
     keep = sum(1 for step in columns["step"] if step <= divergence_step)
     return {name: values[:keep] for name, values in columns.items()}
-
-
-def run_case(case: Case | str | Mapping, devices: Iterable[str] | None = None,
-             seeds: Iterable[int] | None = None, progress: Progress | None = None) -> list[RunResult]:
-    """Run every (optimizer, sweep point, seed, device) of ``case`` (a Case, a case file's
-    path, or a dict with the case structure)."""
-    if not isinstance(case, Case):
-        case = load_case(case)
-    return [execute(spec, progress) for spec in plan_runs(case, devices, seeds)]

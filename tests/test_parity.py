@@ -388,7 +388,7 @@ def late_adam(tmp_path, monkeypatch):
 
 def outcomes_of(case_dict: dict, key: str):
     from stability_bench.expectations import check_run
-    from stability_bench.runner import run_case
+    from stability_bench.orchestrate import run_case
     from stability_bench.schema import load_case
 
     case = load_case(case_dict)

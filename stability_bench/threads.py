@@ -1,0 +1,68 @@
+"""How many torch intra-op threads a run gets, chosen by the harness.
+
+On small shared machines two OpenMP threads wait for each other on every small op (a
+14→100→40→4 MLP ran 118 s with torch's default two threads and 9.8 s with one). Most
+stability cases are small, so the harness picks the count per run instead of leaving it
+to torch:
+
+* an explicit count wins: ``--threads N`` / ``run_case(threads=N)``, else the environment
+  variable ``STABILITY_BENCH_THREADS``;
+* otherwise ``auto``: one thread per ~2 GFLOP of work per step (``6 × parameters ×
+  examples per step``), at most half the machine's cores, at least one. Every shipped CI
+  case gets one thread on a 2-core machine.
+
+The count depends on the run and the machine, never on the number of parallel workers:
+intra-op threads change the order of floating-point sums (cifar_fc's trajectory differs
+from step 0 between one and two threads), and a result must not depend on ``--jobs``.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Iterator
+
+ENV = "STABILITY_BENCH_THREADS"
+FLOP_PER_THREAD = 2e9
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity, not the machine's total)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def explicit_threads(threads: int | None = None) -> int | None:
+    """The user's count: the argument, else ``$STABILITY_BENCH_THREADS``; None for auto."""
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1, got {threads}")
+        return threads
+    text = os.environ.get(ENV, "").strip()
+    if not text or text == "auto":
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"${ENV} must be a positive integer or 'auto', got {text!r}")
+    return int(text)
+
+
+def auto_threads(flop_per_step: float, cores: int | None = None) -> int:
+    """One thread per :data:`FLOP_PER_THREAD` of work per step, within [1, cores // 2]."""
+    cores = available_cores() if cores is None else cores
+    return int(max(1, min(max(1, cores // 2), flop_per_step // FLOP_PER_THREAD)))
+
+
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Run the block with ``count`` intra-op threads, then restore torch's setting."""
+    import torch
+
+    before = torch.get_num_threads()
+    if count != before:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
