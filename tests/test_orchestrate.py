@@ -1,0 +1,146 @@
+"""The orchestrator: one plan, runs once each, parallel runs identical to sequential ones,
+crashed runs reported while the others finish, checks that never train."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from stability_bench.orchestrate import RunFailure, RunsFailed, check, make_plan, run_case, run_plan
+from stability_bench.schema import load_case
+
+DATA = Path(__file__).parent / "data" / "orchestrate"
+
+
+@pytest.fixture
+def crashy_module(monkeypatch):
+    """tests/data/orchestrate on sys.path (spawned workers inherit it), as a user's package."""
+    monkeypatch.syspath_prepend(str(DATA))
+    yield
+    sys.modules.pop("crashy_optimizers", None)
+
+
+def test_plan_holds_every_run_once_with_parity_partners_as_dependencies():
+    plan = make_plan([load_case(DATA / "sweep.yaml")], cuda_available=False)
+    assert len(plan.runs) == 8 and len(plan.requested) == 8  # 2 optimizers x 2 lr x 2 seeds
+    needs = plan.needs["sweep::adam[lr=0.01]-seed1-cpu"]
+    assert needs == ("sweep::ref[lr=0.01]-seed1-cpu",)
+    assert plan.needs["sweep::ref[lr=0.01]-seed1-cpu"] == ()
+
+
+def test_partners_are_planned_even_when_not_requested():
+    plan = make_plan([load_case(DATA / "sweep.yaml")], optimizers=["adam"], seeds=[0], cuda_available=False)
+    assert len(plan.requested) == 2 and len(plan.runs) == 4
+    assert sorted(plan.to_execute()) == sorted(plan.runs)
+
+
+def test_cuda_runs_are_skipped_with_the_reason_where_there_is_no_gpu():
+    plan = make_plan([load_case(DATA / "sweep.yaml")], devices=["cpu", "cuda"], cuda_available=False)
+    cuda = [r for r in plan.runs if r.endswith("-cuda")]
+    assert cuda and all(plan.skipped[r] == "CUDA is not available on this machine" for r in cuda)
+    assert not set(cuda) & set(plan.to_execute())
+
+
+def test_check_never_trains(monkeypatch):
+    """Checking reads finished results only: training during a check is an error here."""
+    plan = make_plan([load_case(DATA / "sweep.yaml")], seeds=[0], cuda_available=False)
+    finished = dict(__import__("stability_bench.orchestrate", fromlist=["x"]).execute_plan(plan))
+    import stability_bench.runner as runner
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a check trained a run")
+
+    monkeypatch.setattr(runner, "execute", no_training)
+    reports = [check(plan, r, finished) for r in plan.requested]
+    assert [r.status for r in reports] == ["passed"] * 4
+    parity = [o for r in reports for o in r.outcomes if o.metric == "parity"]
+    assert len(parity) == 2 and all("agrees at all 150 steps" in o.detail for o in parity)
+
+
+def test_parity_against_a_partner_that_did_not_run_fails_saying_why():
+    plan = make_plan([load_case(DATA / "sweep.yaml")], seeds=[0], optimizers=["adam"], cuda_available=False)
+    run_id = plan.requested[0]
+    finished = {run_id: run_case(load_case(DATA / "sweep.yaml"), seeds=[0])[0]}
+    partner = plan.needs[run_id][0]
+    finished[partner] = RunFailure(partner, "crash", "ValueError: boom", 3)
+    [parity] = [o for o in check(plan, run_id, finished).outcomes if o.metric == "parity"]
+    assert not parity.passed and "crashed at step 3: ValueError: boom" in parity.detail
+
+
+def _histories(results):
+    return {r.run_id: (r.history, r.metrics) for r in results}
+
+
+def test_two_worker_processes_give_bit_identical_cpu_results():
+    case = load_case(DATA / "sweep.yaml")
+    sequential = run_case(case)
+    parallel = run_case(case, jobs=2)
+    assert [r.run_id for r in parallel] == [r.run_id for r in sequential]  # plan order
+    assert _histories(parallel) == _histories(sequential)
+
+
+def test_a_crashing_run_is_reported_and_the_others_finish(crashy_module):
+    with pytest.raises(RunsFailed) as info:
+        run_case(load_case(DATA / "crashy.yaml"), jobs=2)
+    failures = {f.run_id.split("::")[1].split("-")[0]: f for f in info.value.failures}
+    assert failures["at_step"].kind == "crash" and failures["at_step"].step == 50
+    assert "FloatingPointError: user optimizer blew up at step 50" in failures["at_step"].error
+    # raising in __init__ is the user's code failing, not a malformed case: a crash with no step
+    assert failures["in_init"].kind == "crash" and failures["in_init"].step is None
+    assert "RuntimeError: user optimizer cannot be built" in failures["in_init"].error
+    assert [r.optimizer for r in info.value.results] == ["fine"]
+    assert info.value.results[0].steps == 100 and not info.value.results[0].diverged
+
+
+def test_cli_exit_code_3_for_a_crash_and_the_results_file_keeps_every_run(crashy_module, tmp_path, capsys):
+    from stability_bench.cli import main
+
+    out = tmp_path / "results.json"
+    code = main(["run", str(DATA / "crashy.yaml"), "--json", str(out), "--no-triage"])
+    stdout, stderr = capsys.readouterr()
+    assert code == 3
+    assert "CRASH crashy::at_step-seed0-cpu" in stdout and "pass crashy::fine-seed0-cpu" in stdout
+    assert "crashed at step 50: FloatingPointError" in stderr
+    payload = json.loads(out.read_text())
+    assert [r["run_id"] for r in payload["runs"]] == ["crashy::fine-seed0-cpu"]
+    assert {f["run_id"]: (f["kind"], f["step"]) for f in payload["failures"]} == {
+        "crashy::at_step-seed0-cpu": ("crash", 50), "crashy::in_init-seed0-cpu": ("crash", None)}
+    assert not list(tmp_path.glob(".*journal"))  # compacted and removed
+
+
+def test_cli_exit_code_2_outranks_a_crash(tmp_path, capsys):
+    """A run that cannot be set up (bad input: lr the optimizer rejects) beside a crash."""
+    from stability_bench.cli import main
+
+    bad = tmp_path / "bad_lr.yaml"
+    bad.write_text((DATA / "crashy.yaml").read_text().replace("SGD, lr: 0.01", "SGD, lr: -1.0"))
+    sys.path.insert(0, str(DATA))
+    try:
+        code = main(["run", str(bad), "--optimizer", "at_step", "--optimizer", "fine"])
+    finally:
+        sys.path.remove(str(DATA))
+        sys.modules.pop("crashy_optimizers", None)
+    out, err = capsys.readouterr()
+    assert code == 2 and "ERROR crashy::fine-seed0-cpu" in out and "Invalid learning rate: -1.0" in err
+
+
+def test_json_into_an_unwritable_place_is_bad_input_before_any_run(tmp_path, capsys):
+    from stability_bench.cli import main
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    code = main(["run", str(DATA / "sweep.yaml"), "--json", str(blocker / "results.json")])
+    _, err = capsys.readouterr()
+    assert code == 2 and "cannot write there" in err and "Traceback" not in err
+
+
+def test_reports_stream_as_runs_finish_and_partners_come_first():
+    plan = make_plan([load_case(DATA / "sweep.yaml")], seeds=[0], cuda_available=False)
+    reports = list(run_plan(plan, jobs=1))
+    assert sorted(r.run_id for r in reports) == sorted(plan.requested)
+    order = [r.run_id for r in reports]
+    for run_id in order:  # a run is reported only after its partner
+        for need in plan.needs[run_id]:
+            assert order.index(need) < order.index(run_id)
