@@ -407,13 +407,14 @@ def _late_rows(view: RunView, steps: np.ndarray) -> np.ndarray:
     return steps >= (1.0 - fraction) * last
 
 
-def _precond_ratio(view: RunView) -> tuple[np.ndarray, np.ndarray] | None:
-    cols = _probe_columns(view, "precond_sharpness", "threshold")
+def _precond_ratio(view: RunView, column: str = "precond_sharpness") -> tuple[np.ndarray, np.ndarray] | None:
+    """(probe steps, ``column`` / threshold); None without the columns."""
+    cols = _probe_columns(view, column, "threshold")
     if cols is None:
         return None
-    steps, lam, threshold = cols
+    steps, value, threshold = cols
     with np.errstate(invalid="ignore", divide="ignore"):
-        return steps, lam / threshold
+        return steps, value / threshold
 
 
 @METRICS.register("precond_sharpness_ratio")
@@ -429,57 +430,111 @@ def precond_sharpness_ratio(view: RunView) -> float | None:
     return float(np.median(late)) if late.size else None
 
 
+def _upward_crossings(view: RunView, column: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """Where the probe ``column`` rises through the threshold: (step of the first probe above
+    it, step of the probe before, at or below it), over the probes where both are finite.
+    None without the columns."""
+    found = _precond_ratio(view, column)
+    if found is None:
+        return None
+    steps, ratio = found
+    ok = np.isfinite(ratio)
+    steps, ratio = steps[ok], ratio[ok]
+    up = np.flatnonzero((ratio[:-1] <= 1.0) & (ratio[1:] > 1.0))
+    return steps[up + 1], steps[up]
+
+
 @METRICS.register("threshold_crossings")
 def threshold_crossings(view: RunView) -> int | None:
     """How many times λ₁(P⁻¹H) rises from at or below the threshold to above it between
     consecutive probes."""
-    found = _precond_ratio(view)
+    found = _upward_crossings(view, "precond_sharpness")
+    return None if found is None else int(found[0].size)
+
+
+# Xiong et al. 2025's sequence, figure by figure, per spike: g²/v collapses, v decays like β₂ᵗ,
+# λ₁(P⁻¹H) crosses the threshold, then the loss spikes as the directional curvature crosses it.
+
+
+def _spike_steps(view: RunView) -> list[tuple[float, float]]:
+    """(previous onset or −inf, onset) in optimizer steps, for every spike onset."""
+    onsets = [float(s) for s in view.steps[view.spike_onsets]]
+    return list(zip([-math.inf] + onsets[:-1], onsets))
+
+
+def _lead_window(view: RunView) -> float:
+    return float((view.extra.get("probe_options") or {}).get("lead_window", 50))
+
+
+def _lead_times(view: RunView) -> list[float] | None:
+    """Per spike: steps from the last upward crossing of λ₁(P⁻¹H) after the previous spike
+    (or the run start) and strictly before the onset, to the onset; NaN when no crossing
+    precedes it. A crossing at the onset's own probe is not a lead: the loss there has
+    already spiked. None without the probes."""
+    found = _upward_crossings(view, "precond_sharpness")
     if found is None:
         return None
-    ratio = found[1][np.isfinite(found[1])]
-    return int(np.count_nonzero((ratio[:-1] <= 1.0) & (ratio[1:] > 1.0)))
-
-
-def _spike_leads(view: RunView) -> list[float] | None:
-    """For each spike onset, the steps since the earliest probe within ``lead_window`` steps
-    before it at which λ₁(P⁻¹H) or the preconditioned directional curvature exceeded the
-    threshold (NaN when none did)."""
-    probes = view.extra.get("probes") or {}
-    if "step" not in probes or "threshold" not in probes:
-        return None
-    steps = np.asarray(probes["step"], dtype=float)
-    threshold = np.asarray(probes["threshold"], dtype=float)
-    above = np.zeros(len(steps), dtype=bool)
-    for name in ("precond_sharpness", "precond_directional_curvature"):
-        if name in probes:
-            with np.errstate(invalid="ignore"):
-                above |= np.asarray(probes[name], dtype=float) > threshold
-    window = float((view.extra.get("probe_options") or {}).get("lead_window", 50))
+    crossed = found[0]
     leads = []
-    for onset in view.steps[view.spike_onsets]:
-        before = above & (steps <= onset) & (steps >= onset - window)
-        leads.append(float(onset - steps[before].min()) if before.any() else math.nan)
+    for previous, onset in _spike_steps(view):
+        inside = crossed[(crossed > previous) & (crossed < onset)]
+        leads.append(onset - float(inside.max()) if inside.size else math.nan)
     return leads
+
+
+def _curvature_crosses_at(view: RunView, onset: float) -> bool:
+    """Whether the preconditioned directional curvature rises through the threshold at the
+    spike: seen at a probe no earlier than ``spike_config.window`` steps before the onset
+    (the detector compares the loss with its median over that many steps, so a rise that
+    starts inside them is this spike's), and from a probe at or before the onset (so at the
+    latest by the first probe after it: the probes sample every few steps, and the onset is
+    where an already growing loss passes factor × its median). Measured on the shipped
+    ``xiong_adam_spike``: 11 steps before to 2 after."""
+    found = _upward_crossings(view, "precond_directional_curvature")
+    if found is None:
+        return False
+    at, before = found
+    tolerance = float(view.spike_config.window)
+    return bool(np.any((at >= onset - tolerance) & (before <= onset)))
+
+
+def _pre_spike_rows(view: RunView, steps: np.ndarray) -> list[np.ndarray]:
+    """Per spike, the probe rows of its pre-spike window: the ``lead_window`` steps before
+    the onset (the onset's own probe excluded), after the previous onset."""
+    window = _lead_window(view)
+    return [(steps >= onset - window) & (steps > previous) & (steps < onset)
+            for previous, onset in _spike_steps(view)]
+
+
+def _median_over_spikes(values: list[float]) -> float | None:
+    finite = [x for x in values if math.isfinite(x)]
+    return float(np.median(finite)) if finite else None
 
 
 @METRICS.register("spikes_led_by_crossing")
 def spikes_led_by_crossing(view: RunView) -> float | None:
-    """The fraction of spikes preceded (within ``lead_window`` steps, at most at the spike's
-    own step) by λ₁(P⁻¹H) or the preconditioned directional curvature above the threshold —
-    Xiong et al. 2025's mechanism. None without spikes or without the probes."""
-    leads = _spike_leads(view)
-    if not leads:
+    """The fraction of spikes that follow Xiong et al. 2025's sequence: λ₁(P⁻¹H) crossed the
+    threshold (from at or below to above, between consecutive probes) at most ``lead_window``
+    steps before the onset — its ``spike_lead_time`` — and the preconditioned directional
+    curvature crosses it at the spike (from ``spike_config.window`` steps before the onset to
+    the first probe after it; see :func:`_curvature_crosses_at`). Being above the threshold
+    without a crossing does not count. None without spikes or without the probes."""
+    leads = _lead_times(view)
+    if not leads or "precond_directional_curvature" not in (view.extra.get("probes") or {}):
         return None
-    return float(np.mean(np.isfinite(leads)))
+    window = _lead_window(view)
+    led = [lead <= window and _curvature_crosses_at(view, onset)
+           for lead, (_, onset) in zip(leads, _spike_steps(view))]  # NaN <= window is False
+    return float(np.mean(led))
 
 
 @METRICS.register("spike_lead_time")
 def spike_lead_time(view: RunView) -> float | None:
-    """The median, over spikes led by a threshold crossing, of the steps from the crossing
-    to the spike."""
-    leads = _spike_leads(view)
-    led = [x for x in leads or [] if math.isfinite(x)]
-    return float(np.median(led)) if led else None
+    """The median over spikes of the steps from the last upward crossing of λ₁(P⁻¹H) through
+    the threshold before the spike (searching back to the previous spike or the run start)
+    to the onset; not limited to ``lead_window``. Spikes without a crossing are left out
+    (``spikes_led_by_crossing`` counts them); None when no spike has one."""
+    return _median_over_spikes(_lead_times(view) or [])
 
 
 @METRICS.register("sharpness_rise")
@@ -496,13 +551,40 @@ def sharpness_rise(view: RunView) -> float | None:
 
 @METRICS.register("min_g2_over_v")
 def min_g2_over_v(view: RunView) -> float | None:
-    """The smallest probed median of g²/v over parameters: far below 1 is the regime Xiong
-    et al. find before a spike (squared gradients far below Adam's second moment)."""
+    """Xiong et al.'s g²/v collapse before a spike: per spike, the smallest probed median of
+    g²/v in its pre-spike window (the ``lead_window`` steps before the onset, after the
+    previous one); the median over spikes. Not the whole-run minimum, which lands at the loss
+    minimum. None without spikes, or without a probe in any window."""
     cols = _probe_columns(view, "g2_over_v_median")
     if cols is None:
         return None
-    values = cols[1][np.isfinite(cols[1])]
-    return float(values.min()) if values.size else None
+    steps, ratio = cols
+    minima = []
+    for rows in _pre_spike_rows(view, steps):
+        values = ratio[rows & np.isfinite(ratio)]
+        minima.append(float(values.min()) if values.size else math.nan)
+    return _median_over_spikes(minima)
+
+
+@METRICS.register("v_decay_rate")
+def v_decay_rate(view: RunView) -> float | None:
+    """Per-step ratio v_{t+1}/v_t of the optimizer's mean raw second moment (probe
+    ``second_moment_mean``) before a spike: per spike, the median over consecutive probes in
+    its pre-spike window of (v_b/v_a)^(1/(b−a)); the median over spikes. Once g² ≪ v,
+    v_{t+1} = β₂v_t + (1−β₂)g_t² gives β₂ + (1−β₂)·mean g²/mean v ≈ β₂ (Xiong et al.: v
+    decays like β₂ᵗ). None without spikes or the probe."""
+    cols = _probe_columns(view, "v_mean")
+    if cols is None:
+        return None
+    steps, v = cols
+    rates = []
+    for rows in _pre_spike_rows(view, steps):
+        keep = rows & np.isfinite(v) & (v > 0)
+        b_steps, b_v = steps[keep], v[keep]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            per_step = (b_v[1:] / b_v[:-1]) ** (1.0 / np.diff(b_steps))
+        rates.append(float(np.median(per_step)) if per_step.size else math.nan)
+    return _median_over_spikes(rates)
 
 
 # ---------------------------------------------------------------------------------------------

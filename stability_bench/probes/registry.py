@@ -247,6 +247,21 @@ def second_moment_ratio(ctx: ProbeContext, bound: float = 1e-3) -> dict:
             "g2_over_v_frac_below": stats["frac_below"]}
 
 
+@PROBES.register("second_moment_mean")
+def second_moment_mean(ctx: ProbeContext) -> dict:
+    """The mean over all parameters of the optimizer's raw second moment v (no bias
+    correction: Xiong et al.'s v_{t+1} = β₂v_t + (1−β₂)g_t² decays like β₂ᵗ once g² ≪ v,
+    which the metric ``v_decay_rate`` reads from consecutive probes). NaN where the
+    optimizer keeps no v (or before its first step)."""
+    from stability_bench.probes.preconditioner import second_moment
+
+    v = second_moment(ctx.session.optimizer, ctx.session.params, bias_corrected=False)
+    if v is None:
+        return {"v_mean": math.nan}
+    total = sum(float(t.double().sum()) for t in v)
+    return {"v_mean": total / sum(t.numel() for t in v)}
+
+
 @PROBES.register("grad_alignment")
 def grad_alignment(ctx: ProbeContext, k: int = 4) -> dict:
     """Fraction of ‖P^{-1/2}g‖² along the top-k eigenvectors of P^{-1/2} H P^{-1/2}
