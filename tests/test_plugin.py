@@ -1,7 +1,9 @@
 """The pytest plugin, run on scratch ``cases/`` folders with pytester."""
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,83 +15,13 @@ import stability_bench.expectations  # noqa: F401
 import stability_bench.pytest_plugin  # noqa: F401
 import stability_bench.runner  # noqa: F401
 
-PASSING = """\
-name: quad_pass
-dtype: float64
-seeds: [7, 8]
-devices: [cpu, cuda]
-model: {kind: quadratic, eigenvalues: [1.0, 4.0], x0: 1.0}
-loss: {kind: quadratic}
-steps: 20
-optimizers:
-  gd: {class: reference.GD, lr: {sweep: [0.1, 0.2]}}
-expect:
-  gd:
-    final_loss: {below: 0.1}
-    diverged: {equals: false}
-"""
+DATA = Path(__file__).parent / "data" / "plugin"
 
-# GD at lr 0.1 on ½(x₁² + 4x₂²) from (1, 1) converges, so the loss cannot stay above 1.0.
-FAILING = """\
-name: quad_fail
-dtype: float64
-model: {kind: quadratic, eigenvalues: [1.0, 4.0], x0: 1.0}
-loss: {kind: quadratic}
-steps: 20
-optimizers:
-  gd: {class: reference.GD, lr: 0.1}
-expect:
-  gd:
-    diverged: {equals: false}
-    final_loss: {above: 1.0}
-"""
-FAILING_EXPECTATION_LINE = 11
 
-SLOW = """\
-name: quad_slow
-slow: true
-model: {kind: quadratic, eigenvalues: [1.0]}
-loss: {kind: quadratic}
-steps: 10
-optimizers:
-  gd: {class: reference.GD, lr: 0.5}
-expect:
-  gd:
-    diverged: {equals: false}
-"""
-
-CUDA = """\
-name: quad_cuda
-devices: [cuda]
-model: {kind: quadratic, eigenvalues: [1.0]}
-loss: {kind: quadratic}
-steps: 10
-optimizers:
-  gd: {class: reference.GD, lr: 0.5}
-"""
-
-MALFORMED = """\
-name: quad_bad
-model: {kind: quadratic, eigenvalues: [1.0]}
-loss: {kind: quadratic}
-steps: 10
-optimizers:
-  gd:
-    class: reference.GD
-    lrr: 0.5
-"""
-MALFORMED_LINE = 8
-
-CIFAR = """\
-name: cifar_tiny
-model: {kind: mlp, widths: [3072, 10]}
-data: {kind: cifar10, subset: 10}
-loss: {kind: mse}
-steps: 2
-optimizers:
-  sgd: {class: torch.optim.SGD, lr: 0.01}
-"""
-CIFAR_DATA_LINE = 3
+def line_of(name: str, text: str) -> int:
+    """The line of ``tests/data/plugin/<name>.yaml`` holding ``text`` (1-based)."""
+    lines = (DATA / f"{name}.yaml").read_text(encoding="utf-8").splitlines()
+    return next(i for i, line in enumerate(lines, 1) if text in line)
 
 
 def closed_form_final_loss(lr: float, eigenvalues=(1.0, 4.0), steps: int = 20) -> float:
@@ -103,14 +35,25 @@ def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
     return pytester.runpytest("-p", "no:hypothesispytest", "-p", "no:cacheprovider", *args)
 
 
-def write_cases(pytester: pytest.Pytester, **cases: str) -> None:
-    folder = pytester.mkdir("cases")
-    for name, text in cases.items():
-        (folder / f"{name}.yaml").write_text(text)
+def write_cases(pytester: pytest.Pytester, *names: str, folder: str = "cases", **edited: str) -> Path:
+    """Copy case files from tests/data/plugin into the scratch project's ``folder``;
+    ``edited`` gives a case's text where a test changes it."""
+    target = pytester.path / folder
+    target.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        source = next(DATA.glob(f"{name}.y*ml"))
+        (target / source.name).write_bytes(source.read_bytes())
+    for name, text in edited.items():
+        (target / f"{name}.yaml").write_text(text)
+    return target
+
+
+def case_text(name: str) -> str:
+    return (DATA / f"{name}.yaml").read_text(encoding="utf-8")
 
 
 def test_item_ids_name_case_optimizer_sweep_point_seed_and_device(pytester):
-    write_cases(pytester, quad_pass=PASSING)
+    write_cases(pytester, "quad_pass")
     result = run(pytester, "--collect-only", "-q")
     ids = [line for line in result.outlines if "::" in line]
     assert len(ids) == 8, result.outlines  # 2 lr × 2 seeds × 2 devices
@@ -126,13 +69,13 @@ def test_item_ids_name_case_optimizer_sweep_point_seed_and_device(pytester):
 
 
 def test_passing_case_passes_and_failed_expectation_is_reported_precisely(pytester):
-    write_cases(pytester, quad_pass=PASSING.replace("devices: [cpu, cuda]", "devices: [cpu]"),
-                quad_fail=FAILING)
+    write_cases(pytester, "quad_fail",
+                quad_pass=case_text("quad_pass").replace("devices: [cpu, cuda]", "devices: [cpu]"))
     result = run(pytester)
     result.assert_outcomes(passed=4, failed=1)
     out = result.stdout.str()
     # The file and line of the expectation, the metric, the comparator and the bound.
-    located = [line for line in result.outlines if f"quad_fail.yaml:{FAILING_EXPECTATION_LINE}" in line]
+    located = [line for line in result.outlines if f"quad_fail.yaml:{line_of('quad_fail', 'above: 1.0')}" in line]
     assert located, out
     line = located[0]
     assert "final_loss" in line and "above" in line and "1.0" in line
@@ -141,21 +84,21 @@ def test_passing_case_passes_and_failed_expectation_is_reported_precisely(pytest
     assert measured, line
     assert float(measured.group(1)) == pytest.approx(closed_form_final_loss(0.1), rel=1e-4)
     # The expectation that held is not reported as a failure.
-    assert not any("quad_fail.yaml:10" in line for line in result.outlines)
+    assert not any(f"quad_fail.yaml:{line_of('quad_fail', 'diverged')}" in line for line in result.outlines)
     assert "Traceback" not in out and "runner.py" not in out
 
 
 def test_cuda_items_skip_where_cuda_is_absent(pytester):
     if torch.cuda.is_available():
         pytest.skip("CUDA is available here: the items would run")
-    write_cases(pytester, quad_cuda=CUDA)
+    write_cases(pytester, "quad_cuda")
     result = run(pytester, "-rs")
     result.assert_outcomes(skipped=1)
     result.stdout.fnmatch_lines(["*SKIPPED*CUDA is not available*"])
 
 
 def test_slow_cases_run_only_with_run_slow(pytester):
-    write_cases(pytester, quad_slow=SLOW)
+    write_cases(pytester, "quad_slow")
     result = run(pytester, "-rs")
     result.assert_outcomes(skipped=1)
     result.stdout.fnmatch_lines(["*SKIPPED*--run-slow*"])
@@ -164,12 +107,12 @@ def test_slow_cases_run_only_with_run_slow(pytester):
 
 
 def test_malformed_case_is_a_collection_error_naming_file_line_and_key(pytester):
-    write_cases(pytester, quad_bad=MALFORMED, quad_pass=PASSING)
+    write_cases(pytester, "quad_bad", "quad_pass")
     result = run(pytester)
     assert result.ret == pytest.ExitCode.INTERRUPTED
     result.assert_outcomes(errors=1)
     out = result.stdout.str()
-    assert f"quad_bad.yaml:{MALFORMED_LINE}" in out
+    assert f"quad_bad.yaml:{line_of('quad_bad', 'lrr')}" in out
     assert "optimizers.gd.lrr" in out and "'lr'" in out
     assert "Traceback" not in out
     assert "schema.py" not in out and "pytest_plugin.py" not in out  # no traceback frames either
@@ -179,21 +122,70 @@ def test_missing_data_skips_the_item_with_a_located_reason(pytester, tmp_path, m
     empty = tmp_path / "no_data_here"
     empty.mkdir()
     monkeypatch.setenv("STABILITY_BENCH_DATA", str(empty))
-    write_cases(pytester, cifar_tiny=CIFAR)
+    write_cases(pytester, "cifar_tiny")
     result = run(pytester, "-rs")
     result.assert_outcomes(skipped=1)
     out = result.stdout.str()
     assert "data not available" in out
-    assert f"cifar_tiny.yaml:{CIFAR_DATA_LINE}" in out
+    assert f"cifar_tiny.yaml:{line_of('cifar_tiny', 'data:')}" in out
     assert str(empty) in out
     assert "Traceback" not in out and "runner.py" not in out
 
 
-def test_only_yaml_below_a_cases_folder_is_collected(pytester):
-    write_cases(pytester, quad_slow=SLOW)
-    other = pytester.mkdir("configs")
-    (other / "not_a_case.yaml").write_text("just: some config\n")
+def test_only_marked_yaml_below_the_rootdir_cases_folder_is_collected(pytester):
+    """Another tool's YAML in cases/ (no marker) and marked files elsewhere are not collected."""
+    write_cases(pytester, "quad_slow", "not_a_case", "docker-compose")
+    write_cases(pytester, "quad_pass", folder="configs")
+    write_cases(pytester, "quad_pass", folder="sub/cases")   # a cases folder, but not <rootdir>/cases
+    result = run(pytester, "--collect-only", "-q")
+    assert result.ret == pytest.ExitCode.OK
+    ids = [line for line in result.outlines if "::" in line]
+    assert len(ids) == 1 and "quad_slow" in ids[0]
+    assert "not_a_case" not in result.stdout.str() and "docker-compose" not in result.stdout.str()
+
+
+def test_a_project_living_below_a_folder_named_cases_collects_nothing_of_ours(pytester):
+    """The rule is relative to the rootdir: a `cases` folder above it does not count."""
+    project = pytester.mkdir("cases") / "project"
+    project.mkdir()
+    (project / "pytest.ini").write_text("[pytest]\n")
+    (project / "docker-compose.yml").write_bytes((DATA / "docker-compose.yml").read_bytes())
+    (project / "test_x.py").write_text("def test_x():\n    assert True\n")
+    result = pytester.runpytest(str(project), "--rootdir", str(project), "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+
+
+def test_stability_cases_dirs_names_folders_relative_to_the_ini_file(pytester):
+    pytester.makeini("[pytest]\nstability_cases_dirs = guards\n")
+    write_cases(pytester, "quad_slow", folder="guards")
+    write_cases(pytester, "quad_cuda")   # cases/ is no longer collected
     result = run(pytester, "--collect-only", "-q")
     ids = [line for line in result.outlines if "::" in line]
     assert len(ids) == 1 and "quad_slow" in ids[0]
-    assert "not_a_case" not in result.stdout.str()
+
+
+def test_a_case_file_that_cannot_be_read_is_one_error_not_an_aborted_session(pytester):
+    """Not UTF-8: a located collection error for that file; the other files still run."""
+    write_cases(pytester, "not_utf8", "quad_fail")
+    result = run(pytester, "--continue-on-collection-errors")
+    result.assert_outcomes(failed=1, errors=1)
+    out = result.stdout.str()
+    assert "INTERNALERROR" not in out and "not_utf8.yaml" in out and "UTF-8" in out
+
+
+@pytest.mark.parametrize("partner_first", [False, True])
+def test_a_parity_partner_that_is_also_an_item_trains_once(pytester, monkeypatch, tmp_path, partner_first):
+    """Items run in the order of the optimizers: the partner's own item may come first or
+    last; either way CountingSGD is built once."""
+    count = tmp_path / "count"
+    monkeypatch.setenv("COUNT_FILE", str(count))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(DATA), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.syspath_prepend(str(DATA))
+    lines = case_text("parity_pair").splitlines(keepends=True)
+    mine = next(i for i, line in enumerate(lines) if line.startswith("  mine:"))
+    if partner_first:
+        lines[mine], lines[mine + 1] = lines[mine + 1], lines[mine]
+    write_cases(pytester, parity_pair="".join(lines))
+    result = run(pytester, "-v", "-p", "no:randomly")
+    result.assert_outcomes(passed=2)
+    assert count.read_text().count("built") == 1
