@@ -10,12 +10,14 @@ from __future__ import annotations
 import copy
 import inspect
 import itertools
+import math
 import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping, Union
+from typing import Annotated, Any, Literal, Mapping, Union
 
+from stability_bench.components import AtLeast, Count
 from stability_bench.components.data import DATA
 from stability_bench.components.losses import LOSSES
 from stability_bench.components.models import MODELS
@@ -23,9 +25,14 @@ from stability_bench.expectations import COMPARATORS, PARITY, PARITY_KEYS, THEOR
 from stability_bench.metrics import METRICS, SpikeConfig
 from stability_bench.optimizers.resolve import OptimizerResolveError, resolve_optimizer_class
 from stability_bench.registry import Registry, nearest
-from stability_bench.yamlsource import KeyPath, Source, SourceError, read_yaml
+from stability_bench.yamlsource import MARKER, KeyPath, Source, SourceError, read_yaml
 
 _NUMBER_STRING = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+FORMAT_VERSION = 1      # the value of the ``stability-bench:`` marker this version reads
+MAX_PROBLEMS = 20       # problems shown per file; a garbage file would otherwise print thousands
+# Every step's loss, gradient and update norm is kept in memory and written to the results
+# JSON (~100 bytes a step in all), so 10**7 steps is already ~1 GB; the shipped cases use <= 5000.
+MAX_STEPS = 10**7
 
 
 @dataclass
@@ -42,9 +49,11 @@ class CaseError(ValueError):
         super().__init__(str(self))
 
     def __str__(self) -> str:
-        return "\n".join(
-            f"{self.source.where(p.path)}: {_dotted(p.path) or '(case)'}: {p.message}"
-            for p in self.problems)
+        shown = [f"{self.source.where(p.path)}: {_dotted(p.path) or '(case)'}: {p.message}"
+                 for p in self.problems[:MAX_PROBLEMS]]
+        if len(self.problems) > MAX_PROBLEMS:
+            shown.append(f"… and {len(self.problems) - MAX_PROBLEMS} more problems")
+        return "\n".join(shown)
 
 
 def _unknown(what: str, name: Any, known: list[str]) -> str:
@@ -59,34 +68,59 @@ def _dotted(path: KeyPath) -> str:
 
 
 # --------------------------------------------------------------------------- types
-def _type_name(hint: Any) -> str:
-    origin = typing.get_origin(hint)
+_NAMES = {int: ("an integer", "integers"), float: ("a number", "numbers"), bool: ("true/false", "true/false values"),
+          str: ("a string", "strings"), type(None): ("null", "nulls")}
+_PLAIN = (int, float, bool, str, type(None))  # what YAML can write; other classes (Tensor) it cannot
+
+
+def _is_union(origin: Any) -> bool:
+    return origin is Union or getattr(origin, "__name__", "") == "UnionType"
+
+
+def _type_name(hint: Any, plural: bool = False) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Annotated:
+        return _type_name(args[0], plural)
     if origin is Literal:
-        return " | ".join(repr(a) for a in typing.get_args(hint))
-    if origin is Union or (origin is not None and origin.__name__ == "UnionType"):
-        return " or ".join(_type_name(a) for a in typing.get_args(hint))
+        return " | ".join(repr(a) for a in args)
+    if _is_union(origin):
+        writable = [a for a in args if not isinstance(a, type) or a in _PLAIN] or list(args)
+        return " or ".join(_type_name(a, plural) for a in writable)
     if origin in (list, tuple):
-        args = [a for a in typing.get_args(hint) if a is not Ellipsis]
-        return f"a list of {_type_name(args[0])}" if args else "a list"
-    return {int: "an integer", float: "a number", bool: "true/false", str: "a string",
-            type(None): "null"}.get(hint, getattr(hint, "__name__", str(hint)))
+        items = [a for a in args if a is not Ellipsis]
+        if origin is tuple and items and Ellipsis not in args:
+            return f"a list of {len(items)} {_type_name(items[0], plural=True)}"
+        return f"a list of {_type_name(items[0], plural=True)}" if items else "a list"
+    if origin is dict and len(args) == 2:
+        return f"a mapping of {_type_name(args[0], True)} to {_type_name(args[1], True)}"
+    if hint in _NAMES:
+        return _NAMES[hint][plural]
+    return getattr(hint, "__name__", str(hint))
 
 
 def _matches(value: Any, hint: Any) -> bool:
-    """Whether a YAML value fits a type hint (ints count as floats; bools are not numbers)."""
-    origin = typing.get_origin(hint)
+    """Whether a YAML value fits a type hint, strictly: ints count as floats, bools are not
+    numbers, NaN is no number, a tuple has its length, a dict's keys and values their types."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint is Any:
         return True
+    if origin is Annotated:
+        return _matches(value, args[0])
     if origin is Literal:
-        return value in typing.get_args(hint)
-    if origin is Union or (origin is not None and getattr(origin, "__name__", "") == "UnionType"):
-        return any(_matches(value, a) for a in typing.get_args(hint))
+        return any(value == a and type(value) is type(a) for a in args)
+    if _is_union(origin):
+        return any(_matches(value, a) for a in args)
     if origin in (list, tuple):
-        args = [a for a in typing.get_args(hint) if a is not Ellipsis]
-        return isinstance(value, (list, tuple)) and all(_matches(v, args[0]) for v in value) \
-            if args else isinstance(value, (list, tuple))
+        if not isinstance(value, (list, tuple)):
+            return False
+        if origin is tuple and args and Ellipsis not in args:
+            return len(value) == len(args) and all(_matches(v, a) for v, a in zip(value, args))
+        return all(_matches(v, args[0]) for v in value) if args else True
+    if origin is dict:
+        return isinstance(value, dict) and (not args or all(
+            _matches(k, args[0]) and _matches(v, args[1]) for k, v in value.items()))
     if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
     if hint is int:
         return isinstance(value, int) and not isinstance(value, bool)
     if hint is type(None):
@@ -94,25 +128,54 @@ def _matches(value: Any, hint: Any) -> bool:
     return isinstance(value, hint) if isinstance(hint, type) else True
 
 
-def _type_problem(value: Any, hint: Any, path: KeyPath) -> Problem | None:
+def _limit_problem(value: Any, hint: Any) -> str | None:
+    """A value that has the right type but breaks an ``AtLeast`` bound of the hint."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Annotated:
+        for limit in args[1:]:
+            if isinstance(limit, AtLeast) and _matches(value, args[0]) and value < limit.minimum:
+                return f"must be at least {limit.minimum}, got {value!r}"
+        return _limit_problem(value, args[0])
+    if _is_union(origin):
+        return next((_limit_problem(value, a) for a in args if _matches(value, a)), None)
+    if origin in (list, tuple) and isinstance(value, (list, tuple)):
+        items = [a for a in args if a is not Ellipsis]
+        per_item = items if origin is tuple and Ellipsis not in args else items[:1] * len(value)
+        return next((f"[{i}] {p}" for i, (v, a) in enumerate(zip(value, per_item))
+                     if (p := _limit_problem(v, a))), None)
+    return None
+
+
+def _non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, (list, tuple)):
+        return any(_non_finite(v) for v in value)
+    return False
+
+
+def _type_problem(value: Any, hint: Any, path: KeyPath, finite: bool = False) -> Problem | None:
+    """What is wrong with ``value`` for ``hint`` (None if nothing); ``finite`` also refuses
+    ±inf (a learning rate or a data size cannot be infinite; a bound can)."""
     if _matches(value, hint):
+        limit = _limit_problem(value, hint)
+        if limit:
+            return Problem(path, limit)
+        if finite and _non_finite(value):
+            return Problem(path, f"expected a finite number, got {value!r}")
         return None
     message = f"expected {_type_name(hint)}, got {value!r}"
-    if isinstance(value, str) and _NUMBER_STRING.match(value.strip()):
-        message += (f" — a string: YAML 1.1 reads a number like {value!r} without a dot in its "
-                    f"mantissa as text; write {_yaml_float(value)}")
+    if isinstance(value, float) and value != value:
+        message = f"expected {_type_name(hint)}, got .nan (not a number: every comparison with it is false)"
+    elif isinstance(value, str) and _NUMBER_STRING.match(value.strip()):
+        message += f" (a string); did you mean the number {value.strip()}, without quotes?"
+    elif typing.get_origin(hint) is list and _matches(value, typing.get_args(hint)[0]):
+        message += f"; a list of one is written [{value}]"  # devices: cpu, seeds: 0
     return Problem(path, message)
 
 
-def _yaml_float(text: str) -> str:
-    mantissa, _, exponent = text.lower().partition("e")
-    if "." not in mantissa:
-        mantissa += ".0"
-    return f"{mantissa}e{exponent}" if exponent else mantissa
-
-
 def _check_mapping(value: Any, allowed: Mapping[str, Any], required: set[str], path: KeyPath,
-                   problems: list[Problem], what: str) -> bool:
+                   problems: list[Problem], what: str, finite: bool = False) -> bool:
     """Keys of a mapping against ``allowed`` (name → type hint); returns False if not a mapping."""
     if not isinstance(value, dict):
         problems.append(Problem(path, f"{what} must be a mapping, got {value!r}"))
@@ -123,7 +186,7 @@ def _check_mapping(value: Any, allowed: Mapping[str, Any], required: set[str], p
             hint = f"; did you mean {guess!r}?" if guess else f"; valid keys: {', '.join(allowed)}"
             problems.append(Problem(path + (key,), f"unknown key {key!r} in {what}{hint}"))
         else:
-            problem = _type_problem(value[key], allowed[key], path + (key,))
+            problem = _type_problem(value[key], allowed[key], path + (key,), finite)
             if problem:
                 problems.append(problem)
     for key in sorted(required - set(value)):
@@ -136,7 +199,7 @@ def _signature_params(factory: Any, skip: int) -> tuple[dict[str, Any], set[str]
     """(name → hint, required names, accepts **kwargs) of a factory, skipping leading args."""
     sig = inspect.signature(factory)
     try:
-        hints = typing.get_type_hints(factory)
+        hints = typing.get_type_hints(factory, include_extras=True)  # keep AtLeast limits
     except Exception:
         hints = {}
     params = list(sig.parameters.values())[skip:]
@@ -160,9 +223,28 @@ def _check_component(spec: Any, registry: Registry, path: KeyPath, problems: lis
     if kind not in registry:
         problems.append(Problem(path + ("kind",), _unknown(f"{registry.kind} kind", kind, registry.names())))
         return
-    allowed, required, _ = _signature_params(registry.get(kind), skip=1)
+    factory = registry.get(kind)
+    allowed, required, _ = _signature_params(factory, skip=1)
     params = {k: v for k, v in spec.items() if k != "kind"}
-    _check_mapping(params, allowed, required, path, problems, f"{registry.kind} {kind!r}")
+    n = len(problems)
+    _check_mapping(params, allowed, required, path, problems, f"{registry.kind} {kind!r}", finite=True)
+    check = getattr(factory, "check", None)
+    if check is not None and len(problems) == n:  # cross-parameter checks need well-typed values
+        problems.extend(Problem(path + (key,), message) for key, message in check(params))
+
+
+def _check_targets(raw: dict, problems: list[Problem]) -> None:
+    """A loss that needs class labels on a data set that gives real-valued targets."""
+    loss, data = raw.get("loss"), raw.get("data", {"kind": "none"})
+    if not (isinstance(loss, dict) and isinstance(data, dict)
+            and loss.get("kind") in LOSSES and data.get("kind") in DATA):
+        return
+    needs = getattr(LOSSES.get(loss["kind"]), "needs_targets", None)
+    gives = getattr(DATA.get(data["kind"]), "targets", None)
+    if needs and gives and needs != gives:
+        problems.append(Problem(("loss", "kind"), f"loss {loss['kind']!r} needs {needs} as targets, but "
+                                f"data {data['kind']!r} gives {gives}-valued targets; use loss: "
+                                f"{{kind: mse}}, or a data set with {needs}"))
 
 
 # ----------------------------------------------------------------------- optimizers
@@ -188,19 +270,36 @@ class OptimizerSpec:
                         for k in self.sweeps)
 
 
-def _coerce(value: Any, default: Any) -> Any:
-    """YAML lists become tuples where the optimizer's default is a tuple (``betas``)."""
-    return tuple(value) if isinstance(default, tuple) and isinstance(value, list) else value
+def _coerce(value: Any, hint: Any) -> Any:
+    """YAML lists become tuples where the hyperparameter is a tuple (``betas``)."""
+    return tuple(value) if typing.get_origin(hint) is tuple and isinstance(value, list) else value
 
 
-def _check_hparam(name: str, value: Any, default: Any, path: KeyPath, problems: list[Problem]) -> None:
-    if isinstance(default, (int, float)) and not isinstance(default, bool):
-        values = value if isinstance(value, (list, tuple)) else [value]
-        for v in values:
-            problem = _type_problem(v, float, path)
-            if problem:
-                problems.append(problem)
-                return
+def _hparam_hint(default: Any, annotation: Any) -> Any:
+    """The type a hyperparameter must have: its annotation where YAML can write it (a union
+    may also hold Tensor), else the type of its default; Any when neither says."""
+    def writable(hint: Any) -> bool:
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+        if origin in (list, tuple, Annotated) or _is_union(origin):
+            return any(writable(a) for a in args if a is not Ellipsis)
+        return origin is Literal or hint in _PLAIN
+    if annotation is not None and writable(annotation):
+        return annotation
+    if isinstance(default, bool):
+        return bool
+    if isinstance(default, (int, float)):
+        return float
+    if isinstance(default, str):
+        return str
+    if isinstance(default, tuple) and default:
+        return tuple[tuple(_hparam_hint(d, None) for d in default)]
+    return Any
+
+
+def _check_hparam(value: Any, hint: Any, path: KeyPath, problems: list[Problem]) -> None:
+    problem = _type_problem(value, hint, path, finite=True)
+    if problem:
+        problems.append(problem)
 
 
 def _optimizer_spec(key: str, spec: Any, path: KeyPath, problems: list[Problem]) -> OptimizerSpec | None:
@@ -217,14 +316,13 @@ def _optimizer_spec(key: str, spec: Any, path: KeyPath, problems: list[Problem])
     accepted = {n: p.default for n, p in list(signature.parameters.items())[2:]
                 if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
     var_kw = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
-    try:  # a required hyperparameter has no default to type-check against: use its annotation
-        hints = typing.get_type_hints(cls.__init__)
-    except Exception:
-        hints = {}
+    try:
+        annotations = typing.get_type_hints(cls.__init__)
+    except Exception:  # unresolvable annotations: the defaults' types still apply
+        annotations = {}
+    hints = {name: _hparam_hint(default, annotations.get(name)) for name, default in accepted.items()}
     for name in [n for n, d in accepted.items() if d is inspect.Parameter.empty]:
-        if hints.get(name) in (int, float):
-            accepted[name] = hints[name]()
-        if name not in spec and not nearest(name, [k for k in spec if k not in accepted]):  # not a typo'd key
+        if name not in spec and not nearest(name, [str(k) for k in spec if k not in accepted]):  # not a typo'd key
             problems.append(Problem(path, f"{spec['class']} needs the hyperparameter {name!r}"))
     fixed, sweeps = {}, {}
     for name, value in spec.items():
@@ -237,11 +335,11 @@ def _optimizer_spec(key: str, spec: Any, path: KeyPath, problems: list[Problem])
                                     + (f"; did you mean {guess!r}?" if guess else
                                        f"; it takes {', '.join(accepted)}")))
             continue
-        default = accepted.get(name)
+        hint = hints.get(name, Any)
         if isinstance(value, dict):
             if set(value) != {"sweep"}:
                 problems.append(Problem(hp_path, f"a hyperparameter mapping must be "
-                                        f"{{sweep: [v1, v2, ...]}}, got keys {sorted(value)}"))
+                                        f"{{sweep: [v1, v2, ...]}}, got keys {sorted(map(str, value))}"))
                 continue
             points = value["sweep"]
             if not isinstance(points, list) or not points:
@@ -252,13 +350,17 @@ def _optimizer_spec(key: str, spec: Any, path: KeyPath, problems: list[Problem])
                 problems.append(Problem(hp_path + ("sweep",), "sweep values cannot be mappings"))
                 continue
             for i, point in enumerate(points):
-                _check_hparam(name, point, default, hp_path + ("sweep", i), problems)
+                if isinstance(point, list) and typing.get_origin(hint) not in (list, tuple):
+                    problems.append(Problem(hp_path + ("sweep", i), f"a sweep is a flat list of values "
+                                            f"[v1, v2, ...], got the list {point!r} as one value"))
+                else:
+                    _check_hparam(point, hint, hp_path + ("sweep", i), problems)
             if len(set(map(repr, points))) != len(points):
                 problems.append(Problem(hp_path + ("sweep",), f"sweep repeats a value: {points!r}"))
-            sweeps[name] = [_coerce(p, default) for p in points]
+            sweeps[name] = [_coerce(p, hint) for p in points]
         else:
-            _check_hparam(name, value, default, hp_path, problems)
-            fixed[name] = _coerce(value, default)
+            _check_hparam(value, hint, hp_path, problems)
+            fixed[name] = _coerce(value, hint)
     return OptimizerSpec(key, spec["class"], cls, fixed, sweeps)
 
 
@@ -283,13 +385,21 @@ def _check_bound(comparator: str, bound: Any, path: KeyPath, problems: list[Prob
         if set(bound) != {"times", "of"} or bound.get("of") not in THEORY_REFERENCES:
             problems.append(Problem(path, f"a scaled bound is {{of: <{'|'.join(THEORY_REFERENCES)}>, "
                                     f"times: <number>}}, got {bound!r}"))
+            return
+        problem = _type_problem(bound["times"], float, path + ("times",), finite=True)
+        if problem:
+            problems.append(problem)
         return
     if comparator == "between":
         if not (isinstance(bound, list) and len(bound) == 2):
             problems.append(Problem(path, f"'between' takes [low, high], got {bound!r}"))
             return
+        n = len(problems)
         for i, b in enumerate(bound):
             _check_bound("above", b, path + (i,), problems)
+        low, high = bound
+        if len(problems) == n and all(_matches(b, float) for b in bound) and low > high:
+            problems.append(Problem(path, f"'between' takes [low, high] with low <= high, got {bound!r}"))
         return
     problem = _type_problem(bound, Union[float, bool, None], path)
     if problem:
@@ -359,7 +469,7 @@ def _check_probes(section: dict, path: KeyPath, problems: list[Problem]) -> None
                                     + f" Probes: {', '.join(PROBES.names())}; options: {', '.join(PLAN_OPTIONS)}."))
             continue
         allowed, required, _ = _signature_params(PROBES.get(key), skip=1)
-        _check_mapping(value if value is not None else {}, {**allowed, "every": int}, required,
+        _check_mapping(value if value is not None else {}, {**allowed, "every": Count}, required,
                        key_path, problems, f"probe {key!r}")
 
 
@@ -420,10 +530,11 @@ _SPIKE_KEYS = typing.get_type_hints(SpikeConfig)
 
 # Top-level keys and their types; the component sections are checked against registries.
 TOP_LEVEL: dict[str, Any] = {
-    "name": str, "description": str, "seeds": list[int], "devices": list[str],
+    MARKER: int, "name": str, "description": str, "seeds": list[int], "devices": list[str],
     "dtype": Literal["float32", "float64"], "model": dict, "data": dict, "loss": dict,
     "batch": Union[str, dict], "steps": int, "optimizers": dict, "expect": dict,
     "divergence": dict, "spikes": dict, "slow": bool, "variants": dict, "probes": dict,
+    "timeout": float,
 }
 REQUIRED = {"name", "model", "loss", "steps", "optimizers"}
 _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
@@ -451,6 +562,7 @@ class Case:
     source: Source = field(repr=False)
     raw: dict = field(repr=False)    # the case as written (variant merged), for reports/triage
     probes: dict = field(default_factory=dict)  # the ``probes:`` section as written (validated)
+    timeout: float | None = None     # seconds per run, enforced by the runner; None: no limit
 
     def where(self, path: KeyPath = ()) -> str:
         return self.source.where(path)
@@ -460,14 +572,27 @@ def _validate(raw: Any, source: Source) -> Case:
     problems: list[Problem] = []
     if not _check_mapping(raw, TOP_LEVEL, REQUIRED, (), problems, "a case"):
         raise CaseError(source, problems)
+    if MARKER in raw and raw[MARKER] != FORMAT_VERSION and _matches(raw[MARKER], int):
+        problems.append(Problem((MARKER,), f"case format version {raw[MARKER]} is not supported: this "
+                                f"stability-bench reads '{MARKER}: {FORMAT_VERSION}'"))
     for key, registry in (("model", MODELS), ("data", DATA), ("loss", LOSSES)):
         if isinstance(raw.get(key), dict):
             _check_component(raw[key], registry, (key,), problems)
-    for i, device in enumerate(raw.get("devices", [])):
+    _check_targets(raw, problems)
+    devices = raw.get("devices", [])
+    for i, device in enumerate(devices if isinstance(devices, list) else []):
         if isinstance(device, str) and not _DEVICE.match(device):
             problems.append(Problem(("devices", i), f"unknown device {device!r}: use cpu, cuda or cuda:N"))
-    if isinstance(raw.get("steps"), int) and raw["steps"] < 1:
-        problems.append(Problem(("steps",), f"steps must be at least 1, got {raw['steps']}"))
+    steps = raw.get("steps")
+    if _matches(steps, int) and steps < 1:
+        problems.append(Problem(("steps",), f"steps must be at least 1, got {steps}"))
+    elif _matches(steps, int) and steps > MAX_STEPS:
+        problems.append(Problem(("steps",), f"steps must be at most {MAX_STEPS:,} (every step's record "
+                                f"is kept in memory and in the results), got {steps:,}"))
+    timeout = raw.get("timeout")
+    if _matches(timeout, float) and not 0 < timeout < math.inf:
+        problems.append(Problem(("timeout",), f"timeout is seconds per run, a positive finite number; "
+                                f"got {timeout!r}"))
     batch = raw.get("batch", "full")
     if isinstance(batch, str) and batch != "full":
         problems.append(Problem(("batch",), f"batch is 'full' or {{size: N, shuffle: true, "
@@ -503,7 +628,8 @@ def _validate(raw: Any, source: Source) -> Case:
         steps=raw["steps"], optimizers=optimizers, expectations=expectations,
         divergence={"factor": 1e10, "max_loss": None, **raw.get("divergence", {})},
         spikes=SpikeConfig(**raw.get("spikes", {})), slow=bool(raw.get("slow", False)),
-        source=source, raw=raw, probes=raw.get("probes") or {})
+        source=source, raw=raw, probes=raw.get("probes") or {},
+        timeout=float(raw["timeout"]) if "timeout" in raw else None)
 
 
 def _merge(base: dict, override: dict, replace: frozenset = frozenset({"expect"})) -> dict:
@@ -536,28 +662,56 @@ def _read(path_or_dict: str | Path | Mapping) -> tuple[Any, Source]:
         raise CaseError(Source(str(path)), [Problem((), "no such case file")])
     try:
         return read_yaml(path)
-    except SourceError as exc:  # "file:line: message" — keep the line for Source.where
-        found = re.match(r":(\d+): (.*)", str(exc)[len(str(path)):], re.S)
-        lines, message = ({(): int(found[1])}, found[2]) if found else ({}, str(exc).split(": ", 1)[-1])
-        raise CaseError(Source(str(path), lines), [Problem((), message)]) from None
+    except SourceError as exc:  # keep the line for Source.where
+        lines = {(): exc.line} if exc.line is not None else {}
+        raise CaseError(Source(str(path), lines), [Problem((), exc.message)]) from None
+
+
+def _in_variant(problem: Problem, name: str, source: Source, base: list[Problem]) -> Problem | None:
+    """A variant's problem in the file's terms: at ``variants.NAME.key`` where the variant
+    writes that key (or a parent of it); else at the base's key, saying which variant made
+    it a problem. None for a problem the base case has too (reported once, for the base)."""
+    prefix = ("variants", name)
+    for depth in range(len(problem.path), 0, -1):
+        if prefix + tuple(problem.path[:depth]) in source.lines:
+            return Problem(prefix + tuple(problem.path), problem.message)
+    if any(p.path == problem.path and p.message == problem.message for p in base):
+        return None
+    return Problem(problem.path, f"{problem.message} (in variant {name!r})")
 
 
 def load_cases(path_or_dict: str | Path | Mapping) -> list[Case]:
     """All cases in a file: the base case, then one per entry of ``variants:``
-    (named ``base/variant``)."""
+    (named ``base/variant``). Every problem of the base and of every variant is reported
+    in one :class:`CaseError`."""
     raw, source = _read(path_or_dict)
+    if raw is None:
+        raise CaseError(source, [Problem((), "the file is empty (or holds only comments)")])
     if not isinstance(raw, dict):
-        raise CaseError(source, [Problem((), f"a case file must hold a mapping, got {type(raw).__name__}")])
+        raise CaseError(source, [Problem((), f"a case file must hold a mapping of keys (name:, model:, "
+                                             f"...), got {type(raw).__name__}")])
     variants = raw.pop("variants", {}) or {}
     if not isinstance(variants, dict):
         raise CaseError(source, [Problem(("variants",), "variants must map names to overrides")])
-    cases = [_validate(raw, source)]
+    problems: list[Problem] = []
+    cases: list[Case] = []
+    try:
+        cases.append(_validate(raw, source))
+    except CaseError as exc:
+        problems += exc.problems
+    base = list(problems)
     for name, override in variants.items():
         if not isinstance(override, dict):
-            raise CaseError(source, [Problem(("variants", name), "a variant must be a mapping of overrides")])
+            problems.append(Problem(("variants", name), "a variant must be a mapping of overrides"))
+            continue
         merged = _merge(raw, override)
-        merged["name"] = f"{raw['name']}/{name}"
-        cases.append(_validate(merged, _variant_source(source, name)))
+        merged["name"] = f"{raw.get('name')}/{name}"
+        try:
+            cases.append(_validate(merged, _variant_source(source, name)))
+        except CaseError as exc:
+            problems += [p for p in (_in_variant(q, name, source, base) for q in exc.problems) if p]
+    if problems:
+        raise CaseError(source, problems)
     return cases
 
 

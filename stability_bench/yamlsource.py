@@ -2,9 +2,16 @@
 
 PyYAML's composed node tree carries marks; we build plain Python objects from it and a
 ``{key path: line}`` table beside them (tavern and pytest's YAML example do the same).
+
+Case files may come from anywhere, so reading is bounded: a size limit checked before
+parsing, a nesting-depth limit (deep nesting would otherwise end in RecursionError), and a
+limit on the number of values the file expands to (a "billion laughs" alias bomb is a few
+hundred bytes). Floats follow YAML 1.2 (``1e-3`` is a number, not text). This module must
+not import torch: the pytest plugin calls :func:`has_case_marker` on every YAML file.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,9 +20,23 @@ import yaml
 
 KeyPath = tuple  # e.g. ("optimizers", "adam", "lr")
 
+# 256 KiB: the shipped cases are 1–4 KB, and PyYAML's pure-Python parser reads dense YAML
+# at ~150 KB/s here, so this bounds a parse to about 2 s (1 MiB took 7 s).
+MAX_BYTES = 256 * 2**10
+MAX_DEPTH = 64           # nesting levels; a case needs about 6
+MAX_VALUES = 100_000     # values after alias expansion; the largest shipped case has ~300
+MARKER = "stability-bench"
+MARKER_SCAN_BYTES = 64 * 2**10
+_MARKER_LINE = re.compile(rb"^(?:" + MARKER.encode() + rb"|'" + MARKER.encode() + rb"'|\""
+                          + MARKER.encode() + rb"\")[ \t]*:", re.M)
+
 
 class SourceError(ValueError):
-    """The file is not valid YAML or has duplicate keys; names file and line."""
+    """The file cannot be read as a case's YAML; names file and (where known) line."""
+
+    def __init__(self, file: str, line: int | None, message: str):
+        self.file, self.line, self.message = file, line, message
+        super().__init__(f"{file}:{line}: {message}" if line is not None else f"{file}: {message}")
 
 
 @dataclass
@@ -41,39 +62,139 @@ class Source:
         return f"{name}:{line}" if line is not None else name
 
 
-def _build(node: yaml.Node, loader: yaml.SafeLoader, path: KeyPath, lines: dict, file: str):
-    lines.setdefault(path, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
-        out: dict[Any, Any] = {}
-        for key_node, value_node in node.value:
-            key = loader.construct_object(key_node, deep=True)
-            if key in out:
-                raise SourceError(f"{file}:{key_node.start_mark.line + 1}: duplicate key {key!r}"
-                                  f" in {'.'.join(map(str, path)) or 'the top level'}")
-            child = path + (key,)
-            lines[child] = key_node.start_mark.line + 1
-            out[key] = _build(value_node, loader, child, lines, file)
-        return out
-    if isinstance(node, yaml.SequenceNode):
-        return [_build(item, loader, path + (i,), lines, file) for i, item in enumerate(node.value)]
-    return loader.construct_object(node, deep=True)
+class _Loader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 floats and a nesting limit while composing."""
+
+    def __init__(self, text: str, file: str):
+        super().__init__(text)
+        self.file, self.depth = file, 0
+
+    def compose_node(self, parent, index):  # the composer recurses once per nesting level
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                mark = self.peek_event().start_mark
+                raise SourceError(self.file, mark.line + 1,
+                                  f"nested more than {MAX_DEPTH} levels deep (a case needs about 6)")
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
+# YAML 1.2 core schema: an exponent makes a number even without a dot (1e-3, 1E5, -2e-7),
+# and its sign is optional (1.0e5). PyYAML's YAML 1.1 rules read both as text.
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
+class _Builder:
+    """Plain objects and the line table from a node tree, counting every value built
+    (an alias is counted each time it is used: that is what expansion costs)."""
+
+    def __init__(self, loader: _Loader, file: str):
+        self.loader, self.file, self.count = loader, file, 0
+        self.lines: dict[KeyPath, int] = {}
+
+    def fail(self, node: yaml.Node, message: str) -> SourceError:
+        return SourceError(self.file, node.start_mark.line + 1, message)
+
+    def scalar(self, node: yaml.Node) -> Any:
+        try:
+            return self.loader.construct_object(node, deep=True)
+        except yaml.MarkedYAMLError:
+            raise
+        except Exception as exc:  # e.g. !!int abc, a date like 2024-13-45
+            raise self.fail(node, f"cannot read {node.value!r} as {node.tag.rsplit(':', 1)[-1]}: {exc}") from None
+
+    def build(self, node: yaml.Node, path: KeyPath) -> Any:
+        self.count += 1
+        if self.count > MAX_VALUES:  # named at the top-level key being expanded
+            line = self.lines.get(path[:1]) or node.start_mark.line + 1
+            raise SourceError(self.file, line, f"{'.'.join(map(str, path[:1])) or 'the file'} expands "
+                              f"to more than {MAX_VALUES:,} values (aliases counted each time they are "
+                              f"used); a case has a few hundred")
+        self.lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            out: dict[Any, Any] = {}
+            for key_node, value_node in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # expanding merges is another bomb
+                    raise self.fail(key_node, "merge keys (<<) are not supported; a case file "
+                                              "states shared settings once and uses variants:")
+                if not isinstance(key_node, yaml.ScalarNode):
+                    raise self.fail(key_node, "a key must be a plain name, not a list or mapping")
+                key = self.scalar(key_node)
+                if key in out:
+                    raise self.fail(key_node, f"duplicate key {key!r} in "
+                                              f"{'.'.join(map(str, path)) or 'the top level'}")
+                child = path + (key,)
+                self.lines[child] = key_node.start_mark.line + 1
+                out[key] = self.build(value_node, child)
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            return [self.build(item, path + (i,)) for i, item in enumerate(node.value)]
+        return self.scalar(node)
+
+
+def _decode(data: bytes, file: str) -> str:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise SourceError(file, line, f"not UTF-8 text (byte 0x{data[exc.start]:02x} at line {line})") from None
+
+
+def _read_bytes(path: Path) -> bytes:
+    file = str(path)
+    try:
+        size = path.stat().st_size
+        if size > MAX_BYTES:
+            raise SourceError(file, None, f"{size:,} bytes is over the {MAX_BYTES // 2**10} KiB limit "
+                                          f"for a case file (a case is a few KB)")
+        with open(path, "rb") as f:
+            data = f.read(MAX_BYTES + 1)  # the file may grow after stat
+    except OSError as exc:
+        raise SourceError(file, None, f"cannot read the file: {exc.strerror or exc}") from None
+    if len(data) > MAX_BYTES:
+        raise SourceError(file, None, f"over the {MAX_BYTES // 2**10} KiB limit for a case file")
+    return data
 
 
 def read_yaml(path: str | Path) -> tuple[Any, Source]:
-    """Parse ``path``; return the data and a :class:`Source` with the line of each key."""
+    """Parse ``path``; return the data and a :class:`Source` with the line of each key.
+    Every failure is a :class:`SourceError` naming the file and, where known, the line."""
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
-    loader = yaml.SafeLoader(text)
+    file = str(path)
+    text = _decode(_read_bytes(path), file)
+    try:
+        loader = _Loader(text, file)
+    except yaml.reader.ReaderError as exc:  # a control character PyYAML refuses
+        line = text.count("\n", 0, exc.position) + 1
+        raise SourceError(file, line, f"not valid YAML: character {chr(exc.character)!r} is not "
+                                      f"allowed in YAML text") from None
     try:
         node = loader.get_single_node()
-        lines: dict[KeyPath, int] = {}
-        data = _build(node, loader, (), lines, str(path)) if node is not None else None
+        builder = _Builder(loader, file)
+        data = builder.build(node, ()) if node is not None else None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        line = f":{mark.line + 1}" if mark is not None else ""
         context = (f" ({exc.context} at line {exc.context_mark.line + 1})"  # where the construct began
                    if exc.context and exc.context_mark is not None and exc.context_mark is not mark else "")
-        raise SourceError(f"{path}{line}: not valid YAML: {exc.problem or exc}{context}") from None
+        raise SourceError(file, mark.line + 1 if mark is not None else None,
+                          f"not valid YAML: {exc.problem or exc}{context}") from None
     finally:
         loader.dispose()
-    return data, Source(str(path), lines)
+    return data, Source(file, builder.lines if node is not None else {})
+
+
+def has_case_marker(path: str | Path) -> bool:
+    """Whether ``path`` looks like a stability-bench case: a top-level ``stability-bench:``
+    line within its first 64 KiB. Cheap (no YAML parse, no torch), for deciding what to
+    collect; validation checks the marker's value."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(MARKER_SCAN_BYTES)
+    except OSError:
+        return False
+    return _MARKER_LINE.search(head) is not None

@@ -137,12 +137,13 @@ BAD_CASES = [
         "optimizers.gd.momentun", ("'momentum'",)),
     Bad("missing-required-hyperparameter", with_optimizer("{class: reference.GD}"), 6, "optimizers.gd",
         ("'lr'",)),
-    Bad("yaml11-string-lr-torch", with_optimizer("{class: torch.optim.SGD, lr: 1e-3}"), 6,
-        "optimizers.gd.lr", ("1.0e-3", "'1e-3'")),
-    Bad("yaml11-string-lr-reference", with_optimizer("{class: reference.GD, lr: 1e-3}"), 6,
-        "optimizers.gd.lr", ("1.0e-3",)),
-    Bad("yaml11-string-lr-block-style", with_optimizer("\n    class: torch.optim.Adam\n    lr: 3E-4"), 8,
-        "optimizers.gd.lr", ("3.0e-4",)),
+    # A number in quotes is text (unquoted, 1e-3 is a YAML 1.2 float: test_yaml12_floats_are_numbers).
+    Bad("quoted-number-lr-torch", with_optimizer("{class: torch.optim.SGD, lr: '1e-3'}"), 6,
+        "optimizers.gd.lr", ("'1e-3'", "did you mean the number 1e-3, without quotes")),
+    Bad("quoted-number-lr-reference", with_optimizer('{class: reference.GD, lr: "0.1"}'), 6,
+        "optimizers.gd.lr", ("without quotes",)),
+    Bad("quoted-number-lr-block-style", with_optimizer("\n    class: torch.optim.Adam\n    lr: '3E-4'"), 8,
+        "optimizers.gd.lr", ("the number 3E-4",)),
     Bad("string-hyperparameter", with_optimizer("{class: torch.optim.SGD, lr: fast}"), 6,
         "optimizers.gd.lr", ("'fast'", "number")),
 
@@ -155,9 +156,9 @@ BAD_CASES = [
         "optimizers.gd.lr", ("sweep", "steps")),
     Bad("sweep-repeats-a-value", with_optimizer("{class: reference.GD, lr: {sweep: [0.1, 0.2, 0.1]}}"), 6,
         "optimizers.gd.lr.sweep", ("repeat",)),
-    Bad("sweep-yaml11-string", with_optimizer("\n    class: reference.GD\n    lr:\n      sweep:\n"
-                                              "        - 0.1\n        - 1e-2"), 11,
-        "optimizers.gd.lr.sweep[1]", ("1.0e-2",)),
+    Bad("sweep-quoted-number", with_optimizer("\n    class: reference.GD\n    lr:\n      sweep:\n"
+                                              "        - 0.1\n        - '1e-2'"), 11,
+        "optimizers.gd.lr.sweep[1]", ("without quotes",)),
 
     # ---- expectations
     Bad("expect-unknown-metric", edit("    final_loss: {below: 1.0}", "    final_los: {below: 1.0}"), 9,
@@ -170,8 +171,8 @@ BAD_CASES = [
         "expect.gd.final_loss.below", ("[1, 2]",)),
     Bad("expect-bound-unknown-reference", edit("    final_loss: {below: 1.0}", "    final_loss: {below: threshhold}"),
         9, "expect.gd.final_loss.below", ("did you mean 'threshold'",)),
-    Bad("expect-bound-yaml11-string", edit("    final_loss: {below: 1.0}", "    final_loss: {below: 1e-10}"),
-        9, "expect.gd.final_loss.below", ("1.0e-10",)),
+    Bad("expect-bound-quoted-number", edit("    final_loss: {below: 1.0}", "    final_loss: {below: '1e-10'}"),
+        9, "expect.gd.final_loss.below", ("the number 1e-10",)),
     Bad("expect-between-needs-two", edit("    final_loss: {below: 1.0}", "    final_loss: {between: [0.0]}"),
         9, "expect.gd.final_loss.between", ("[low, high]",)),
     Bad("expect-scaled-bound", edit("    final_loss: {below: 1.0}",
@@ -197,8 +198,9 @@ BAD_CASES = [
     Bad("variant-wrong-type", BASE + "variants:\n  long:\n    steps: many\n", 12, "steps", ("integer",)),
     Bad("variant-unknown-key", BASE + "variants:\n  long:\n    stepz: 100\n", 12, "stepz",
         ("did you mean 'steps'",)),
-    Bad("variant-yaml11-string", BASE + "variants:\n  small:\n    optimizers:\n"
-                                        "      gd:\n        lr: 1e-2\n", 14, "optimizers.gd.lr", ("1.0e-2",)),
+    Bad("variant-quoted-number", BASE + "variants:\n  small:\n    optimizers:\n"
+                                        "      gd:\n        lr: '1e-2'\n", 14, "variants.small.optimizers.gd.lr",
+        ("without quotes",)),
     Bad("variant-bad-expectation", BASE + "variants:\n  v:\n    expect:\n      gd:\n"
                                           "        final_loss: {abov: 1.0}\n", 14,
         "expect.gd.final_loss.abov", ("'above'",)),
@@ -328,11 +330,30 @@ def test_load_case_does_not_modify_the_dict():
     assert repr(case) == before
 
 
-def test_dict_case_with_a_yaml_style_string_number_is_rejected():
+def test_dict_case_with_a_string_number_is_rejected():
     case = _base_dict()
     case["optimizers"]["gd"]["lr"] = "1e-3"
-    with pytest.raises(CaseError, match=r"1\.0e-3"):
+    with pytest.raises(CaseError, match=r"got '1e-3' \(a string\); did you mean the number 1e-3"):
         load_case(case)
+
+
+@pytest.mark.parametrize("text, value", [("1e-3", 1e-3), ("1E5", 1e5), ("-2e-7", -2e-7), ("1.0e5", 1e5),
+                                         ("+.5e1", 5.0), ("3.0e-4", 3e-4)])
+def test_yaml12_floats_are_numbers(tmp_path, text, value):
+    """YAML 1.2: an exponent makes a number without a dot, and its sign is optional
+    (PyYAML's YAML 1.1 rules read all but the last as text)."""
+    path = tmp_path / "case.yaml"
+    path.write_text(with_optimizer(f"{{class: reference.GD, lr: {text}}}"))
+    lr = load_case(path).optimizers["gd"].fixed["lr"]
+    assert isinstance(lr, float) and lr == value
+
+
+def test_integers_and_version_like_text_stay_what_they_were(tmp_path):
+    path = tmp_path / "case.yaml"
+    path.write_text(edit("steps: 20", "steps: 20\ndescription: 1.2.3e4"))
+    case = load_case(path)
+    assert case.steps == 20 and isinstance(case.steps, int)
+    assert case.description == "1.2.3e4"
 
 
 def test_sweep_expands_to_the_cartesian_product_with_labels():

@@ -10,7 +10,7 @@ from typing import Iterator, Literal
 
 import torch
 
-from stability_bench.components import BuildContext
+from stability_bench.components import BuildContext, Count, check_widths, declares
 from stability_bench.registry import Registry
 
 DATA: Registry = Registry("data")
@@ -34,7 +34,8 @@ def _generator(ctx: BuildContext, seed: int | None) -> torch.Generator:
 
 
 @DATA.register("gaussian")
-def gaussian(ctx: BuildContext, *, n: int, in_features: int, out_features: int = 1,
+@declares(targets="real")
+def gaussian(ctx: BuildContext, *, n: Count, in_features: Count, out_features: Count = 1,
              seed: int | None = None) -> TensorData:
     """x, y ~ N(0, 1) independently (Bai Li's 64 points); a target with no structure."""
     g = _generator(ctx, seed)
@@ -44,7 +45,8 @@ def gaussian(ctx: BuildContext, *, n: int, in_features: int, out_features: int =
 
 
 @DATA.register("teacher")
-def teacher(ctx: BuildContext, *, n: int, widths: list[int], activation: Literal["tanh", "relu"] = "tanh",
+@declares(targets="real", check=check_widths)
+def teacher(ctx: BuildContext, *, n: Count, widths: list[Count], activation: Literal["tanh", "relu"] = "tanh",
             noise: float = 0.0, outliers: float = 0.0, outlier_scale: float = 10.0,
             seed: int | None = None) -> TensorData:
     """Regression on a random teacher MLP (weights ~ N(0, 1/fan_in)); inputs ~ N(0, 1).
@@ -66,8 +68,22 @@ def teacher(ctx: BuildContext, *, n: int, widths: list[int], activation: Literal
     return TensorData(x.to(ctx.dtype), y.to(ctx.dtype))
 
 
+CIFAR10_SIZES = {"train": 50_000, "test": 10_000}  # the official release
+
+
+def _cifar10_check(params: dict) -> list[tuple[str, str]]:
+    """A subset beyond the official release's split; a smaller local file is checked
+    when it is read (the run's setup error names this key too)."""
+    subset, split = params.get("subset"), params.get("split", "train")
+    size = CIFAR10_SIZES.get(split)
+    if isinstance(subset, int) and size is not None and subset > size:
+        return [("subset", f"subset {subset} is larger than CIFAR-10's {split} split ({size:,} images)")]
+    return []
+
+
 @DATA.register("cifar10")
-def cifar10(ctx: BuildContext, *, subset: int | None = None, split: str = "train",
+@declares(targets="labels", check=_cifar10_check)
+def cifar10(ctx: BuildContext, *, subset: Count | None = None, split: Literal["train", "test"] = "train",
             data_dir: str | None = None, standardize: bool = True) -> TensorData:
     """CIFAR-10, flattened (CHW order), scaled to [0, 1], centred and divided by the
     per-feature std. Reads the official ``cifar-10-batches-py`` release or the offline

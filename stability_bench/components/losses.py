@@ -7,7 +7,7 @@ from typing import Callable, Literal
 import torch
 from torch.nn import functional as F
 
-from stability_bench.components import BuildContext
+from stability_bench.components import BuildContext, declares
 from stability_bench.registry import Registry
 
 LOSSES: Registry = Registry("loss")
@@ -49,10 +49,15 @@ def mse(ctx: BuildContext, *, reduction: Literal["sum", "mean", "half_example_me
 
 
 @LOSSES.register("cross_entropy")
+@declares(needs_targets="labels")
 def cross_entropy(ctx: BuildContext, *, reduction: Literal["sum", "mean"] = "mean",
                   divide_by_batch_size: bool = False) -> LossFn:
-    """Softmax cross-entropy on integer labels."""
+    """Softmax cross-entropy on integer labels (torch would read real-valued targets as
+    class probabilities and report a meaningless, even negative, loss)."""
     def loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if target.is_floating_point():
+            raise ValueError(f"cross_entropy needs integer class labels, got real-valued targets "
+                             f"({target.dtype}); use loss: {{kind: mse}} for regression data")
         return F.cross_entropy(pred, target, reduction=reduction)
 
     return _batch_scaled(loss, divide_by_batch_size)

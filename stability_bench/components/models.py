@@ -7,7 +7,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from stability_bench.components import BuildContext
+from stability_bench.components import BuildContext, Count, check_widths, declares
 from stability_bench.registry import Registry
 
 MODELS: Registry = Registry("model")
@@ -24,7 +24,7 @@ def _init_fan_in(module: nn.Module, generator: torch.Generator) -> None:
 
 
 @MODELS.register("linear")
-def linear(ctx: BuildContext, *, in_features: int, out_features: int = 1, bias: bool = True,
+def linear(ctx: BuildContext, *, in_features: Count, out_features: Count = 1, bias: bool = True,
            init: Literal["torch", "fan_in"] = "torch") -> nn.Module:
     """A single affine layer (Bai Li's perceptron). ``init: torch`` is nn.Linear's default."""
     model = nn.Linear(in_features, out_features, bias=bias)
@@ -36,8 +36,17 @@ def linear(ctx: BuildContext, *, in_features: int, out_features: int = 1, bias: 
 _ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
 
 
+def _quadratic_check(params: dict) -> list[tuple[str, str]]:
+    eigenvalues, x0 = params.get("eigenvalues"), params.get("x0")
+    problems = [] if eigenvalues else [("eigenvalues", "needs at least one eigenvalue")]
+    if isinstance(x0, list) and isinstance(eigenvalues, list) and len(x0) != len(eigenvalues):
+        problems.append(("x0", f"x0 has {len(x0)} entries but there are {len(eigenvalues)} eigenvalues"))
+    return problems
+
+
 @MODELS.register("mlp")
-def mlp(ctx: BuildContext, *, widths: list[int], activation: Literal["relu", "tanh"] = "relu",
+@declares(check=check_widths)
+def mlp(ctx: BuildContext, *, widths: list[Count], activation: Literal["relu", "tanh"] = "relu",
         init: Literal["torch", "fan_in"] = "torch", bias: bool = True) -> nn.Module:
     """Fully connected network; ``widths`` lists every layer, input and output included
     (``[14, 100, 40, 4]``). No activation after the last layer."""
@@ -72,6 +81,7 @@ class Quadratic(nn.Module):
 
 
 @MODELS.register("quadratic")
+@declares(check=_quadratic_check)
 def quadratic(ctx: BuildContext, *, eigenvalues: list[float], x0: float | list[float] = 1.0,
               basis: Literal["identity", "random"] = "identity") -> nn.Module:
     """½ xᵀAx from given eigenvalues (f = ½x² is ``eigenvalues: [1.0]``); ``basis: random``
