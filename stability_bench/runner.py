@@ -257,25 +257,30 @@ def execute(spec: RunSpec, progress: Progress | None = None) -> RunResult:
     last = case.steps - 1
     started = time.perf_counter()
 
-    for step in range(case.steps):
-        x, y = next(batch_iter)
-        optimizer.zero_grad()
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        if probes is not None:
-            probes.run(session, step)
-        recorder.before_step(loss)
-        optimizer.step()
-        if recorder.full or step == last:
-            losses = recorder.flush()[:, 0]
-            if cap is None:
-                cap = case.divergence["factor"] * abs(recorder.record[0, 0])
-            bad = np.flatnonzero(~np.isfinite(losses) | (losses > cap))
-            if bad.size:
-                divergence_step = step + 1 - len(losses) + int(bad[0])
-                break
-            if progress is not None:
-                progress(step + 1, case.steps, float(losses[-1]))
+    step = 0
+    try:
+        for step in range(case.steps):
+            x, y = next(batch_iter)
+            optimizer.zero_grad()
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            if probes is not None:
+                probes.run(session, step)
+            recorder.before_step(loss)
+            optimizer.step()
+            if recorder.full or step == last:
+                losses = recorder.flush()[:, 0]
+                if cap is None:
+                    cap = case.divergence["factor"] * abs(recorder.record[0, 0])
+                bad = np.flatnonzero(~np.isfinite(losses) | (losses > cap))
+                if bad.size:
+                    divergence_step = step + 1 - len(losses) + int(bad[0])
+                    break
+                if progress is not None:
+                    progress(step + 1, case.steps, float(losses[-1]))
+    except Exception as exc:  # the user's optimizer, model or loss raised: say at which step
+        exc.step = step
+        raise
 
     record = recorder.record
     if divergence_step is not None:

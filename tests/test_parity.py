@@ -40,6 +40,8 @@ import textwrap
 from typing import Callable
 
 import numpy as np
+from pathlib import Path
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -351,23 +353,9 @@ class LateAdam(torch.optim.Adam):
 '''
 DEPARTS_AT = 10
 
-PARITY_CASE = """\
-name: adam_parity
-dtype: float64
-model: {kind: mlp, widths: [5, 8, 1], activation: tanh}
-data: {kind: gaussian, n: 16, in_features: 5, out_features: 1}
-loss: {kind: mse, reduction: mean}
-steps: 30
-optimizers:
-  torch_adam: {class: torch.optim.Adam, lr: 1.0e-2}
-  late: {class: late_adam:LateAdam, lr: 1.0e-2}
-  ref: {class: reference.Adam, lr: 1.0e-2}
-expect:
-  torch_adam: {parity: {with: ref, rtol: 1.0e-12}}
-  late:
-    parity: {with: ref, rtol: 1.0e-9}
-"""
-LATE_PARITY_LINE = 14
+PARITY_CASE = Path(__file__).parent / "data" / "parity" / "adam_parity.yaml"
+LATE_PARITY_LINE = next(i for i, line in enumerate(PARITY_CASE.read_text().splitlines(), 1)
+                        if "parity: {with: ref, rtol: 1.0e-9}" in line)
 
 
 def tiny_case(dtype="float64", steps=30, **optimizers) -> dict:
@@ -465,7 +453,7 @@ BAD_PARITY = [  # (expect.mine, key path of the problem, words in the message)
     ({"parity": {"with": "reff"}}, "expect.mine.parity.with", "unknown parity partner 'reff'; did you mean 'ref'?"),
     ({"parity": {"with": "mine"}}, "expect.mine.parity.with", "cannot be its own parity partner"),
     ({"parity": {"with": "ref", "rtol": -1.0e-6}}, "expect.mine.parity.rtol", "finite number >= 0"),
-    ({"parity": {"with": "ref", "atol": "1e-6"}}, "expect.mine.parity.atol", "write 1.0e-6"),
+    ({"parity": {"with": "ref", "atol": "tiny"}}, "expect.mine.parity.atol", "expected a number, got 'tiny'"),
     ({"parity": {"with": "ref", "rtoll": 1.0e-6}}, "expect.mine.parity.rtoll", "did you mean 'rtol'?"),
     ({"parity": {"rtol": 1.0e-6}}, "expect.mine.parity", "parity takes {with: <optimizer>"),
     ({"parity": "ref"}, "expect.mine.parity", "parity takes"),
@@ -516,7 +504,7 @@ def test_pytest_item_reports_the_first_departing_step(pytester):
     (pytester.path / "late_adam.py").write_text(LATE_ADAM)
     pytester.syspathinsert()
     pytester.mkdir("cases")
-    (pytester.path / "cases" / "adam_parity.yaml").write_text(PARITY_CASE)
+    (pytester.path / "cases" / "adam_parity.yaml").write_text(PARITY_CASE.read_text())
     monkey = pytest.MonkeyPatch()
     monkey.setenv("STABILITY_BENCH_TRIAGE", str(pytester.path / "triage"))
     try:
@@ -539,7 +527,7 @@ def test_cli_reports_the_departure_and_runs_the_partner_once(tmp_path, monkeypat
     monkeypatch.setenv("STABILITY_BENCH_TRIAGE", str(tmp_path / "triage"))
     path = tmp_path / "cases" / "adam_parity.yaml"
     path.parent.mkdir()
-    path.write_text(PARITY_CASE)
+    path.write_text(PARITY_CASE.read_text())
     assert main(["run", str(path)]) == 1
     out = capsys.readouterr().out
     assert f"{path}:{LATE_PARITY_LINE}: expect late to track ref" in out
