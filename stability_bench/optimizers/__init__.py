@@ -25,7 +25,7 @@ from .theory import (
     standard_hb_threshold,
     standard_nesterov_threshold,
 )
-from .thresholds import TORCH_THRESHOLDS, stability_threshold
+from .thresholds import TORCH_THRESHOLDS, stability_threshold, threshold_and_reason, threshold_status
 
 __all__ = [
     "theory",
@@ -50,4 +50,6 @@ __all__ = [
     "frozen_adam_threshold",
     "TORCH_THRESHOLDS",
     "stability_threshold",
+    "threshold_and_reason",
+    "threshold_status",
 ]

@@ -22,6 +22,7 @@ from torch.optim import Optimizer
 from stability_bench.registry import Registry
 
 from . import theory
+from .lookup import no_preconditioner
 
 __all__ = [
     "REFERENCE_OPTIMIZERS",
@@ -78,9 +79,7 @@ class ReferenceOptimizer(Optimizer):
     def stability_threshold(self) -> float:
         raise NotImplementedError
 
-    def preconditioner(self) -> list[torch.Tensor] | None:
-        """None: this method does not precondition."""
-        return None
+    preconditioner = no_preconditioner  # P = I unless a method says otherwise
 
     def _first(self, key: str) -> float:
         return float(self.param_groups[0][key])
@@ -99,6 +98,8 @@ class GD(ReferenceOptimizer):
 
     def _update(self, p, g, state, group):
         p.sub_(group["lr"] * g)
+
+    preconditioner = no_preconditioner  # stated here: this class's own _update has P = I
 
     def stability_threshold(self) -> float:
         return theory.gd_threshold(self._first("lr"))
@@ -125,6 +126,8 @@ class _Momentum(ReferenceOptimizer):
         m.mul_(beta1).add_(g, alpha=c)
         direction = beta1 * m + c * g if self.nesterov else m
         p.sub_(group["lr"] * direction)
+
+    preconditioner = no_preconditioner  # stated here: this class's own _update has P = I
 
 
 @REFERENCE_OPTIMIZERS.register("StandardHB")
