@@ -620,7 +620,7 @@ def _validate(raw: Any, source: Source) -> Case:
     batch_spec = ({"size": None, "shuffle": False, "drop_last": False} if batch == "full" else
                   {"size": batch["size"], "shuffle": batch.get("shuffle", True),
                    "drop_last": batch.get("drop_last", False)})
-    return Case(
+    case = Case(
         name=raw["name"], description=raw.get("description", "").strip(),
         seeds=list(raw.get("seeds", [0])), devices=list(raw.get("devices", ["cpu"])),
         dtype=raw.get("dtype", "float32"), model=raw["model"],
@@ -630,6 +630,12 @@ def _validate(raw: Any, source: Source) -> Case:
         spikes=SpikeConfig(**raw.get("spikes", {})), slow=bool(raw.get("slow", False)),
         source=source, raw=raw, probes=raw.get("probes") or {},
         timeout=float(raw["timeout"]) if "timeout" in raw else None)
+    from stability_bench.unknown_theory import theory_problems  # bounds on a threshold theory lacks
+
+    problems = theory_problems(case)
+    if problems:
+        raise CaseError(source, problems)
+    return case
 
 
 def _merge(base: dict, override: dict, replace: frozenset = frozenset({"expect"})) -> dict:

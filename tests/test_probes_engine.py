@@ -26,6 +26,8 @@ from stability_bench.probes import (
     grad_alignment_parts,
     is_preconditioned,
     precond_sharpness,
+    precond_status,
+    preconditioning,
     second_moment,
     second_moment_ratio,
     sharpness,
@@ -571,3 +573,305 @@ def test_forward_over_reverse_rejects_buffer_updates():
                     mode="forward_over_reverse")
     with pytest.raises(ValueError, match="double_backward"):
         H.hvp(torch.zeros(H.dim, dtype=F64))
+
+
+# ---- preconditioners added for issue 13: each against the step torch actually takes --------
+
+
+def take_step(opt, params, grads):
+    """One optimizer step with the given gradients; returns x_before − x_after per param."""
+    before = [p.detach().clone() for p in params]
+    for p, g in zip(params, grads):
+        p.grad = g.clone()
+    opt.step()
+    return [b - p.detach() for b, p in zip(before, params)]
+
+
+@pytest.mark.parametrize("steps", [4, 9], ids=["unrectified", "rectified"])
+def test_radam_update_is_lr_m_over_P(steps):
+    """RAdam takes plain momentum steps while its SMA length ρ_t ≤ 5 (t ≤ 5 at β₂ = 0.999),
+    rectified adaptive ones after: P covers both."""
+    lr = 1e-2
+    params, opt, _, before = train(lambda ps: torch.optim.RAdam(ps, lr=lr, eps=1e-6), steps=steps)
+    P = diagonal_preconditioner(opt)
+    for p, b, P_ in zip(params, before, P):
+        torch.testing.assert_close(b - p.detach(), lr * opt.state[p]["exp_avg"] / P_, rtol=1e-10, atol=1e-15)
+    if steps == 4:  # unrectified: P = 1 − β₁ᵗ, the same for every entry
+        assert all(torch.allclose(P_, torch.full_like(P_, 1 - 0.9 ** 4), rtol=1e-14) for P_ in P)
+
+
+def test_sparse_adam_update_is_lr_m_over_P():
+    lr = 1e-2
+    model = small_mlp(0, out=2)
+    params = list(model.parameters())
+    opt = torch.optim.SparseAdam(params, lr=lr, eps=1e-6)
+    g = torch.Generator().manual_seed(7)
+    x, y = torch.randn(12, 6, generator=g, dtype=F64), torch.randn(12, 2, generator=g, dtype=F64)
+    for _ in range(5):
+        grads = torch.autograd.grad(((model(x) - y) ** 2).mean(), params)
+        moved = take_step(opt, params, [gr.to_sparse() for gr in grads])
+    P = diagonal_preconditioner(opt)
+    for p, d, P_ in zip(params, moved, P):
+        torch.testing.assert_close(d, lr * opt.state[p]["exp_avg"] / P_, rtol=1e-10, atol=1e-15)
+
+
+def test_adadelta_P_is_the_next_step_with_frozen_statistics():
+    """Adadelta's state no longer holds the u its last step used, so P is the next step's
+    with the accumulators frozen: fed g = √v (which leaves v where it is), the step torch
+    takes is exactly lr·g/P."""
+    lr = 0.5
+    params, opt, _, _ = train(lambda ps: torch.optim.Adadelta(ps, lr=lr, rho=0.9, eps=1e-6), steps=5)
+    P = diagonal_preconditioner(opt)
+    grads = [opt.state[p]["square_avg"].sqrt() * torch.sign(torch.randn_like(p)) for p in params]
+    for d, g, P_ in zip(take_step(opt, params, grads), grads, P):
+        torch.testing.assert_close(d, lr * g / P_, rtol=1e-10, atol=1e-15)
+
+
+def frozen_adafactor_gradient(p, state):
+    """A gradient that leaves Adafactor's statistics where they are: g² = V̂ entrywise
+    (for a matrix g_ij² = R_i·C_j/mean(R); its row means are R_i·mean(C)/mean(R) = R_i
+    because torch's lerps keep mean(R) = mean(C) = the mean of g², and its column means C_j)."""
+    if p.dim() > 1:
+        R, C = state["row_var"], state["col_var"]
+        return (R @ C / R.mean()).sqrt()
+    return state["variance"].sqrt()
+
+
+def test_adafactor_P_is_the_next_step_with_frozen_statistics():
+    """x ← x − ρ_t·g/P with ρ_t = min(lr, 1/√t) (the threshold's lr) and P per element from
+    the factored statistics and the parameter scale; fed statistics-preserving gradients the
+    step is exactly that (RMS(g/√V̂) = 1, so update clipping at d ≥ 1 — torch's floor —
+    stays off)."""
+    from stability_bench.optimizers.thresholds import adafactor_relative_step
+
+    lr = 1e-2
+    params, opt, _, _ = train(lambda ps: torch.optim.Adafactor(ps, lr=lr), steps=5)
+    assert any(p.dim() > 1 for p in params) and any(p.dim() == 1 for p in params)
+    P = diagonal_preconditioner(opt)
+    rho = adafactor_relative_step(opt.param_groups[0], 5)
+    assert rho == pytest.approx(lr)
+    grads = [frozen_adafactor_gradient(p, opt.state[p]) * torch.sign(torch.randn_like(p)) for p in params]
+    for moved, g, P_ in zip(take_step(opt, params, grads), grads, P):
+        torch.testing.assert_close(moved, rho * g / P_, rtol=1e-10, atol=1e-15)
+
+
+# ---- unknown P is reported, never taken to be I ----------------------------------------
+
+
+class MyAdamW(torch.optim.AdamW):
+    """A user's subclass that only changes defaults: runs AdamW's step."""
+
+    def __init__(self, params, lr=1e-2, weight_decay=0.0):
+        super().__init__(params, lr=lr, eps=1e-6, weight_decay=weight_decay)
+
+
+class StepOverridingAdamW(torch.optim.AdamW):
+    """Overrides step (here: halves every update): AdamW's P no longer describes it."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        before = [p.clone() for g in self.param_groups for p in g["params"]]
+        super().step(closure)
+        for p, b in zip([p for g in self.param_groups for p in g["params"]], before):
+            p.copy_((p + b) / 2)
+
+
+class InitGroupOverridingAdam(torch.optim.Adam):
+    def _init_group(self, *args, **kwargs):
+        return super()._init_group(*args, **kwargs)
+
+
+class HalvedAdamWithHook(StepOverridingAdamW):
+    """Overrides step and says what its P is: the hook answers."""
+
+    def preconditioner(self):
+        Ps = PRECONDITIONERS.lookup(torch.optim.AdamW)[0](self)
+        return None if Ps is None else [2 * P for P in Ps]
+
+
+class RefAdamVariant(reference.Adam):
+    """Overrides the reference Adam's per-parameter update (a clipped gradient)."""
+
+    def _update(self, p, g, state, group):
+        super()._update(p, g.clamp(-1.0, 1.0), state, group)
+
+
+class PlainUserOptimizer(torch.optim.Optimizer):
+    def __init__(self, params, lr=0.1):
+        super().__init__(params, dict(lr=lr))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.sub_(group["lr"] * p.grad)
+
+
+def test_a_subclass_that_only_changes_defaults_gets_the_readers_P():
+    params, mine, _, _ = train(lambda ps: MyAdamW(ps), steps=3)
+    _, theirs, _, _ = train(lambda ps: torch.optim.AdamW(ps, lr=1e-2, eps=1e-6, weight_decay=0.0), steps=3)
+    for a, b in zip(diagonal_preconditioner(mine), diagonal_preconditioner(theirs)):
+        assert torch.equal(a, b)
+    assert precond_status(MyAdamW) is None
+
+
+@pytest.mark.parametrize("cls, overridden", [(StepOverridingAdamW, "step"), (InitGroupOverridingAdam, "_init_group"),
+                                             (RefAdamVariant, "_update")])
+def test_a_subclass_that_overrides_the_update_does_not_inherit_P(cls, overridden):
+    kwargs = {"lr": 1e-2}
+    _, opt, _, _ = train(lambda ps: cls(ps, **kwargs), steps=2)
+    info = preconditioning(opt)
+    assert info.kind == "unknown" and info.P is None
+    assert f"overrides {overridden}" in info.reason and cls.__name__ in info.reason
+    assert precond_status(cls) == info.reason
+
+
+def test_a_subclass_that_overrides_step_and_supplies_P_is_believed():
+    """HalvedAdamWithHook halves AdamW's update, so its P is twice AdamW's: checked against
+    its step."""
+    params, opt, _, before = train(lambda ps: HalvedAdamWithHook(ps, lr=1e-2, eps=1e-6, weight_decay=0.0), steps=4)
+    for p, b, P_ in zip(params, before, diagonal_preconditioner(opt)):
+        torch.testing.assert_close(b - p.detach(), 1e-2 * opt.state[p]["exp_avg"] / P_, rtol=1e-10, atol=1e-15)
+
+
+def test_unknown_and_identity_preconditioners_say_so():
+    model = small_mlp()
+    params = list(model.parameters())
+    for opt in (torch.optim.LBFGS(params), torch.optim.Rprop(params), PlainUserOptimizer(params)):
+        info = preconditioning(opt)
+        assert info.kind == "unknown" and info.reason, type(opt)
+    assert "sign" in preconditioning(torch.optim.Rprop(params)).reason
+    assert "PlainUserOptimizer" in precond_status(PlainUserOptimizer)
+    for opt in (torch.optim.SGD(params, lr=0.1), torch.optim.ASGD(params), reference.GD(params, lr=0.1),
+                reference.EMAHB(params, lr=0.1)):
+        assert preconditioning(opt).kind == "identity"
+    fresh = preconditioning(torch.optim.Adam(params))
+    assert fresh.kind == "unknown" and "no optimizer step yet" in fresh.reason
+
+
+def test_every_torch_optimizer_is_known_or_listed_unknown_with_a_reason():
+    """A new torch.optim class fails this test until it gets a reader (or a reason)."""
+    from stability_bench.optimizers.thresholds import TORCH_THRESHOLDS
+
+    classes = [c for c in vars(torch.optim).values()
+               if isinstance(c, type) and issubclass(c, torch.optim.Optimizer) and c is not torch.optim.Optimizer]
+    assert len(classes) >= 14
+    for table in (PRECONDITIONERS, TORCH_THRESHOLDS):
+        missing = [c.__name__ for c in classes if c not in table]
+        assert not missing, f"{table.what}: neither known nor listed unknown: {missing}"
+        for cls, reason in table.unknown().items():
+            assert len(reason) > 40, (cls, reason)
+    for name in ("Adafactor", "RAdam", "Adadelta", "Adamax"):  # issue 13: P and threshold
+        cls = getattr(torch.optim, name)
+        assert cls in PRECONDITIONERS.known() and cls in TORCH_THRESHOLDS.known()
+
+
+# ---- a non-diagonal preconditioner supplied as an operator --------------------------------
+
+
+class FullMatrixPreconditioned(torch.optim.Optimizer):
+    """Preconditioned GD with a fixed dense SPD matrix P over all parameters (a stand-in for
+    Shampoo-like methods): x ← x − lr·P⁻¹g. It supplies P^{-1/2} as an operator."""
+
+    def __init__(self, params, P: torch.Tensor, lr: float = 0.1):
+        super().__init__(params, dict(lr=lr))
+        w, V = torch.linalg.eigh(P)
+        self.P_inv = V @ torch.diag(1 / w) @ V.T
+        self.P_inv_sqrt = V @ torch.diag(w.rsqrt()) @ V.T
+
+    def _flat(self, tensors):
+        return torch.cat([t.reshape(-1) for t in tensors])
+
+    def _split(self, flat):
+        own = [p for g in self.param_groups for p in g["params"]]
+        return [part.view_as(p) for part, p in zip(torch.split(flat, [p.numel() for p in own]), own)]
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        own = [p for g in self.param_groups for p in g["params"]]
+        for p, d in zip(own, self._split(self.P_inv @ self._flat([p.grad for p in own]))):
+            p.sub_(self.param_groups[0]["lr"] * d)
+
+    def precond_inv_sqrt_apply(self, vectors):
+        return self._split(self.P_inv_sqrt @ self._flat(vectors))
+
+
+def test_operator_preconditioner_matches_explicit_matrices(regression_data):
+    x, y, _ = regression_data
+    model = small_mlp(1)
+    params = list(model.parameters())
+    loss_fn = LOSSES.get("mse")(ctx())
+    hess = explicit_hessian(model, params, loss_fn, x, y)
+    n = hess.shape[0]
+    gen = torch.Generator().manual_seed(4)
+    A = torch.randn(n, n, generator=gen, dtype=F64)
+    P = A @ A.T / n + 0.5 * torch.eye(n, dtype=F64)  # dense SPD, far from diagonal
+    # the optimizer's parameter order differs from H's: the operator must be reordered
+    opt = FullMatrixPreconditioned(list(reversed(params)), P)
+    info = preconditioning(opt, params)
+    assert info.kind == "operator"
+    own = list(reversed(params))
+    offsets = np.cumsum([0] + [p.numel() for p in params])
+    where = {id(p): i for i, p in enumerate(params)}
+    perm = torch.cat([torch.arange(int(offsets[where[id(p)]]), int(offsets[where[id(p)] + 1])) for p in own])
+    P_h = torch.empty_like(P)
+    P_h[perm[:, None], perm[None, :]] = P  # P in H's coordinates
+    w, V = torch.linalg.eigh(P_h)
+    S = V @ torch.diag(w.rsqrt()) @ V.T
+    M = S @ hess @ S
+    expected = torch.linalg.eigvalsh(M).flip(0)
+    H = LossHessian(model, params, loss_fn, x, y, additive="mean")
+    res = precond_sharpness(H, info.P, k=3, tol=1e-12, max_iter=n)
+    np.testing.assert_allclose(res.values.numpy(), expected[:3].numpy(), rtol=1e-9)
+    g = H.gradient()
+    _, pre = directional_curvature(H, g, info.P)
+    w_ = torch.linalg.solve(P_h, g)
+    assert pre == pytest.approx(float(w_ @ hess @ w_ / (g @ w_)), rel=1e-12)
+    u = S @ g
+    Vk = res.vectors[:, :2]
+    assert grad_alignment(g, info.P, Vk) == pytest.approx(float((Vk.T @ u).square().sum() / (u @ u)), rel=1e-10)
+    with pytest.raises(ValueError, match="power"):
+        grad_alignment_parts(g, info.P, Vk, power=0.5)
+    # and P really is what the step divides by: x_before − x_after = lr·P⁻¹g
+    grads = [torch.randn_like(p) for p in own]
+    moved = take_step(opt, own, grads)
+    flat = torch.cat([t.reshape(-1) for t in grads])
+    torch.testing.assert_close(torch.cat([m.reshape(-1) for m in moved]), 0.1 * torch.linalg.solve(P, flat))
+
+
+# ---- HVPs through standard PyTorch attention -------------------------------------------------
+
+
+def test_hvp_through_transformer_encoder_matches_finite_differences_of_gradients():
+    """The fused CPU attention kernel has no double backward and no forward-mode AD; HVPs run
+    under the math kernel. Reference: central differences of gradients taken the ordinary
+    way (default kernel, first order only), in float64 with h = 1e-5: error O(h²·∇³L) from
+    truncation plus O(ε‖g‖/h) ≈ 1e-11 from rounding; measured 5e-9 relative for both modes.
+    1e-7 leaves 20× margin without hiding a wrong product (a wrong chunk weight or kernel is
+    off by O(1))."""
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(d_model=8, nhead=2, dim_feedforward=16, dropout=0.0, batch_first=True)
+    model = nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False).to(F64)
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randn(5, 4, 8, generator=gen, dtype=F64), torch.randn(5, 4, 8, generator=gen, dtype=F64)
+    loss_fn = LOSSES.get("mse")(ctx())
+    params = list(model.parameters())
+    with pytest.raises(RuntimeError, match="scaled_dot_product"):  # what fails without the math kernel
+        g = torch.autograd.grad(loss_fn(model(x), y), params, create_graph=True)
+        torch.autograd.grad(g, params, grad_outputs=[torch.ones_like(p) for p in params])
+
+    def gradient_at(flat):
+        with torch.no_grad():
+            for p, v in zip(params, unflatten(flat, params)):
+                p.copy_(v)
+        return flatten(torch.autograd.grad(loss_fn(model(x), y), params))
+
+    theta = flatten([p.detach().clone() for p in params])
+    h = 1e-5
+    for seed in (0, 1):
+        v = torch.randn(theta.numel(), generator=torch.Generator().manual_seed(seed), dtype=F64)
+        expected = (gradient_at(theta + h * v) - gradient_at(theta - h * v)) / (2 * h)
+        gradient_at(theta)  # back to the point
+        for mode in MODES:
+            H = LossHessian(model, params, loss_fn, x, y, chunk_size=2, mode=mode, additive="mean")
+            assert rel(H.hvp(v), expected) < 1e-7, mode

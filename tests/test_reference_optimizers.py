@@ -349,7 +349,8 @@ def test_non_preconditioned_methods_report_none(cls):
 
 
 def test_registry_holds_every_class_under_its_name():
-    names = ["GD", "StandardHB", "EMAHB", "StandardNesterov", "EMANesterov", "RMSprop", "Adam", "FrozenAdam"]
+    names = ["GD", "StandardHB", "EMAHB", "StandardNesterov", "EMANesterov", "RMSprop", "Adam", "FrozenAdam",
+             "Padam"]
     assert ref.REFERENCE_OPTIMIZERS.names() == sorted(names)
     for name in names:
         cls = ref.REFERENCE_OPTIMIZERS.get(name)
@@ -377,6 +378,9 @@ def test_registry_holds_every_class_under_its_name():
     (ref.FrozenAdam, dict(lr=0.1, preconditioner=[])),
     (ref.FrozenAdam, dict(lr=0.1, preconditioner=[torch.ones(3)])),
     (ref.FrozenAdam, dict(lr=0.1, preconditioner=[torch.zeros(2)])),
+    (ref.Padam, dict(lr=0.1, p=0.0)),
+    (ref.Padam, dict(lr=0.1, p=0.75)),
+    (ref.Padam, dict(lr=0.1, beta2=1.0)),
 ], ids=lambda v: v.__name__ if isinstance(v, type) else None)
 def test_bad_hyperparameters_raise(cls, kwargs):
     with pytest.raises(ValueError):
@@ -388,3 +392,40 @@ def test_hyperparameters_live_in_param_groups():
     group = opt.param_groups[0]
     assert (group["lr"], group["beta1"], group["beta2"], group["eps"], group["freeze_step"]) == (0.1, 0.8, 0.9, 1e-6, 3)
     assert ref.RMSprop([torch.zeros(1, requires_grad=True)], lr=0.1, v0=1.0).param_groups[0]["v0"] == 1.0
+
+
+# ---- Padam (Cohen et al. Fig. 5) ------------------------------------------------------------
+
+
+def _run(opt_factory, steps=12, seed=0):
+    """Float64 steps on a fixed random quadratic-plus-quartic; returns (x, opt, trajectory)."""
+    gen = torch.Generator().manual_seed(seed)
+    A = torch.randn(5, 5, generator=gen, dtype=torch.float64)
+    A = A @ A.T
+    x = torch.randn(5, generator=gen, dtype=torch.float64).requires_grad_(True)
+    opt = opt_factory([x])
+    trajectory = []
+    for _ in range(steps):
+        x.grad = (A @ x.detach() + x.detach() ** 3).clone()
+        opt.step()
+        trajectory.append(x.detach().clone())
+    return x, opt, trajectory
+
+
+def test_padam_with_p_one_half_and_no_amsgrad_is_adam_without_bias_correction():
+    _, _, padam = _run(lambda ps: ref.Padam(ps, lr=1e-2, p=0.5, amsgrad=False, eps=1e-7))
+    _, _, adam = _run(lambda ps: ref.Adam(ps, lr=1e-2, eps=1e-7, bias_correction=False))
+    for a, b in zip(padam, adam):
+        torch.testing.assert_close(a, b, rtol=1e-14, atol=0)
+
+
+def test_padam_steps_by_its_preconditioner_and_keeps_amsgrads_maximum():
+    x, opt, trajectory = _run(lambda ps: ref.Padam(ps, lr=1e-2, p=0.25), steps=8)
+    before = trajectory[-2]
+    state = opt.state[x]
+    assert torch.all(state["max_exp_avg_sq"] >= state["exp_avg_sq"])
+    [P] = opt.preconditioner()
+    torch.testing.assert_close(P, state["max_exp_avg_sq"] ** 0.25 + 1e-8, rtol=1e-15, atol=0)
+    torch.testing.assert_close(before - x.detach(), 1e-2 * state["exp_avg"] / P, rtol=1e-12, atol=0)
+    assert opt.stability_threshold() == pytest.approx(38 / 1e-2)
+    assert ref.Padam([torch.zeros(2, requires_grad=True)], lr=0.1).preconditioner() is None

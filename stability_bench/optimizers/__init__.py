@@ -9,6 +9,7 @@ from .reference import (
     Adam,
     EMANesterov,
     FrozenAdam,
+    Padam,
     ReferenceOptimizer,
     RMSprop,
     StandardHB,
@@ -25,7 +26,7 @@ from .theory import (
     standard_hb_threshold,
     standard_nesterov_threshold,
 )
-from .thresholds import TORCH_THRESHOLDS, stability_threshold
+from .thresholds import TORCH_THRESHOLDS, stability_threshold, threshold_and_reason, threshold_status
 
 __all__ = [
     "theory",
@@ -39,6 +40,7 @@ __all__ = [
     "RMSprop",
     "Adam",
     "FrozenAdam",
+    "Padam",
     "gd_threshold",
     "standard_hb_threshold",
     "ema_hb_threshold",
@@ -50,4 +52,6 @@ __all__ = [
     "frozen_adam_threshold",
     "TORCH_THRESHOLDS",
     "stability_threshold",
+    "threshold_and_reason",
+    "threshold_status",
 ]

@@ -22,6 +22,7 @@ from torch.optim import Optimizer
 from stability_bench.registry import Registry
 
 from . import theory
+from .lookup import no_preconditioner
 
 __all__ = [
     "REFERENCE_OPTIMIZERS",
@@ -34,6 +35,7 @@ __all__ = [
     "RMSprop",
     "Adam",
     "FrozenAdam",
+    "Padam",
 ]
 
 REFERENCE_OPTIMIZERS: Registry[type[Optimizer]] = Registry("reference optimizer")
@@ -78,9 +80,7 @@ class ReferenceOptimizer(Optimizer):
     def stability_threshold(self) -> float:
         raise NotImplementedError
 
-    def preconditioner(self) -> list[torch.Tensor] | None:
-        """None: this method does not precondition."""
-        return None
+    preconditioner = no_preconditioner  # P = I unless a method says otherwise
 
     def _first(self, key: str) -> float:
         return float(self.param_groups[0][key])
@@ -99,6 +99,8 @@ class GD(ReferenceOptimizer):
 
     def _update(self, p, g, state, group):
         p.sub_(group["lr"] * g)
+
+    preconditioner = no_preconditioner  # stated here: this class's own _update has P = I
 
     def stability_threshold(self) -> float:
         return theory.gd_threshold(self._first("lr"))
@@ -125,6 +127,8 @@ class _Momentum(ReferenceOptimizer):
         m.mul_(beta1).add_(g, alpha=c)
         direction = beta1 * m + c * g if self.nesterov else m
         p.sub_(group["lr"] * direction)
+
+    preconditioner = no_preconditioner  # stated here: this class's own _update has P = I
 
 
 @REFERENCE_OPTIMIZERS.register("StandardHB")
@@ -330,3 +334,51 @@ class FrozenAdam(Adam):
         """The frozen P once frozen (or given): exactly the P the next step uses. Before the
         freeze, as ``Adam.preconditioner`` (the P of the last step), None before any step."""
         return super().preconditioner()
+
+
+@REFERENCE_OPTIMIZERS.register("Padam")
+class Padam(ReferenceOptimizer):
+    """Padam (Chen et al. 2018, "partially adaptive"), as Cohen et al. ran it in Fig. 5 (no
+    bias correction, exponent 0.25): m <- beta1*m + (1-beta1)*g; nu <- beta2*nu + (1-beta2)*g^2;
+    nu_max <- max(nu_max, nu) (AMSGrad's running maximum; ``amsgrad=False`` uses nu);
+    x <- x - lr*m/P with P = nu_max^p + eps. p = 1/2 without amsgrad is Adam without bias
+    correction; p -> 0 tends to EMA heavy ball. Preconditioned EMA heavy ball: its threshold
+    is (2 + 2*beta1)/((1 - beta1)*lr) on lambda_1(P^-1 H)."""
+
+    def __init__(self, params, lr: float, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
+                 p: float = 0.25, amsgrad: bool = True):
+        _check_lr(lr)
+        _check_beta("beta1", beta1)
+        _check_beta("beta2", beta2)
+        _check_eps(eps)
+        if not 0.0 < p <= 0.5:
+            raise ValueError(f"invalid p {p!r}: must be in (0, 1/2]")
+        super().__init__(params, dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, p=p, amsgrad=bool(amsgrad)))
+
+    def _update(self, p, g, state, group):
+        if not state:
+            state["step"] = 0
+            state["exp_avg"] = torch.zeros_like(p)
+            state["exp_avg_sq"] = torch.zeros_like(p)
+            state["max_exp_avg_sq"] = torch.zeros_like(p)
+        state["step"] += 1
+        m, nu = state["exp_avg"], state["exp_avg_sq"]
+        m.mul_(group["beta1"]).add_(g, alpha=1.0 - group["beta1"])
+        nu.mul_(group["beta2"]).addcmul_(g, g, value=1.0 - group["beta2"])
+        torch.maximum(state["max_exp_avg_sq"], nu, out=state["max_exp_avg_sq"])
+        p.sub_(group["lr"] * m / self._P_of(state, group))
+
+    @staticmethod
+    def _P_of(state: dict, group: dict) -> torch.Tensor:
+        nu = state["max_exp_avg_sq"] if group["amsgrad"] else state["exp_avg_sq"]
+        return nu.pow(group["p"]) + group["eps"]
+
+    def stability_threshold(self) -> float:
+        return theory.ema_hb_threshold(self._first("lr"), self._first("beta1"))
+
+    def preconditioner(self) -> list[torch.Tensor] | None:
+        """P_t = nu_max^p + eps of the last step; None until every parameter has stepped."""
+        with torch.no_grad():
+            Ps = [self._P_of(self.state[q], group) if self.state.get(q, {}).get("step") else None
+                  for group in self.param_groups for q in group["params"]]
+        return None if any(P is None for P in Ps) else Ps

@@ -20,7 +20,11 @@ from .preconditioner import (
     flat_diagonal,
     is_preconditioned,
     precond_sqrt_inv,
+    precond_status,
+    preconditioning,
+    Preconditioning,
     second_moment,
+    second_moment_status,
 )
 from .quantities import (
     Curvature,
@@ -49,6 +53,10 @@ __all__ = [
     "flat_diagonal",
     "precond_sqrt_inv",
     "second_moment",
+    "second_moment_status",
+    "precond_status",
+    "preconditioning",
+    "Preconditioning",
     "sharpness",
     "precond_sharpness",
     "directional_curvature",

@@ -51,6 +51,12 @@ the pass; chunks are kept while the tensors the graphs save fit in ``cache_bytes
 ``torch.func.functional_call``; nothing is kept between calls. It does not support modules
 that update buffers in the forward (BatchNorm in train mode): use double_backward there.
 
+Attention. Every forward runs under :func:`math_attention` (``SDPBackend.MATH``): the fused
+attention kernels have no double backward (``aten::_scaled_dot_product_flash_attention_for_
+cpu_backward``) nor forward-mode AD, so both modes work through ``torch.nn.TransformerEncoder``
+and ``F.scaled_dot_product_attention``. The probe loss therefore uses the math kernel even
+where training uses a fused one: equal up to rounding, not bit for bit.
+
 Side effects. The forward runs through ``torch.func.functional_call`` on the snapshot
 parameters and on *copies* of the module's buffers, so BatchNorm running statistics are
 never touched; gradients come from ``torch.autograd.grad``, so no ``.grad`` is written;
@@ -70,10 +76,24 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["LossHessian", "additive_for", "untouched", "ProbeSideEffect", "flatten", "unflatten"]
+__all__ = ["LossHessian", "additive_for", "untouched", "ProbeSideEffect", "flatten", "unflatten", "math_attention"]
 
 Additive = Literal["mean", "sum", "mean_over_batch", "whole"]
 Mode = Literal["double_backward", "forward_over_reverse"]
+
+
+def math_attention() -> contextlib.AbstractContextManager:
+    """Scaled-dot-product attention on its math kernel (composite, differentiable ops). The
+    fused kernels torch picks by default (flash attention on CPU, flash/memory-efficient on
+    CUDA) have no double backward and no forward-mode AD, so HVPs through
+    ``torch.nn.MultiheadAttention`` / ``TransformerEncoder`` / ``F.scaled_dot_product_attention``
+    would fail; the math kernel computes the same attention (up to rounding), more slowly.
+    A no-op on a torch without ``torch.nn.attention`` (< 2.3)."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # pragma: no cover - old torch
+        return contextlib.nullcontext()
+    return sdpa_kernel(SDPBackend.MATH)
 
 
 def flatten(tensors: Sequence[torch.Tensor], dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -238,7 +258,7 @@ class LossHessian:
         mapping = dict(self.buffers)
         mapping.update(zip(self.names, tensors))
         x, y = self.x[start:stop], self.y[start:stop]
-        with torch.random.fork_rng(devices=self._rng_devices):
+        with torch.random.fork_rng(devices=self._rng_devices), math_attention():
             out = torch.func.functional_call(self.model, mapping, (x,))
         return self.loss_fn(out, y) * self._weight(start, stop)
 

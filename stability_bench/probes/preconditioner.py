@@ -1,25 +1,36 @@
-"""The diagonal preconditioner P of a live optimizer, for preconditioned-sharpness probes.
+"""The preconditioner P of a live optimizer, for preconditioned-sharpness probes — or the
+reason it is unknown.
 
 Convention (Cohen et al. 2022, §2, and ``optimizers.reference``): the step is
 x ← x − lr · P⁻¹ · (direction), where the direction is g (RMSprop, Adagrad) or the
-momentum m (Adam: m an EMA of g, *not* bias-corrected). P is the diagonal that turns the
+momentum m (Adam: m an EMA of g, *not* bias-corrected). P is the matrix that turns the
 optimizer's actual update into that form, so the preconditioned sharpness
 λ₁(P⁻¹H) = λ₁(P^{-1/2} H P^{-1/2}) is compared with the threshold of the
 non-preconditioned method at the same lr (``optimizers.thresholds``).
 
-Which step. ``diagonal_preconditioner`` returns P_t, the preconditioner *applied at the
-last step taken* (t = the optimizer's step count), built from the current state with step
-t's bias correction — the P of Cohen's λ₁(P_t⁻¹H_t) and what
-``reference.Adam.preconditioner()`` returns. The next step's P also folds in the next
-gradient, which is not known yet.
+Which step. For the Adam family, RMSprop and Adagrad, P is P_t, the preconditioner
+*applied at the last step taken* (t = the optimizer's step count), built from the current
+state with step t's bias correction — the P of Cohen's λ₁(P_t⁻¹H_t) and what
+``reference.Adam.preconditioner()`` returns; the next step's P also folds in the next
+gradient, not known yet. Adadelta and Adafactor cannot give P_t back (their state no longer
+holds what that step divided by: Adadelta's previous u, the parameter scale before
+Adafactor's step): for them P is the one the *next* step applies if its gradient leaves the
+second-moment statistics where they are — the same frozen-statistics P, one step on.
 
-Lookup order (as for ``optimizers.thresholds``):
-1. an optimizer with a ``preconditioner()`` method answers for itself (the reference
-   optimizers; the documented hook for users' own optimizers);
-2. otherwise ``PRECONDITIONERS``, keyed by class name, holds
-   ``optimizer -> list[Tensor] | None`` for these torch.optim classes (users may
-   register more):
+:func:`preconditioning` answers, in this order:
 
+1. ``precond_inv_sqrt_apply(vectors)`` on the optimizer: a genuinely non-diagonal P
+   (Shampoo-, Muon-like) given as an operator — ``vectors``: one tensor per parameter in
+   ``param_groups`` order, shaped like it and in its dtype; returns P^{-1/2} applied to
+   them, same shapes (P symmetric positive definite; None while unknown);
+2. ``preconditioner()`` on the optimizer: the diagonal, one tensor per parameter (the
+   reference optimizers; the hook for users' own optimizers; None while unknown);
+   ``preconditioner = optimizers.lookup.no_preconditioner`` declares P = I;
+3. ``PRECONDITIONERS``, keyed by class and followed along the MRO: a user's subclass of
+   torch's AdamW gets AdamW's reader unless it overrides AdamW's step (``optimizers.lookup``
+   says why that rule); every torch.optim class is in it:
+
+   SGD, ASGD    P = I (no preconditioner).
    Adam, AdamW  P = (1−β₁ᵗ)(√(v_t/(1−β₂ᵗ)) + ε), v = ``max_exp_avg_sq`` with amsgrad.
                 torch steps x ← x − lr·m/((1−β₁ᵗ)(√v̂ + ε)); Cohen's Eq. 2 prints the
                 (1−β₁ᵗ) factor inverted, we follow torch. (AdamW's decoupled decay is not
@@ -30,15 +41,26 @@ Lookup order (as for ``optimizers.thresholds``):
                 tend to 1 within tens of steps and ``thresholds`` ignores them too (its
                 NAdam threshold is for x ← x − lr·((1−μ)g + μm)/P), so P is the common
                 denominator.
+   RAdam        P = (1−β₁ᵗ)(√v_t + ε)/(r_t√(1−β₂ᵗ)) once the SMA length ρ_t > 5 (r_t the
+                rectification), P = (1−β₁ᵗ) before (those steps are momentum SGD).
+   SparseAdam   P = (1−β₁ᵗ)(√v_t + ε)/√(1−β₂ᵗ), for the entries a step's sparse gradient
+                holds (only those move).
    RMSprop      P = √v + ε; centered: √(v − ḡ²) + ε (ḡ = ``grad_avg``). With momentum
                 the step is buf ← μ·buf + g/P, x ← x − lr·buf: same P.
    Adagrad      P = √(Σg²) + ε. The lr decay lr/(1 + (t−1)·lr_decay) is a learning-rate
                 schedule, not part of P (``thresholds`` applies it to the lr).
    Adamax       P = (1−β₁ᵗ)·u_t, u = ``exp_inf`` (torch: x ← x − lr/(1−β₁ᵗ)·m/u).
-   (SGD and unknown classes: no entry, None.)
+   Adadelta     P = √(v + ε)/√(u + ε), v = ``square_avg``, u = ``acc_delta`` (the EMA of
+                squared past updates): x ← x − lr·g/P.
+   Adafactor    P = √max(V̂, ε₁²) / max(ε₂, RMS(x)) per element, V̂ = R·C/mean(R) from
+                the factored row (R) and column (C) statistics of a matrix (the last two
+                dims), the plain EMA of g² for a vector; x ← x − ρ_t·g/P with
+                ρ_t = min(lr, 1/√t) (``thresholds``: 2/ρ_t). Update clipping
+                (RMS(g/√V̂) > d) is not part of P: it only shortens steps.
+   LBFGS, Rprop, Muon: unknown, with the reason (``PRECONDITIONERS.unknown()``).
 
-3. otherwise None. None also means "no state yet" (before the first step, or a parameter
-   that has never had a gradient): P_0 is undefined with bias correction.
+4. otherwise unknown: ``reason`` says why. P is never silently I for an optimizer it does
+   not know.
 
 P comes back as one tensor per parameter, in ``optimizer.param_groups`` order, or — with
 ``params`` — in the order of ``params`` (e.g. a ``LossHessian``'s), in each parameter's
@@ -46,17 +68,36 @@ dtype and device.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import math
+from dataclasses import dataclass
+from typing import Callable, Literal, Sequence
 
 import torch
 from torch.optim import Optimizer
 
-from stability_bench.registry import Registry
+from stability_bench.optimizers import reference
+from stability_bench.optimizers.lookup import (
+    ClassTable,
+    class_label,
+    no_preconditioner,
+    optim_class,
+    trusted_hook,
+)
 
-__all__ = ["PRECONDITIONERS", "diagonal_preconditioner", "is_preconditioned", "second_moment",
+__all__ = ["PRECONDITIONERS", "IDENTITY", "Preconditioning", "preconditioning", "precond_status",
+           "diagonal_preconditioner", "is_preconditioned", "second_moment", "second_moment_status", "SECOND_MOMENTS",
            "flat_diagonal", "precond_sqrt_inv"]
 
-PRECONDITIONERS: Registry[Callable[[Optimizer], list[torch.Tensor] | None]] = Registry("preconditioner")
+Reader = Callable[[Optimizer], "list[torch.Tensor] | None"]
+
+
+def IDENTITY(optimizer: Optimizer) -> None:
+    """The reader of methods without a preconditioner (P = I)."""
+    return None
+
+
+PRECONDITIONERS: ClassTable[Reader] = ClassTable("preconditioner", "preconditioner")
+NO_STEP_YET = "no optimizer step yet: P is built from the optimizer's state, which it does not have yet"
 
 
 def _params(optimizer: Optimizer) -> list[torch.Tensor]:
@@ -81,17 +122,24 @@ def _step(state: dict) -> int:
     return int(float(state["step"])) if "step" in state else 0
 
 
-def _after_first_step(optimizer: Optimizer, formula: Callable[[dict, dict, int], torch.Tensor]):
-    """:func:`_per_param` of ``formula(state, group, t)`` — P at step count t ≥ 1; None before
-    the first step, where P_0 is undefined with bias correction."""
+def _after_first_step(optimizer: Optimizer, formula: Callable[..., torch.Tensor], with_param: bool = False):
+    """:func:`_per_param` of ``formula(state, group, t)`` (``formula(p, state, group, t)``
+    with ``with_param``) — P at step count t ≥ 1; None before the first step, where P_0 is
+    undefined with bias correction."""
     def P(p, state, group):
         t = _step(state)
-        return formula(state, group, t) if t >= 1 else None
+        if t < 1:
+            return None
+        return formula(p, state, group, t) if with_param else formula(state, group, t)
     return _per_param(optimizer, P)
 
 
-@PRECONDITIONERS.register("Adam")
-@PRECONDITIONERS.register("AdamW")
+for _name in ("SGD", "ASGD"):
+    PRECONDITIONERS.register(optim_class(_name), IDENTITY)
+
+
+@PRECONDITIONERS.register(optim_class("Adam"))
+@PRECONDITIONERS.register(optim_class("AdamW"))
 def _adam(optimizer: Optimizer) -> list[torch.Tensor] | None:
     def P(state, group, t):
         beta1, beta2 = (float(b) for b in group["betas"])
@@ -101,7 +149,7 @@ def _adam(optimizer: Optimizer) -> list[torch.Tensor] | None:
     return _after_first_step(optimizer, P)
 
 
-@PRECONDITIONERS.register("NAdam")
+@PRECONDITIONERS.register(optim_class("NAdam"))
 def _nadam(optimizer: Optimizer) -> list[torch.Tensor] | None:
     def P(state, group, t):
         beta2 = float(group["betas"][1])
@@ -109,7 +157,37 @@ def _nadam(optimizer: Optimizer) -> list[torch.Tensor] | None:
     return _after_first_step(optimizer, P)
 
 
-@PRECONDITIONERS.register("RMSprop")
+def radam_rectification(beta2: float, t: int) -> float | None:
+    """RAdam's r_t (Liu et al. 2020, as torch computes it), or None while the SMA length
+    ρ_t ≤ 5 (torch then takes a plain momentum step)."""
+    rho_inf = 2.0 / (1.0 - beta2) - 1.0
+    rho_t = rho_inf - 2.0 * t * beta2 ** t / (1.0 - beta2 ** t)
+    if rho_t <= 5.0:
+        return None
+    return math.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
+
+
+@PRECONDITIONERS.register(optim_class("RAdam"))
+def _radam(optimizer: Optimizer) -> list[torch.Tensor] | None:
+    def P(state, group, t):
+        beta1, beta2 = (float(b) for b in group["betas"])
+        bc1, bc2 = 1.0 - beta1 ** t, 1.0 - beta2 ** t
+        r = radam_rectification(beta2, t)
+        if r is None:
+            return torch.full_like(state["exp_avg_sq"], bc1)
+        return bc1 * (state["exp_avg_sq"].sqrt() + float(group["eps"])) / (r * math.sqrt(bc2))
+    return _after_first_step(optimizer, P)
+
+
+@PRECONDITIONERS.register(optim_class("SparseAdam"))
+def _sparse_adam(optimizer: Optimizer) -> list[torch.Tensor] | None:
+    def P(state, group, t):
+        beta1, beta2 = (float(b) for b in group["betas"])
+        return (1.0 - beta1 ** t) * (state["exp_avg_sq"].sqrt() + float(group["eps"])) / math.sqrt(1.0 - beta2 ** t)
+    return _after_first_step(optimizer, P)
+
+
+@PRECONDITIONERS.register(optim_class("RMSprop"))
 def _rmsprop(optimizer: Optimizer) -> list[torch.Tensor] | None:
     def P(state, group, t):
         v = state["square_avg"]
@@ -119,16 +197,61 @@ def _rmsprop(optimizer: Optimizer) -> list[torch.Tensor] | None:
     return _after_first_step(optimizer, P)
 
 
-@PRECONDITIONERS.register("Adagrad")
+@PRECONDITIONERS.register(optim_class("Adagrad"))
 def _adagrad(optimizer: Optimizer) -> list[torch.Tensor] | None:
     return _after_first_step(optimizer,
                              lambda state, group, t: state["sum"].sqrt() + float(group["eps"]))
 
 
-@PRECONDITIONERS.register("Adamax")
+@PRECONDITIONERS.register(optim_class("Adamax"))
 def _adamax(optimizer: Optimizer) -> list[torch.Tensor] | None:
     return _after_first_step(optimizer,
                              lambda state, group, t: (1.0 - float(group["betas"][0]) ** t) * state["exp_inf"])
+
+
+@PRECONDITIONERS.register(optim_class("Adadelta"))
+def _adadelta(optimizer: Optimizer) -> list[torch.Tensor] | None:
+    def P(state, group, t):
+        eps = float(group["eps"])
+        return (state["square_avg"] + eps).sqrt() / (state["acc_delta"] + eps).sqrt()
+    return _after_first_step(optimizer, P)
+
+
+def adafactor_second_moment(p: torch.Tensor, state: dict, group: dict) -> torch.Tensor:
+    """Adafactor's per-element estimate V̂ of E[g²] from its state: R·C/mean(R) over the
+    last two dims of a matrix (R, C the row and column EMAs of g²), the EMA itself for a
+    vector — as torch's step builds it (the mean of R clamped at ε₁)."""
+    if state.get("row_var") is not None and p.dim() > 1:
+        eps1 = _adafactor_eps1(p, group)
+        row = state["row_var"]
+        return (row @ state["col_var"]) / row.mean(dim=-2, keepdim=True).clamp(min=eps1)
+    return state["variance"]
+
+
+def _adafactor_eps1(p: torch.Tensor, group: dict) -> float:
+    eps1 = group["eps"][0]
+    return torch.finfo(p.dtype).eps if eps1 is None else float(eps1)
+
+
+@PRECONDITIONERS.register(optim_class("Adafactor"))
+def _adafactor(optimizer: Optimizer) -> list[torch.Tensor] | None:
+    def P(p, state, group, t):
+        eps1, eps2 = _adafactor_eps1(p, group), float(group["eps"][1])
+        scale = max(eps2, float(p.norm(2)) / math.sqrt(p.numel()))
+        return adafactor_second_moment(p, state, group).clamp(min=eps1 * eps1).sqrt() / scale
+    return _after_first_step(optimizer, P, with_param=True)
+
+
+PRECONDITIONERS.register_unknown(
+    optim_class("LBFGS"), "its P is the inverse of a low-rank quasi-Newton Hessian model rebuilt from the "
+    "last history_size steps, applied with a line search: not a diagonal, and not kept in a form the "
+    "probes can read")
+PRECONDITIONERS.register_unknown(
+    optim_class("Rprop"), "the step is sign(g) times per-element step sizes: it does not scale with g, so "
+    "no P turns it into x ← x − lr·P⁻¹g")
+PRECONDITIONERS.register_unknown(
+    optim_class("Muon"), "the step is the orthogonalised momentum (Newton–Schulz polar factor): a nonlinear "
+    "map of m, not P⁻¹m for any fixed P")
 
 
 def _reorder(Ps: list[torch.Tensor], optimizer: Optimizer, params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -152,48 +275,133 @@ def _check(Ps, optimizer: Optimizer) -> list[torch.Tensor]:
     return out
 
 
+@dataclass(frozen=True)
+class Preconditioning:
+    """What is known of an optimizer's P now: ``kind`` "identity" (no preconditioner),
+    "diagonal" (``diagonal``: one tensor per parameter), "operator" (``inv_sqrt``: flat
+    float64 u ↦ P^{-1/2}u) or "unknown" (``reason`` says why: an optimizer the harness
+    does not know, or no step yet)."""
+
+    kind: Literal["identity", "diagonal", "operator", "unknown"]
+    diagonal: list[torch.Tensor] | None = None
+    inv_sqrt: Callable[[torch.Tensor], torch.Tensor] | None = None
+    reason: str | None = None
+
+    @property
+    def known(self) -> bool:
+        return self.kind != "unknown"
+
+    @property
+    def P(self):
+        """What the quantity functions take: the diagonal, the operator, or None (P = I)."""
+        return self.diagonal if self.kind == "diagonal" else self.inv_sqrt
+
+
+def _unknown(reason: str) -> Preconditioning:
+    return Preconditioning("unknown", reason=reason)
+
+
+def _operator(hook: Callable, optimizer: Optimizer, params: Sequence[torch.Tensor]
+              ) -> Callable[[torch.Tensor], torch.Tensor | None]:
+    """flat u (in ``params`` order, float64) ↦ P^{-1/2}u through the optimizer's
+    ``precond_inv_sqrt_apply`` (which works in param-group order and the params' dtype)."""
+    own = _params(optimizer)
+    index = {id(p): i for i, p in enumerate(own)}
+    missing = [i for i, p in enumerate(params) if id(p) not in index]
+    if missing:
+        raise ValueError(f"params {missing} are not optimized by this optimizer")
+    if len(params) != len(own):
+        raise ValueError(f"precond_inv_sqrt_apply acts on all {len(own)} parameters of the optimizer; "
+                         f"got {len(params)}")
+    sizes = [p.numel() for p in params]
+
+    def apply(u: torch.Tensor) -> torch.Tensor | None:
+        parts = torch.split(u.reshape(-1), sizes)
+        vectors: list[torch.Tensor | None] = [None] * len(own)
+        for p, part in zip(params, parts):
+            vectors[index[id(p)]] = part.reshape(p.shape).to(device=p.device, dtype=p.dtype)
+        with torch.no_grad():
+            out = hook(optimizer, vectors)
+        if out is None:
+            return None
+        out = list(out)
+        if len(out) != len(own) or any(o.shape != p.shape for o, p in zip(out, own)):
+            raise ValueError("precond_inv_sqrt_apply must return one tensor per parameter, shaped like it")
+        return torch.cat([out[index[id(p)]].detach().reshape(-1).to(torch.float64) for p in params]).to(u.device)
+    return apply
+
+
+def preconditioning(optimizer: Optimizer, params: Sequence[torch.Tensor] | None = None) -> Preconditioning:
+    """P now (see the module docstring), in the order of ``params`` (default: the
+    optimizer's), or why it is unknown. Never changes the optimizer."""
+    cls = type(optimizer)
+    params = _params(optimizer) if params is None else list(params)
+    hook, refused = trusted_hook(cls, "precond_inv_sqrt_apply", "preconditioner")
+    if hook is not None:
+        apply = _operator(hook, optimizer, params)
+        dim = sum(p.numel() for p in params)
+        if apply(torch.zeros(dim, dtype=torch.float64)) is None:
+            return _unknown(f"{class_label(cls)}.precond_inv_sqrt_apply() returned None ({NO_STEP_YET})")
+        return Preconditioning("operator", inv_sqrt=apply)
+    if refused:
+        return _unknown(refused)
+    hook, refused = trusted_hook(cls, "preconditioner", "preconditioner")
+    if hook is None and refused:
+        return _unknown(refused)
+    if hook is not None and hook is no_preconditioner:
+        return Preconditioning("identity")
+    if hook is None:
+        reader, reason = PRECONDITIONERS.lookup(cls)
+        if reader is None:
+            return _unknown(reason)
+        if reader is IDENTITY:
+            return Preconditioning("identity")
+        hook = reader
+    Ps = hook(optimizer)
+    if Ps is None:
+        return _unknown(NO_STEP_YET)
+    Ps = _check(list(Ps), optimizer)
+    return Preconditioning("diagonal", diagonal=_reorder(Ps, optimizer, params))
+
+
 def diagonal_preconditioner(optimizer: Optimizer, params: Sequence[torch.Tensor] | None = None
                             ) -> list[torch.Tensor] | None:
-    """P_t of the last step, one tensor per parameter (see the module docstring), or None
-    when unknown or before the first step. Never changes the optimizer."""
-    hook = getattr(optimizer, "preconditioner", None)
-    if callable(hook):
-        Ps = hook()
-    else:
-        name = type(optimizer).__name__
-        if name not in PRECONDITIONERS:
-            return None
-        Ps = PRECONDITIONERS.get(name)(optimizer)
-    if Ps is None:
-        return None
-    Ps = _check(list(Ps), optimizer)
-    return Ps if params is None else _reorder(Ps, optimizer, params)
+    """The diagonal P (see the module docstring), or None: unknown, no step yet, P = I or
+    not a diagonal — :func:`preconditioning` says which."""
+    return preconditioning(optimizer, params).diagonal
 
 
 def is_preconditioned(optimizer: Optimizer) -> bool:
-    """Whether ``optimizer`` preconditions at all (so a None from
-    :func:`diagonal_preconditioner` means "no state yet", not "P = I"): a class in
-    ``PRECONDITIONERS``, or one with a ``preconditioner()`` hook other than the reference
-    optimizers' base one (GD and the momentum methods inherit that and return None)."""
-    from stability_bench.optimizers.reference import ReferenceOptimizer
+    """Whether ``optimizer`` has a preconditioner other than I (known or not)."""
+    info = preconditioning(optimizer)
+    return info.kind != "identity"
 
-    hook = getattr(type(optimizer), "preconditioner", None)
-    if callable(hook):
-        return hook is not ReferenceOptimizer.preconditioner
-    return type(optimizer).__name__ in PRECONDITIONERS
+
+def precond_status(cls: type, hyperparams: dict | None = None) -> str | None:
+    """None if the probes can know ``cls``'s P (once it has stepped), else the reason — at
+    class level, for validation. (No P depends on hyperparameters; the argument is there
+    to mirror ``thresholds.threshold_status``.)"""
+    for name in ("precond_inv_sqrt_apply", "preconditioner"):
+        hook, refused = trusted_hook(cls, name, "preconditioner")
+        if hook is not None:
+            return None
+        if refused:
+            return refused
+    return PRECONDITIONERS.lookup(cls)[1]
 
 
 def second_moment(optimizer: Optimizer, params: Sequence[torch.Tensor] | None = None,
                   bias_corrected: bool = True) -> list[torch.Tensor] | None:
     """The second-moment estimate v per parameter (for ``second_moment_ratio``): Adam,
-    AdamW, NAdam and the reference Adam: ``exp_avg_sq``, divided by 1−β₂ᵗ when
-    ``bias_corrected`` (and the optimizer applies bias correction); RMSprop: ``square_avg``
-    (torch) / ``exp_avg_sq`` (reference). None for other optimizers or before a step."""
+    AdamW, NAdam, RAdam, SparseAdam and the reference Adam: ``exp_avg_sq``, divided by
+    1−β₂ᵗ when ``bias_corrected`` (and the optimizer applies bias correction); RMSprop and
+    Adadelta: ``square_avg`` (torch) / ``exp_avg_sq`` (reference); Adafactor: its V̂
+    (:func:`adafactor_second_moment`). None for other optimizers or before a step."""
     def v_of(p, state, group):
         if "square_avg" in state:
             return state["square_avg"]
         if "exp_avg_sq" not in state:
-            return None
+            return adafactor_second_moment(p, state, group) if "row_var" in state or "variance" in state else None
         v = state["exp_avg_sq"]
         t = _step(state)
         if "betas" in group:
@@ -211,6 +419,21 @@ def second_moment(optimizer: Optimizer, params: Sequence[torch.Tensor] | None = 
         return None
     vs = [v.detach() for v in vs]
     return vs if params is None else _reorder(vs, optimizer, params)
+
+
+SECOND_MOMENTS: ClassTable[bool] = ClassTable("second-moment estimate v", None)
+for _name in ("Adam", "AdamW", "NAdam", "RAdam", "SparseAdam", "RMSprop", "Adadelta", "Adafactor"):
+    SECOND_MOMENTS.register(optim_class(_name), True)
+SECOND_MOMENTS.register(reference.Adam, True)
+SECOND_MOMENTS.register(reference.RMSprop, True)
+
+
+def second_moment_status(cls: type) -> str | None:
+    """None if :func:`second_moment` reads a v for ``cls`` (once it has stepped), else why
+    not (class level, for validation)."""
+    reason = SECOND_MOMENTS.lookup(cls)[1]
+    return None if reason is None else (f"{reason}; g²/v needs the optimizer's second-moment estimate "
+                                        "(the harness reads exp_avg_sq, square_avg or Adafactor's factors)")
 
 
 def flat_diagonal(P: Sequence[torch.Tensor] | torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:

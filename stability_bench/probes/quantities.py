@@ -1,12 +1,14 @@
-"""Curvature quantities, as pure functions of a :class:`~.hvp.LossHessian` H and a diagonal
-preconditioner P (per-parameter list in H's parameter order, or flat).
+"""Curvature quantities, as pure functions of a :class:`~.hvp.LossHessian` H and a
+preconditioner P: a diagonal (per-parameter list in H's parameter order, or flat), or — for
+a genuinely non-diagonal P — an operator, a callable flat float64 u ↦ P^{-1/2}u (symmetric
+positive definite; ``Preconditioning.inv_sqrt``).
 
 Every eigen-solve is :func:`~.lanczos.top_eigenpairs` in float64; the HVPs are taken in the
 model's dtype. Vectors passed in or returned are flat, in H's flattening order.
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 
@@ -15,9 +17,19 @@ from .lanczos import EigResult, top_eigenpairs
 from .preconditioner import flat_diagonal, precond_sqrt_inv
 
 __all__ = ["sharpness", "precond_sharpness", "directional_curvature", "Curvature", "second_moment_ratio",
-           "grad_alignment", "grad_alignment_parts", "hessian_operator", "precond_operator"]
+           "grad_alignment", "grad_alignment_parts", "hessian_operator", "precond_operator", "inv_sqrt_operator"]
 
 Diagonal = Sequence[torch.Tensor] | torch.Tensor
+InvSqrt = Callable[[torch.Tensor], torch.Tensor]  # flat float64 u -> P^{-1/2} u
+Precond = Diagonal | InvSqrt
+
+
+def inv_sqrt_operator(P: Precond, device=None) -> InvSqrt:
+    """u ↦ P^{-1/2}u for a diagonal P (elementwise) or an operator (as given)."""
+    if callable(P):
+        return P
+    s = precond_sqrt_inv(P).to(device)
+    return lambda u: s * u
 
 
 def hessian_operator(H: LossHessian):
@@ -25,10 +37,10 @@ def hessian_operator(H: LossHessian):
     return lambda v: H.hvp(v).to(torch.float64)
 
 
-def precond_operator(H: LossHessian, P: Diagonal):
+def precond_operator(H: LossHessian, P: Precond):
     """u -> P^{-1/2} H P^{-1/2} u, all float64 outside the HVP."""
-    s = precond_sqrt_inv(P).to(H.device)
-    return lambda u: s * H.hvp(s * u).to(torch.float64)
+    S = inv_sqrt_operator(P, H.device)
+    return lambda u: S(H.hvp(S(u)).to(torch.float64))
 
 
 def sharpness(H: LossHessian, k: int = 1, v0: torch.Tensor | None = None, **lanczos) -> EigResult:
@@ -38,7 +50,7 @@ def sharpness(H: LossHessian, k: int = 1, v0: torch.Tensor | None = None, **lanc
     return top_eigenpairs(hessian_operator(H), H.dim, k, v0=v0, device=H.device, **lanczos)
 
 
-def precond_sharpness(H: LossHessian, P: Diagonal, k: int = 1, v0: torch.Tensor | None = None,
+def precond_sharpness(H: LossHessian, P: Precond, k: int = 1, v0: torch.Tensor | None = None,
                       **lanczos) -> EigResult:
     """Top-k eigenvalues of P^{-1/2} H P^{-1/2} (the same as those of P⁻¹H; Cohen et al.'s
     preconditioned sharpness λ₁(P⁻¹H)). The eigenvectors are those of the symmetric
@@ -51,7 +63,7 @@ class Curvature(NamedTuple):
     preconditioned: float | None
 
 
-def directional_curvature(H: LossHessian, g: torch.Tensor | None = None, P: Diagonal | None = None) -> Curvature:
+def directional_curvature(H: LossHessian, g: torch.Tensor | None = None, P: Precond | None = None) -> Curvature:
     """Curvature along the gradient (Xiong et al. 2025: a spike follows when the
     preconditioned value exceeds the threshold, e.g. 2/η for RMSprop-like steps).
 
@@ -62,7 +74,8 @@ def directional_curvature(H: LossHessian, g: torch.Tensor | None = None, P: Diag
     raw = _rayleigh(H, g, g)
     if P is None:
         return Curvature(raw, None)
-    w = g / flat_diagonal(P).to(H.device)
+    S = inv_sqrt_operator(P, H.device)
+    w = S(S(g))  # P⁻¹g
     return Curvature(raw, _rayleigh(H, w, g))
 
 
@@ -110,14 +123,14 @@ def second_moment_ratio(grads: Diagonal, v: Diagonal, bound: float = 1.0) -> dic
             "frac_below": float((r < bound).sum()) / n}
 
 
-def grad_alignment(g: torch.Tensor, P: Diagonal | None, eigvecs: torch.Tensor, power: float = -0.5) -> float:
+def grad_alignment(g: torch.Tensor, P: Precond | None, eigvecs: torch.Tensor, power: float = -0.5) -> float:
     """The fraction of ‖P^{-1/2}g‖² along the columns of ``eigvecs`` (orthonormal top
     eigenvectors of P^{-1/2}HP^{-1/2}); NaN for a zero gradient. See
     :func:`grad_alignment_parts` for the choice of vector and the squared norms."""
     return grad_alignment_parts(g, P, eigvecs, power)["fraction"]
 
 
-def grad_alignment_parts(g: torch.Tensor, P: Diagonal | None, eigvecs: torch.Tensor,
+def grad_alignment_parts(g: torch.Tensor, P: Precond | None, eigvecs: torch.Tensor,
                          power: float = -0.5) -> dict:
     """How much of the semi-preconditioned gradient lies along the top eigenvectors of
     P^{-1/2}HP^{-1/2} (Cohen et al. 2022, App. E, Figure 18).
@@ -131,7 +144,8 @@ def grad_alignment_parts(g: torch.Tensor, P: Diagonal | None, eigvecs: torch.Ten
     of the Figure 18 caption reads "P^{1/2} g_t" (the minus sign of exponents is lost in
     places in that extraction, e.g. the figure labels "P 1 H t" for P⁻¹H_t); P^{1/2}g =
     P·ũ is not expressed in that eigenbasis unless P ∝ I, so we take P^{-1/2}g. ``power=0.5``
-    gives the literal reading for comparison; P=None projects g itself (eigenvectors of H).
+    gives the literal reading for comparison (diagonal P only); P=None projects g itself
+    (eigenvectors of H).
 
     ``eigvecs``: (dim, k) orthonormal columns (e.g. ``precond_sharpness(...).vectors``).
     Returns ``total_sq`` = ‖ũ‖², ``aligned_sq`` = ‖Vᵀũ‖², ``remainder_sq`` = total −
@@ -141,7 +155,11 @@ def grad_alignment_parts(g: torch.Tensor, P: Diagonal | None, eigvecs: torch.Ten
     V = eigvecs.detach().to(device=u.device, dtype=torch.float64)
     if V.dim() == 1:
         V = V[:, None]
-    if P is not None:
+    if callable(P):
+        if power != -0.5:
+            raise ValueError("an operator P gives P^{-1/2} only: power must be -0.5")
+        u = P(u)
+    elif P is not None:
         u = u * flat_diagonal(P).to(u.device).pow(power)
     coeffs = V.T @ u
     total = float(torch.dot(u, u))

@@ -35,6 +35,7 @@ from stability_bench.probes.hvp import additive_for
 from stability_bench.registry import Registry
 
 PROBES: Registry = Registry("probe")
+REASON_SUFFIX = "_unknown_reason"  # a probe's key for why its figures are NaN (a string, or None)
 
 # Options of the ``probes:`` section itself (everything else names a probe).
 PLAN_OPTIONS: dict[str, Any] = {"every": int, "subset": int | None, "chunk_size": int | None,
@@ -70,21 +71,30 @@ class ProbeContext:
         return self.cached("hessian", build)
 
     @property
-    def preconditioner(self) -> list[torch.Tensor] | None:
-        """P per parameter, or None — while an adaptive optimizer has no state yet, and for
-        methods without a preconditioner (whose "preconditioned" quantities are then the
-        raw ones: P = I)."""
-        from stability_bench.probes.preconditioner import diagonal_preconditioner
+    def preconditioning(self):
+        """What is known of P now (:class:`~.preconditioner.Preconditioning`): identity,
+        diagonal, operator, or unknown with the reason — never I for an optimizer the
+        harness does not know."""
+        from stability_bench.probes.preconditioner import preconditioning
 
         s = self.session
-        return self.cached("P", lambda: diagonal_preconditioner(s.optimizer, s.params))
+        return self.cached("P", lambda: preconditioning(s.optimizer, s.params))
+
+    @property
+    def preconditioner(self):
+        """P as the quantity functions take it: the diagonal, the operator, or None for
+        P = I (and while unknown: check :attr:`has_preconditioner`)."""
+        return self.preconditioning.P
 
     @property
     def has_preconditioner(self) -> bool:
-        """False while an adaptive optimizer has not stepped yet (its P is unknown)."""
-        from stability_bench.probes.preconditioner import is_preconditioned
+        """Whether P is known (I included); False while an adaptive optimizer has not
+        stepped yet and for optimizers whose P the harness does not know."""
+        return self.preconditioning.known
 
-        return self.preconditioner is not None or not is_preconditioned(self.session.optimizer)
+    @property
+    def precond_unknown_reason(self) -> str | None:
+        return self.preconditioning.reason
 
     @property
     def full_gradient(self) -> torch.Tensor:
@@ -95,9 +105,9 @@ class ProbeContext:
         None when P is not known yet."""
         from stability_bench.probes.quantities import precond_sharpness, sharpness
 
-        P = self.preconditioner if preconditioned else None
         if preconditioned and not self.has_preconditioner:
             return None
+        P = self.preconditioner if preconditioned else None
         key = f"eig:{preconditioned and P is not None}:{k}"
 
         def build():
@@ -125,6 +135,9 @@ class ProbePlan:
     options: dict
     additive: str
     columns: dict[str, list] = field(default_factory=lambda: {"step": []})
+    # Why a figure is NaN: key (e.g. "precond_unknown_reason") -> {reason: first probed step}.
+    # Kept out of ``columns``, which hold numbers only.
+    reasons: dict[str, dict[str, int]] = field(default_factory=dict)
     warm: dict[str, torch.Tensor] = field(default_factory=dict)
     _data: tuple | None = None
 
@@ -166,6 +179,10 @@ class ProbePlan:
         with untouched(session.model, session.optimizer, session.params):
             for spec in due:
                 row.update(PROBES.get(spec.name)(ctx, **spec.options))
+        for key in [k for k in row if k.endswith(REASON_SUFFIX)]:
+            reason = row.pop(key)
+            if reason is not None:
+                self.reasons.setdefault(key, {}).setdefault(reason, step)
         n = len(self.columns["step"])
         self.columns["step"].append(step)
         for key, value in row.items():
@@ -183,13 +200,18 @@ def _plain(value: Any) -> Any:
 
 
 # ------------------------------------------------------------------------------ probes
+def _nan_with_reason(columns: tuple[str, ...], reason_key: str, reason: str) -> dict:
+    return {**{c: math.nan for c in columns}, reason_key: reason}
+
+
 @PROBES.register("threshold")
 def threshold(ctx: ProbeContext) -> dict:
-    """The optimizer's stability threshold now (it follows lr schedules)."""
-    from stability_bench.optimizers.thresholds import stability_threshold
+    """The optimizer's stability threshold now (it follows lr schedules); NaN with
+    ``threshold_unknown_reason`` where theory gives none."""
+    from stability_bench.optimizers.thresholds import threshold_and_reason
 
-    value = stability_threshold(ctx.session.optimizer)
-    return {"threshold": math.nan if value is None else value}
+    value, reason = threshold_and_reason(ctx.session.optimizer)
+    return {"threshold": math.nan if value is None else value, "threshold_unknown_reason": reason}
 
 
 @PROBES.register("sharpness")
@@ -205,10 +227,11 @@ def sharpness(ctx: ProbeContext, k: int = 1) -> dict:
 
 @PROBES.register("precond_sharpness")
 def precond_sharpness(ctx: ProbeContext, k: int = 1) -> dict:
-    """λ₁(P⁻¹H) = λ₁(P^{-1/2} H P^{-1/2}) with P the optimizer's current diagonal preconditioner."""
+    """λ₁(P⁻¹H) = λ₁(P^{-1/2} H P^{-1/2}) with P the optimizer's current preconditioner
+    (diagonal or operator); NaN with ``precond_unknown_reason`` where P is unknown."""
     result = ctx.eigen(preconditioned=True, k=k)
     if result is None:
-        return {"precond_sharpness": math.nan}
+        return _nan_with_reason(("precond_sharpness",), "precond_unknown_reason", ctx.precond_unknown_reason)
     out = {"precond_sharpness": float(result.values[0]),
            "precond_sharpness_residual": float(result.residuals[0]),
            "precond_sharpness_hvps": result.n_matvec}
@@ -220,27 +243,32 @@ def precond_sharpness(ctx: ProbeContext, k: int = 1) -> dict:
 @PROBES.register("directional_curvature")
 def directional_curvature(ctx: ProbeContext) -> dict:
     """gᵀHg/gᵀg and its preconditioned form, g the full-batch (probe) gradient — the curvature
-    along which the next step moves; Xiong et al.'s spike trigger when it passes the threshold."""
+    along which the next step moves; Xiong et al.'s spike trigger when it passes the threshold.
+    The preconditioned one is NaN with ``precond_unknown_reason`` where P is unknown."""
     from stability_bench.probes.quantities import directional_curvature as curvature
 
+    if not ctx.has_preconditioner:
+        raw, _ = curvature(ctx.hessian, ctx.full_gradient)
+        return {"directional_curvature": raw, "precond_directional_curvature": math.nan,
+                "precond_unknown_reason": ctx.precond_unknown_reason}
     raw, pre = curvature(ctx.hessian, ctx.full_gradient, ctx.preconditioner)
-    if pre is None:  # P = I for methods without a preconditioner; unknown before Adam's first step
-        pre = raw if ctx.has_preconditioner else math.nan
-    return {"directional_curvature": raw, "precond_directional_curvature": pre}
+    return {"directional_curvature": raw, "precond_directional_curvature": raw if pre is None else pre}
 
 
 @PROBES.register("second_moment_ratio")
 def second_moment_ratio(ctx: ProbeContext, bound: float = 1e-3) -> dict:
     """g²/v over all parameters (g this step's minibatch gradient, v the optimizer's
     bias-corrected second moment before this step): median, 10th percentile and the fraction
-    below ``bound``."""
-    from stability_bench.probes.preconditioner import second_moment
+    below ``bound``; NaN with ``second_moment_unknown_reason`` where there is no v."""
+    from stability_bench.probes.preconditioner import NO_STEP_YET, second_moment, second_moment_status
     from stability_bench.probes.quantities import second_moment_ratio as ratio
 
     s = ctx.session
     v = second_moment(s.optimizer, s.params)
     if v is None:
-        return {"g2_over_v_median": math.nan, "g2_over_v_p10": math.nan, "g2_over_v_frac_below": math.nan}
+        reason = second_moment_status(type(s.optimizer)) or NO_STEP_YET
+        return _nan_with_reason(("g2_over_v_median", "g2_over_v_p10", "g2_over_v_frac_below"),
+                                "second_moment_unknown_reason", reason)
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in s.params]
     stats = ratio(grads, v, bound=bound)
     return {"g2_over_v_median": stats["median"], "g2_over_v_p10": stats["p10"],
@@ -265,10 +293,11 @@ def second_moment_mean(ctx: ProbeContext) -> dict:
 @PROBES.register("grad_alignment")
 def grad_alignment(ctx: ProbeContext, k: int = 4) -> dict:
     """Fraction of ‖P^{-1/2}g‖² along the top-k eigenvectors of P^{-1/2} H P^{-1/2}
-    (Cohen et al. App. E; see :func:`~.quantities.grad_alignment_parts` for the choice)."""
+    (Cohen et al. App. E; see :func:`~.quantities.grad_alignment_parts` for the choice);
+    NaN with ``precond_unknown_reason`` where P is unknown."""
     from stability_bench.probes.quantities import grad_alignment as alignment
 
     result = ctx.eigen(preconditioned=True, k=k)
     if result is None:
-        return {"grad_alignment": math.nan}
+        return _nan_with_reason(("grad_alignment",), "precond_unknown_reason", ctx.precond_unknown_reason)
     return {"grad_alignment": alignment(ctx.full_gradient, ctx.preconditioner, result.vectors)}

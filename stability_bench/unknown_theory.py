@@ -1,0 +1,122 @@
+"""What a validated case asks of theory that theory cannot give its optimizers — said at
+validation, before anything runs, from the optimizer classes alone (no instance).
+
+- :func:`theory_problems` — errors: an expectation whose bound refers to ``threshold`` or
+  ``predicted_diverged`` (also ``{of: threshold}``) for an optimizer (at some sweep point)
+  whose stability threshold is unknown. Such a bound would resolve to None and the
+  expectation could only fail; the schema raises these as a ``CaseError``.
+- :func:`case_warnings` — warnings, ``file:line: key: message``: a probe that needs P
+  (``precond_sharpness``, ``grad_alignment``, the preconditioned ``directional_curvature``),
+  v (``second_moment_ratio``) or the threshold (``threshold``) for an optimizer that lacks
+  it, and an expectation on a metric computed from the threshold. The run still records
+  NaN with the reason.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from stability_bench.schema import Case, OptimizerSpec, Problem
+
+__all__ = ["theory_problems", "case_warnings", "PROBES_NEEDING"]
+
+THEORY_BOUNDS = ("threshold", "predicted_diverged")
+# Metrics computed from the ``threshold`` probe column (stability_bench.metrics).
+THRESHOLD_METRICS = ("precond_sharpness_ratio", "threshold_crossings", "spikes_led_by_crossing",
+                     "spike_lead_time")
+
+
+def _threshold_status(cls: type, point: dict) -> str | None:
+    from stability_bench.optimizers.thresholds import threshold_status
+
+    return threshold_status(cls, point)
+
+
+def _precond_status(cls: type, point: dict) -> str | None:
+    from stability_bench.probes.preconditioner import precond_status
+
+    return precond_status(cls, point)
+
+
+def _second_moment_status(cls: type, point: dict) -> str | None:
+    from stability_bench.probes.preconditioner import second_moment_status
+
+    return second_moment_status(cls)
+
+
+# probe -> (what it needs, the class-level status function)
+PROBES_NEEDING: dict[str, tuple[str, Callable[[type, dict], str | None]]] = {
+    "precond_sharpness": ("the preconditioner P", _precond_status),
+    "grad_alignment": ("the preconditioner P", _precond_status),
+    "directional_curvature": ("the preconditioner P (for its preconditioned column)", _precond_status),
+    "second_moment_ratio": ("the second-moment estimate v", _second_moment_status),
+    "threshold": ("the stability threshold", _threshold_status),
+}
+
+
+def _refers_to_theory(bound: Any) -> str | None:
+    """The theory reference in a bound (``threshold``, ``predicted_diverged``), if any."""
+    if isinstance(bound, str) and bound in THEORY_BOUNDS:
+        return bound
+    if isinstance(bound, dict) and bound.get("of") in THEORY_BOUNDS:
+        return bound["of"]
+    if isinstance(bound, list):
+        return next((r for r in map(_refers_to_theory, bound) if r), None)
+    return None
+
+
+def _unknown_at(spec: "OptimizerSpec", status: Callable[[type, dict], str | None]) -> str | None:
+    """The first reason ``status`` gives over the optimizer's sweep points, naming the point
+    when the optimizer sweeps (the reason may hold at some points only)."""
+    for point in spec.points():
+        reason = status(spec.cls, point)
+        if reason:
+            label = spec.label(point)
+            return f"{reason} (at {label})" if label else reason
+    return None
+
+
+def theory_problems(case: "Case") -> list["Problem"]:
+    """Errors: bounds that refer to a threshold the optimizer does not have."""
+    from stability_bench.schema import Problem
+
+    problems = []
+    for e in case.expectations:
+        reference = _refers_to_theory(e.bound)
+        spec = case.optimizers.get(e.optimizer)
+        if reference is None or spec is None:
+            continue
+        reason = _unknown_at(spec, _threshold_status)
+        if reason:
+            problems.append(Problem(e.path, f"the bound refers to {reference!r}, but the stability threshold of "
+                                            f"{spec.class_name} is unknown: {reason}"))
+    return problems
+
+
+def case_warnings(case: "Case") -> list[str]:
+    """Warnings, each ``file:line: key: message``: probes and metrics that will be NaN (or
+    None) for some optimizer, with the reason."""
+    from stability_bench.schema import _dotted
+
+    out = []
+
+    def warn(path: tuple, message: str) -> None:
+        out.append(f"{case.where(path)}: {_dotted(path)}: {message}")
+
+    for probe in case.probes:
+        if probe not in PROBES_NEEDING:
+            continue
+        needs, status = PROBES_NEEDING[probe]
+        for key, spec in case.optimizers.items():
+            reason = _unknown_at(spec, status)
+            if reason:
+                warn(("probes", probe), f"needs {needs}, unknown for optimizer {key!r} ({spec.class_name}): "
+                                        f"{reason}; its runs record NaN with that reason")
+    for e in case.expectations:
+        spec = case.optimizers.get(e.optimizer)
+        if e.metric in THRESHOLD_METRICS and spec is not None:
+            reason = _unknown_at(spec, _threshold_status)
+            if reason:
+                warn(e.path, f"{e.metric} is computed from the stability threshold, unknown for "
+                             f"{spec.class_name}: {reason}; it will be None")
+    return out
