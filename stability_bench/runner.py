@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
@@ -162,7 +163,7 @@ def train_step(session: Session, x: torch.Tensor, y: torch.Tensor,
     if "closure" not in session.contract:
         optimizer.zero_grad()
         loss = loss_fn(model(x), y)
-        loss.backward(create_graph=create_graph)
+        _backward(loss, create_graph)
         if observe is not None:
             observe(loss)
         clipped = _clip(session.params, clip) if clip is not None else None
@@ -173,7 +174,7 @@ def train_step(session: Session, x: torch.Tensor, y: torch.Tensor,
         def closure():
             optimizer.zero_grad()
             loss = loss_fn(model(x), y)
-            loss.backward(create_graph=create_graph)
+            _backward(loss, create_graph)
             if not first and observe is not None:
                 observe(loss)
             norm = _clip(session.params, clip) if clip is not None else None
@@ -186,6 +187,17 @@ def train_step(session: Session, x: torch.Tensor, y: torch.Tensor,
     if session.scheduler is not None:
         session.scheduler.step()
     return clipped
+
+
+def _backward(loss: torch.Tensor, create_graph: bool) -> None:
+    """``loss.backward``; with ``create_graph`` without torch's warning about the
+    parameter ↔ gradient reference cycle, which zero_grad (set_to_none) breaks every step."""
+    if not create_graph:
+        loss.backward()
+        return
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Using backward\\(\\) with create_graph=True")
+        loss.backward(create_graph=True)
 
 
 def _clip(params: list[torch.Tensor], clip: dict) -> torch.Tensor:
@@ -411,6 +423,8 @@ def execute(spec: RunSpec, progress: Progress | None = None) -> RunResult:
                 break
             if progress is not None:
                 progress(step + 1, case.steps, float(losses[-1]))
+    if "create_graph" in session.contract:
+        optimizer.zero_grad(set_to_none=True)  # drop the last gradient's graph (a reference cycle)
     if evals is not None and divergence_step is None:  # the loss the training ended at
         evals["step"].append(case.steps)
         evals["eval_loss"].append(eval_loss(session))
