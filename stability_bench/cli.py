@@ -6,8 +6,8 @@ Exit codes of ``run`` (each reported as a paragraph, never a traceback):
 * 1 — an expectation failed;
 * 2 — bad input: a malformed case, an unknown optimizer, missing data, a run that could
   not be set up, an unusable option or ``--json`` path;
-* 3 — a run crashed (the optimizer or model raised while training); the other runs
-  still ran and are in ``--json``;
+* 3 — a run crashed (the optimizer or model raised while training) or went past its
+  case's ``timeout:``; the other runs still ran and are in ``--json``;
 * 130 — interrupted (Ctrl-C); ``--json`` holds the runs that finished.
 
 When several apply, the first in the order 2, 3, 1 wins.
@@ -90,7 +90,8 @@ def _summary(report) -> str:
     if report.skipped is not None:
         return f"skip {report.run_id}: {report.skipped}"
     if report.failure is not None:  # the paragraph saying why goes to stderr
-        return f"{'CRASH' if report.failure.kind == 'crash' else 'ERROR'} {report.run_id}"
+        label = {"crash": "CRASH", "timeout": "TIMEOUT"}.get(report.failure.kind, "ERROR")
+        return f"{label} {report.run_id}"
     result, m = report.result, report.result.metrics
     status = "diverged at step %d" % result.divergence_step if result.diverged else "ok"
     return (f"{'FAIL' if report.failed_outcomes else 'pass'} {result.run_id}: {status}; min_loss "
@@ -101,7 +102,7 @@ def _summary(report) -> str:
 def _exit_code(statuses: list[str]) -> int:
     """Bad input (a run that could not be set up) over a crash over a failed expectation."""
     for status, code in (("setup", EXIT_BAD_INPUT), ("missing_data", EXIT_BAD_INPUT),
-                         ("crash", EXIT_CRASHED), ("failed", EXIT_FAILED)):
+                         ("crash", EXIT_CRASHED), ("timeout", EXIT_CRASHED), ("failed", EXIT_FAILED)):
         if status in statuses:
             return code
     return EXIT_OK
@@ -165,10 +166,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             journal.close(plan.requested)
         if client is not None:
             client.close()
-    counts = {s: statuses.count(s) for s in ("passed", "failed", "crash", "setup", "missing_data", "skipped")}
+    counts = {s: statuses.count(s) for s in ("passed", "failed", "crash", "timeout", "setup", "missing_data",
+                                            "skipped")}
     errors = counts["setup"] + counts["missing_data"]
     print(f"{counts['passed']} passed, {counts['failed']} failed"
           + (f", {counts['crash']} crashed" if counts["crash"] else "")
+          + (f", {counts['timeout']} timed out" if counts["timeout"] else "")
           + (f", {errors} could not start" if errors else "")
           + (f", {counts['skipped']} skipped" if counts["skipped"] else ""))
     if args.report and collected:

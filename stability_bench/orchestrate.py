@@ -103,17 +103,20 @@ def make_plan(cases: Iterable["Case"], devices: Iterable[str] | None = None,
 @dataclass
 class RunFailure:
     """A run that did not finish: bad set-up (``setup``), its data missing here
-    (``missing_data``) or an exception while training (``crash``)."""
+    (``missing_data``), an exception while training (``crash``) or past the case's
+    ``timeout:`` (``timeout``)."""
 
     run_id: str
-    kind: str                 # setup | missing_data | crash
+    kind: str                 # setup | missing_data | crash | timeout
     error: str                # "ExceptionType: message"
     step: int | None = None   # the training step that raised, when known
     traceback: str = ""
 
     def describe(self) -> str:
         at = f" at step {self.step}" if self.step is not None else ""
-        return f"{self.run_id}: {'crashed' if self.kind == 'crash' else self.kind}{at}: {self.error}"
+        what = {"crash": "crashed", "timeout": "timed out", "setup": "could not be set up",
+                "missing_data": "has no data here"}[self.kind]
+        return f"{self.run_id}: {what}{at}: {self.error}"
 
     def to_dict(self) -> dict:
         return {"run_id": self.run_id, "kind": self.kind, "error": self.error, "step": self.step,
@@ -157,12 +160,14 @@ def run_one(spec: "RunSpec", threads: int | None = None,
     """Train one run at its thread count; any exception becomes a :class:`RunFailure`.
 
     Module-level and picklable, so worker processes and Dask workers call it as it is."""
-    from stability_bench.runner import MissingDataError, RunSetupError, execute
+    from stability_bench.runner import MissingDataError, RunSetupError, RunTimeout, execute
     from stability_bench.threads import torch_threads
 
     try:
         with torch_threads(threads_for(spec, threads)):
             return execute(spec, progress)
+    except RunTimeout as exc:
+        return RunFailure(spec.run_id, "timeout", str(exc), getattr(exc, "step", None))
     except MissingDataError as exc:
         return RunFailure(spec.run_id, "missing_data", str(exc))
     except RunSetupError as exc:
@@ -284,7 +289,7 @@ class RunReport:
 
     @property
     def status(self) -> str:
-        """passed | failed | skipped | crash | setup | missing_data."""
+        """passed | failed | skipped | crash | timeout | setup | missing_data."""
         if self.skipped is not None:
             return "skipped"
         if self.failure is not None:

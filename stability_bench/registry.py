@@ -3,11 +3,17 @@ optimizers, metrics, comparators, probes).
 
 A registry replaces an if-chain: a user adds an entry with ``@REGISTRY.register("name")``
 and every case file can name it. Unknown names fail with the nearest valid names.
+
+Besides its registered names, every registry resolves ``package.module:name`` by import
+(so a worker process finds a user's component from the name alone), and a name it does
+not hold triggers, once per process, the loading of the ``stability_bench.components``
+entry points of installed packages, which register their components when imported.
 """
 from __future__ import annotations
 
 import difflib
-from typing import Callable, Generic, Iterator, TypeVar
+import importlib
+from typing import Any, Callable, Generic, Iterator, TypeVar
 
 T = TypeVar("T")
 
@@ -20,9 +26,17 @@ class UnknownNameError(KeyError):
         self.suggestions = difflib.get_close_matches(str(name), known, n=3, cutoff=0.5)
         super().__init__(str(self))
 
+    broken: list[str] = []  # entry points that failed to load (set by Registry.get)
+
     def __str__(self) -> str:  # KeyError would quote the message
         hint = f"; did you mean {' or '.join(map(repr, self.suggestions))}?" if self.suggestions else ""
-        return f"unknown {self.kind} {self.name!r}{hint} Known: {', '.join(sorted(self.known))}."
+        failed = f" Entry points that failed to load: {'; '.join(self.broken)}." if self.broken else ""
+        return f"unknown {self.kind} {self.name!r}{hint} Known: {', '.join(sorted(self.known))}.{failed}"
+
+
+class ImportPathError(ValueError):
+    """``package.module:name`` that does not import; the message names the module and the
+    exception, so a case error can say why."""
 
 
 def nearest(name: str, known: list[str]) -> str | None:
@@ -47,10 +61,20 @@ class Registry(Generic[T]):
         return add(obj) if obj is not None else add
 
     def get(self, name: str) -> T:
+        """The entry ``name``; ``package.module:attr`` by import (:class:`ImportPathError`
+        if that fails); an unknown plain name after loading the entry points
+        (:class:`UnknownNameError`, which names entry points that failed to load)."""
         try:
             return self._entries[name]
         except (KeyError, TypeError):
-            raise UnknownNameError(self.kind, name, list(self._entries)) from None
+            pass
+        if isinstance(name, str) and ":" in name:
+            return import_object(name, self.kind)
+        if isinstance(name, str) and load_entry_points():
+            return self.get(name)
+        error = UnknownNameError(self.kind, name, list(self._entries))
+        error.broken = list(_ENTRY_POINT_ERRORS)
+        raise error
 
     def names(self) -> list[str]:
         return sorted(self._entries)
@@ -76,3 +100,55 @@ def lazy_exports(package: str, exports: dict[str, str]) -> Callable[[str], objec
         raise AttributeError(f"module {package!r} has no attribute {name!r}")
 
     return __getattr__
+
+
+def import_object(spec: str, what: str) -> Any:
+    """The object ``package.module:name`` (or dotted ``package.module.Name``) names;
+    :class:`ImportPathError` naming the module and the exception otherwise."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep:
+        module_name, _, attr = spec.rpartition(".")
+    if not module_name or not attr:
+        raise ImportPathError(f"{spec!r} is not an import path: write 'package.module:name'")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # any import-time failure of user code is a case error
+        raise ImportPathError(f"cannot import module {module_name!r} for {what} {spec!r}: "
+                              f"{type(exc).__name__}: {exc}. Is it installed or on PYTHONPATH?") from None
+    try:
+        obj = module
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except AttributeError:
+        public = [n for n in vars(module) if not n.startswith("_")]
+        guess = nearest(attr, public)
+        raise ImportPathError(f"module {module_name!r} has no attribute {attr!r} (for {what} {spec!r})"
+                              + (f"; did you mean {guess!r}?" if guess else "")) from None
+    return obj
+
+
+ENTRY_POINT_GROUP = "stability_bench.components"
+_ENTRY_POINTS_LOADED = False
+_ENTRY_POINT_ERRORS: list[str] = []
+
+
+def load_entry_points() -> bool:
+    """Load the ``stability_bench.components`` entry points, once per process: each is a
+    module (importing it registers its components) or a callable, called with no
+    arguments, that registers them. Returns True the first time (so a lookup retries),
+    False afterwards. A failing entry point is remembered for the 'unknown name' message,
+    not raised: one broken package must not hide the components of the others."""
+    global _ENTRY_POINTS_LOADED
+    if _ENTRY_POINTS_LOADED:
+        return False
+    _ENTRY_POINTS_LOADED = True
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            loaded = ep.load()
+            if ep.attr and callable(loaded):
+                loaded()
+        except Exception as exc:
+            _ENTRY_POINT_ERRORS.append(f"{ep.name} = {ep.value}: {type(exc).__name__}: {exc}")
+    return True

@@ -43,6 +43,8 @@ class RunResult:
     # Curvature probes, sparse in time: column → values at the probed steps ("step" lists them).
     probes: dict[str, list] = field(default_factory=dict)
     theory: dict[str, Any] = field(default_factory=dict)   # threshold, sharpness, predicted_diverged
+    # ``eval:`` losses, sparse in time like probes: "step" and "eval_loss" columns.
+    evals: dict[str, list] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)     # wall time, versions
 
     def to_dict(self) -> dict:

@@ -7,22 +7,29 @@ synchronises a GPU per step (see :class:`StepRecorder`).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
 
 from stability_bench.components import BuildContext
+from stability_bench.components.building import build_component
 from stability_bench.components.data import DATA, Batches, TensorData
 from stability_bench.components.losses import LOSSES
 from stability_bench.components.models import MODELS
+from stability_bench.contracts import step_contract
+from stability_bench.eval_metrics import EVAL_METRICS  # noqa: F401  (registers the eval_* metrics)
 from stability_bench.metrics import RunView, compute_metrics
 from stability_bench.optimizers.thresholds import stability_threshold
 from stability_bench.probes.registry import ProbePlan
 from stability_bench.results import RunResult, format_run_id
+from stability_bench.schedules import build_schedule
 from stability_bench.schema import Case, OptimizerSpec
 
 BLOCK = 128  # steps recorded on the device between host copies / divergence checks
@@ -61,6 +68,10 @@ class RunSetupError(RuntimeError):
     optimizer rejects); the message names the file, line and key."""
 
 
+class RunTimeout(RuntimeError):
+    """A run that went past its case's ``timeout:`` (seconds); the message says where."""
+
+
 class MissingDataError(RunSetupError, FileNotFoundError):
     """A case's data set is not on this machine (the message says where it looked); test
     items skip on it, the CLI reports it as bad input."""
@@ -84,9 +95,12 @@ class Session:
     model: torch.nn.Module
     params: list[torch.nn.Parameter]
     loss_fn: Callable
-    data: TensorData          # the whole training set, on the run's device
+    data: TensorData          # the training set (without a held-out split), on the run's device
     batches: Batches
     optimizer: torch.optim.Optimizer
+    scheduler: Any = None     # the case's ``schedule:``, stepped after every optimizer step
+    contract: frozenset = frozenset()   # the optimizer's step contract (stability_bench.contracts)
+    heldout: TensorData | None = None   # ``eval: {split: heldout}``: the examples training never sees
 
     @property
     def dtype(self) -> torch.dtype:
@@ -103,11 +117,11 @@ def start(spec: RunSpec) -> Session:
     ctx = BuildContext(seed=spec.seed, dtype=dtype, generator=torch.Generator().manual_seed(spec.seed))
 
     def make(registry, key):
-        section = getattr(case, key)
-        params = {k: v for k, v in section.items() if k != "kind"}
-        return _located(case, (key,), lambda: registry.get(section["kind"])(ctx, **params))
+        return _located(case, (key,), lambda: build_component(registry, getattr(case, key), ctx))
 
+    torch.manual_seed(spec.seed)  # a user's data factory without ``ctx`` draws from the global RNG
     data = make(DATA, "data").to(spec.device)
+    data, heldout = _split(case, data)
     torch.manual_seed(spec.seed)  # torch's default initialisers use the global generator
     model = make(MODELS, "model").to(device=spec.device, dtype=dtype)
     loss_fn = make(LOSSES, "loss")
@@ -117,7 +131,118 @@ def start(spec: RunSpec) -> Session:
     params = params_of(model)
     optimizer = _located(case, ("optimizers", spec.optimizer.key),
                          lambda: spec.optimizer.cls(params, **spec.params))
-    return Session(spec, model, params, loss_fn, data, batches, optimizer)
+    contract = step_contract(spec.optimizer.cls)
+    if "train_eval" in contract:
+        optimizer.train()
+    scheduler = None if case.schedule is None else _located(
+        case, ("schedule",), lambda: build_schedule(case.schedule, optimizer, case.steps))
+    return Session(spec, model, params, loss_fn, data, batches, optimizer, scheduler, contract, heldout)
+
+
+def _split(case: Case, data: TensorData) -> tuple[TensorData, TensorData | None]:
+    """``eval: {split: heldout}``: the last round(fraction·n) examples are held out."""
+    if case.eval is None or case.eval["split"] != "heldout":
+        return data, None
+    n = len(data)
+    k = int(round(case.eval["heldout_fraction"] * n))
+    if not 1 <= k < n:
+        raise RunSetupError(f"{case.where(('eval', 'heldout_fraction'))}: eval.heldout_fraction: "
+                            f"{case.eval['heldout_fraction']} of {n} examples leaves {k} held out and "
+                            f"{n - k} to train on; both need at least one")
+    return TensorData(data.x[:n - k], data.y[:n - k]), TensorData(data.x[n - k:], data.y[n - k:])
+
+
+def train_step(session: Session, x: torch.Tensor, y: torch.Tensor,
+               observe: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor | None:
+    """One optimizer step as the case defines it: forward, backward (``create_graph`` if
+    the optimizer's contract asks), ``observe(loss)`` (probes, recorder: this step's raw
+    gradient at x_t), clipping, the optimizer step (``step(closure)`` for closure
+    optimizers: the closure repeats the above and only its first evaluation is observed),
+    then the schedule's step. Returns the Euclidean norm of the clipped gradient of the
+    (first) evaluation, or None without clipping."""
+    model, loss_fn, optimizer = session.model, session.loss_fn, session.optimizer
+    create_graph = "create_graph" in session.contract
+    clip = session.spec.case.clip
+    if "closure" not in session.contract:
+        optimizer.zero_grad()
+        loss = loss_fn(model(x), y)
+        _backward(loss, create_graph)
+        if observe is not None:
+            observe(loss)
+        clipped = _clip(session.params, clip) if clip is not None else None
+        optimizer.step()
+    else:
+        first: list = []
+
+        def closure():
+            optimizer.zero_grad()
+            loss = loss_fn(model(x), y)
+            _backward(loss, create_graph)
+            if not first and observe is not None:
+                observe(loss)
+            norm = _clip(session.params, clip) if clip is not None else None
+            if not first:
+                first.append(norm)
+            return loss
+
+        optimizer.step(closure)
+        clipped = first[0] if first else None
+    if session.scheduler is not None:
+        session.scheduler.step()
+    return clipped
+
+
+def _backward(loss: torch.Tensor, create_graph: bool) -> None:
+    """``loss.backward``; with ``create_graph`` without torch's warning about the
+    parameter ↔ gradient reference cycle, which zero_grad (set_to_none) breaks every step."""
+    if not create_graph:
+        loss.backward()
+        return
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Using backward\\(\\) with create_graph=True")
+        loss.backward(create_graph=True)
+
+
+def _clip(params: list[torch.Tensor], clip: dict) -> torch.Tensor:
+    """Clip the gradients in place (torch.nn.utils); their Euclidean norm after clipping,
+    in the parameters' dtype, left on the device (no synchronisation)."""
+    arguments = {k: v for k, v in clip.items() if k != "kind"}
+    if clip["kind"] == "norm":
+        torch.nn.utils.clip_grad_norm_(params, **arguments)
+    else:
+        torch.nn.utils.clip_grad_value_(params, **arguments)
+    grads = [p.grad for p in params if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+
+
+@contextmanager
+def evaluation_mode(session: Session):
+    """Inside: the parameters at which the optimizer evaluates (schedule-free methods:
+    ``optimizer.eval()``'s x, not the training point y); on exit ``optimizer.train()`` and
+    the training parameters restored bit for bit (a train()/eval() round trip in floating
+    point need not be exact). Nothing to do for other optimizers."""
+    if "train_eval" not in session.contract:
+        yield
+        return
+    saved = [p.detach().clone() for p in session.params]
+    session.optimizer.eval()
+    try:
+        yield
+    finally:
+        session.optimizer.train()
+        with torch.no_grad():
+            torch._foreach_copy_([p.detach() for p in session.params], saved)
+
+
+def eval_loss(session: Session) -> torch.Tensor:
+    """The case's loss on the whole training set, or on the held-out split, at the
+    current (evaluation-mode) parameters, with the model in eval mode; training untouched."""
+    from stability_bench.probes.hvp import untouched
+
+    data = session.heldout if session.heldout is not None else session.data
+    with evaluation_mode(session), untouched(session.model, session.optimizer, session.params), torch.no_grad():
+        session.model.eval()
+        return session.loss_fn(session.model(data.x), data.y).detach()
 
 
 def replay(spec: RunSpec, steps: int) -> Session:
@@ -125,12 +250,8 @@ def replay(spec: RunSpec, steps: int) -> Session:
     trajectory :func:`execute` records), e.g. to save the optimizer state at a spike."""
     session = start(spec)
     batch_iter = iter(session.batches)
-    model, loss_fn, optimizer = session.model, session.loss_fn, session.optimizer
     for _ in range(steps):
-        x, y = next(batch_iter)
-        optimizer.zero_grad()
-        loss_fn(model(x), y).backward()
-        optimizer.step()
+        train_step(session, *next(batch_iter))
     return session
 
 
@@ -185,7 +306,7 @@ class StepRecorder:
     MAX_BLOCK = BLOCK
 
     def __init__(self, params: list[torch.Tensor], dtype: torch.dtype, device: str,
-                 budget_bytes: int = 64 * 2**20):
+                 budget_bytes: int = 64 * 2**20, extra: tuple[str, ...] = ()):
         numel = sum(p.numel() for p in params)
         row_bytes = 2 * numel * torch.empty((), dtype=dtype).element_size()
         self.size = int(max(1, min(self.MAX_BLOCK, budget_bytes // row_bytes - 1)))
@@ -201,6 +322,12 @@ class StepRecorder:
         self._chunk = np.empty((chunk_rows, numel)) if device == "cpu" else None
         self.losses: list[torch.Tensor] = []
         self.blocks: list[np.ndarray] = []
+        # optional per-step scalars (e.g. the clipped gradient norm), kept on the device like the loss
+        self.extra: dict[str, list[torch.Tensor]] = {name: [] for name in extra}
+
+    def note(self, name: str, value: torch.Tensor) -> None:
+        """Record this step's value of the extra column ``name`` (a scalar tensor)."""
+        self.extra[name].append(value.detach())
 
     def before_step(self, loss: torch.Tensor) -> None:
         """Record this step's loss, gradients and parameters, before the optimizer changes them."""
@@ -233,41 +360,65 @@ class StepRecorder:
                 block = np.stack([losses.numpy().astype(np.float64),
                                   _row_norms(self.grads[:n].numpy(), self._chunk),
                                   _row_norms(snaps[1:], self._chunk, minus=snaps[:-1])], axis=1)
+        if self.extra:  # one more column per extra, in the order given
+            columns = [torch.stack(values).double().cpu().numpy() for values in self.extra.values()]
+            block = np.column_stack([block, *columns])
+            for values in self.extra.values():
+                values.clear()
         self.blocks.append(block)
         self.losses.clear()
         return block
 
     @property
     def record(self) -> np.ndarray:
-        return np.concatenate(self.blocks) if self.blocks else np.empty((0, 3))
+        """Rows of (loss, grad norm, update norm, *extra columns), one per recorded step."""
+        return np.concatenate(self.blocks) if self.blocks else np.empty((0, 3 + len(self.extra)))
 
 
 def execute(spec: RunSpec, progress: Progress | None = None) -> RunResult:
     """Train one run and return its result; divergence ends the run, it is not an error."""
     case = spec.case
     session = start(spec)
-    model, params, loss_fn, optimizer = session.model, session.params, session.loss_fn, session.optimizer
-    theory = _theory(model, optimizer, session.batches)
+    model, params, optimizer = session.model, session.params, session.optimizer
+    theory = _theory(model, optimizer, session.batches)  # at step 0's lr (after the schedule's start)
 
-    recorder = StepRecorder(params, session.dtype, spec.device)
+    clipping = case.clip is not None
+    recorder = StepRecorder(params, session.dtype, spec.device,
+                            extra=("clipped_grad_norm",) if clipping else ())
     probes = ProbePlan.from_case(case)
+    group = optimizer.param_groups[0]
+    lrs: list[float] = []
+    evals: dict[str, list] | None = {"step": [], "eval_loss": []} if case.eval is not None else None
+    eval_every = case.eval["every"] if case.eval is not None else 0
+    record_grads = torch.no_grad() if "create_graph" in session.contract else contextlib.nullcontext()
+    step = 0
+
+    def observe(loss: torch.Tensor) -> None:
+        if probes is not None and probes.due(step):
+            with evaluation_mode(session):
+                probes.run(session, step)
+        with record_grads:  # p.grad may carry a graph (create_graph): keep the copy out of it
+            recorder.before_step(loss)
+        lr = group["lr"]
+        lrs.append(lr if type(lr) is float else float(lr))
+
     cap = case.divergence["max_loss"]
     divergence_step = None
     batch_iter = iter(session.batches)
     last = case.steps - 1
     started = time.perf_counter()
 
+    deadline = None if case.timeout is None else started + case.timeout
     step = 0
     try:
         for step in range(case.steps):
+            if evals is not None and step % eval_every == 0:
+                evals["step"].append(step)
+                evals["eval_loss"].append(eval_loss(session))
             x, y = next(batch_iter)
-            optimizer.zero_grad()
-            loss = loss_fn(model(x), y)
-            loss.backward()
-            if probes is not None:
-                probes.run(session, step)
-            recorder.before_step(loss)
-            optimizer.step()
+            clipped = train_step(session, x, y, observe)
+            if clipping:
+                recorder.note("clipped_grad_norm", clipped)
             if recorder.full or step == last:
                 losses = recorder.flush()[:, 0]
                 if cap is None:
@@ -278,6 +429,14 @@ def execute(spec: RunSpec, progress: Progress | None = None) -> RunResult:
                     break
                 if progress is not None:
                     progress(step + 1, case.steps, float(losses[-1]))
+            if deadline is not None and time.perf_counter() > deadline:
+                raise RunTimeout(f"{case.where(('timeout',))}: timeout: the run took more than "
+                                 f"{case.timeout:g} s; stopped after step {step}")
+        if "create_graph" in session.contract:
+            optimizer.zero_grad(set_to_none=True)  # drop the last gradient's graph (a reference cycle)
+        if evals is not None and divergence_step is None:  # the loss the training ended at
+            evals["step"].append(case.steps)
+            evals["eval_loss"].append(eval_loss(session))
     except Exception as exc:  # the user's optimizer, model or loss raised: say at which step
         exc.step = step
         raise
@@ -286,12 +445,20 @@ def execute(spec: RunSpec, progress: Progress | None = None) -> RunResult:
     if divergence_step is not None:
         record = record[: divergence_step + 1]
     history = {"step": list(range(len(record))), "loss": record[:, 0].tolist(),
-               "grad_norm": record[:, 1].tolist(), "update_norm": record[:, 2].tolist()}
+               "grad_norm": record[:, 1].tolist(), "update_norm": record[:, 2].tolist(),
+               "lr": lrs[: len(record)]}
+    if clipping:
+        history["clipped_grad_norm"] = record[:, 3].tolist()
     probe_columns = _truncate(probes.columns, divergence_step) if probes is not None else {}
+    eval_columns = {}
+    if evals is not None:
+        eval_columns = _truncate({"step": evals["step"],
+                                  "eval_loss": [float(v) for v in evals["eval_loss"]]}, divergence_step)
     extra = {"grad_norm": record[:, 1], "update_norm": record[:, 2],
              "probes": {k: np.asarray(v, dtype=float) for k, v in probe_columns.items()
                         if not k.endswith("_top")},
-             "probe_options": probes.options if probes is not None else {}}
+             "probe_options": probes.options if probes is not None else {},
+             "evals": {k: np.asarray(v, dtype=float) for k, v in eval_columns.items()}}
     view = RunView(loss=np.asarray(history["loss"], dtype=float), steps=np.asarray(history["step"]),
                    diverged=divergence_step is not None, divergence_step=divergence_step,
                    total_steps=case.steps, extra=extra, spike_config=case.spikes)
@@ -301,12 +468,14 @@ def execute(spec: RunSpec, progress: Progress | None = None) -> RunResult:
         device=spec.device, dtype=case.dtype, steps=case.steps,
         diverged=divergence_step is not None, divergence_step=divergence_step,
         metrics=compute_metrics(view), history=history, probes=probe_columns, theory=theory,
+        evals=eval_columns,
         meta={"wall_time_s": time.perf_counter() - started, "torch": torch.__version__,
               "spikes": dataclasses.asdict(case.spikes)})
 
 
 def _truncate(columns: dict[str, list], divergence_step: int | None) -> dict[str, list]:
-    """Probe rows up to the divergence step (the training that was recorded)."""
+    """Rows of a sparse table (probes, evals) up to the divergence step (the training that
+    was recorded)."""
     if divergence_step is None:
         return columns
     keep = sum(1 for step in columns["step"] if step <= divergence_step)

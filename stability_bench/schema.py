@@ -18,13 +18,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping, Union
 
 from stability_bench.components import AtLeast, Count
+from stability_bench.components.building import takes_context
 from stability_bench.components.data import DATA
 from stability_bench.components.losses import LOSSES
 from stability_bench.components.models import MODELS
+from stability_bench.contracts import ContractError, step_contract
 from stability_bench.expectations import COMPARATORS, PARITY, PARITY_KEYS, THEORY_REFERENCES
 from stability_bench.metrics import METRICS, SpikeConfig
+from stability_bench.eval_metrics import EVAL_METRICS  # noqa: F401  (registers the eval_* metrics)
 from stability_bench.optimizers.resolve import OptimizerResolveError, resolve_optimizer_class
-from stability_bench.registry import Registry, nearest
+from stability_bench.registry import ImportPathError, Registry, UnknownNameError, load_entry_points, nearest
 from stability_bench.yamlsource import MARKER, KeyPath, Source, SourceError, read_yaml
 
 _NUMBER_STRING = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
@@ -199,7 +202,8 @@ def _signature_params(factory: Any, skip: int) -> tuple[dict[str, Any], set[str]
     """(name → hint, required names, accepts **kwargs) of a factory, skipping leading args."""
     sig = inspect.signature(factory)
     try:
-        hints = typing.get_type_hints(factory, include_extras=True)  # keep AtLeast limits
+        hints = typing.get_type_hints(factory.__init__ if isinstance(factory, type) else factory,
+                                      include_extras=True)  # keep AtLeast limits
     except Exception:
         hints = {}
     params = list(sig.parameters.values())[skip:]
@@ -214,17 +218,36 @@ def _signature_params(factory: Any, skip: int) -> tuple[dict[str, Any], set[str]
     return allowed, required, var_kw
 
 
+def _resolve(registry: Registry, name: Any, path: KeyPath, problems: list[Problem], what: str) -> Any:
+    """``registry.get(name)`` — a registered name, an import path or an entry point's
+    component — or a located problem (unknown name, failed import, not callable)."""
+    try:
+        obj = registry.get(name)
+    except ImportPathError as exc:
+        problems.append(Problem(path, str(exc)))
+        return None
+    except UnknownNameError as exc:
+        broken = f" Entry points that failed to load: {'; '.join(exc.broken)}." if exc.broken else ""
+        problems.append(Problem(path, _unknown(what, name, registry.names()) + broken
+                                + " Or name one by import path: 'package.module:name'."))
+        return None
+    if not callable(obj):
+        problems.append(Problem(path, f"{name!r} is a {type(obj).__name__}, not a callable {what}"))
+        return None
+    return obj
+
+
 def _check_component(spec: Any, registry: Registry, path: KeyPath, problems: list[Problem]) -> None:
     if not isinstance(spec, dict) or "kind" not in spec:
         problems.append(Problem(path, f"expected a mapping with a 'kind' (one of "
                                       f"{', '.join(registry.names())}), got {spec!r}"))
         return
     kind = spec["kind"]
-    if kind not in registry:
-        problems.append(Problem(path + ("kind",), _unknown(f"{registry.kind} kind", kind, registry.names())))
+    factory = _resolve(registry, kind, path + ("kind",), problems, f"{registry.kind} kind")
+    if factory is None:
         return
     factory = registry.get(kind)
-    allowed, required, _ = _signature_params(factory, skip=1)
+    allowed, required, _ = _signature_params(factory, skip=1 if takes_context(factory) else 0)
     params = {k: v for k, v in spec.items() if k != "kind"}
     n = len(problems)
     _check_mapping(params, allowed, required, path, problems, f"{registry.kind} {kind!r}", finite=True)
@@ -310,6 +333,11 @@ def _optimizer_spec(key: str, spec: Any, path: KeyPath, problems: list[Problem])
     try:
         cls = resolve_optimizer_class(spec["class"])
     except OptimizerResolveError as exc:
+        problems.append(Problem(path + ("class",), str(exc)))
+        return None
+    try:
+        step_contract(cls)
+    except ContractError as exc:
         problems.append(Problem(path + ("class",), str(exc)))
         return None
     signature = inspect.signature(cls.__init__)
@@ -462,7 +490,14 @@ def _check_probes(section: dict, path: KeyPath, problems: list[Problem]) -> None
             elif key in ("every", "max_iter", "subset", "chunk_size") and value is not None and value < 1:
                 problems.append(Problem(key_path, f"{key} must be at least 1, got {value}"))
             continue
-        if key not in PROBES:
+        if isinstance(key, str) and ":" in key:  # a user's probe by import path
+            probe = _resolve(PROBES, key, key_path, problems, "probe")
+            if probe is not None:
+                allowed, required, _ = _signature_params(probe, skip=1)
+                _check_mapping(value if value is not None else {}, {**allowed, "every": int}, required,
+                               key_path, problems, f"probe {key!r}")
+            continue
+        if key not in PROBES and not (load_entry_points() and key in PROBES):
             guess = nearest(str(key), PROBES.names() + list(PLAN_OPTIONS))
             problems.append(Problem(key_path, f"unknown probe {key!r}"
                                     + (f"; did you mean {guess!r}?" if guess else "")
@@ -522,6 +557,111 @@ def _parity(opt_key: str, checks: Any, optimizers: Mapping[str, Any], path: KeyP
     return Expectation(opt_key, PARITY, "tracks", dict(checks), path)
 
 
+# ------------------------------------------------------------ schedule, clipping, eval
+def _check_schedule(spec: Any, path: KeyPath, problems: list[Problem]) -> None:
+    """``{class: <scheduler>, **arguments}`` (arguments against the class's signature; a
+    ``schedulers`` argument holds schedule specs) or the ``{warmup, then, min_factor}``
+    shorthand (see :mod:`stability_bench.schedules`)."""
+    from stability_bench.schedules import SHORTHAND_KEYS, scheduler_class, unsupported_step
+
+    if not isinstance(spec, dict) or ("class" in spec) == ("warmup" in spec):
+        problems.append(Problem(path, "a schedule is {class: torch.optim.lr_scheduler.NAME (or "
+                                      "package.module:Class), <its arguments>} or {warmup: N, then: "
+                                      f"cosine|linear|constant, min_factor: 0.0}}, got {spec!r}"))
+        return
+    if "warmup" in spec:
+        if _check_mapping(spec, SHORTHAND_KEYS, {"warmup"}, path, problems, "schedule") \
+                and isinstance(spec.get("warmup"), int) and spec["warmup"] < 0:
+            problems.append(Problem(path + ("warmup",), f"warmup must be >= 0, got {spec['warmup']}"))
+        m = spec.get("min_factor", 0.0)
+        if _matches(m, float) and not 0.0 <= m <= 1.0:
+            problems.append(Problem(path + ("min_factor",), f"min_factor must be in [0, 1], got {m}"))
+        return
+    try:
+        cls = scheduler_class(spec["class"]) if isinstance(spec["class"], str) else None
+    except ImportPathError as exc:
+        problems.append(Problem(path + ("class",), str(exc)))
+        return
+    if not isinstance(cls, type):
+        problems.append(Problem(path + ("class",), f"expected a scheduler class such as "
+                                f"'torch.optim.lr_scheduler.CosineAnnealingLR', got {spec['class']!r}"))
+        return
+    reason = unsupported_step(cls)
+    if reason:
+        problems.append(Problem(path + ("class",), reason))
+        return
+    allowed, required, var_kw = _signature_params(cls, skip=0)
+    allowed.pop("optimizer", None)
+    required.discard("optimizer")
+    if "schedulers" in allowed:
+        allowed["schedulers"] = list
+    arguments = {k: v for k, v in spec.items() if k != "class"}
+    if var_kw:
+        allowed.update({k: Any for k in arguments})
+    _check_mapping(arguments, allowed, required, path, problems, spec["class"])
+    if isinstance(arguments.get("schedulers"), list):
+        for i, inner in enumerate(arguments["schedulers"]):
+            _check_schedule(inner, path + ("schedulers", i), problems)
+
+
+def _check_clip(raw: dict, optimizers: Mapping[str, OptimizerSpec], problems: list[Problem]) -> dict | None:
+    """``clip_grad_norm`` / ``clip_grad_value``: arguments of torch.nn.utils.clip_grad_norm_ /
+    clip_grad_value_ (checked against their signatures); one of the two."""
+    import torch
+
+    given = [k for k in ("clip_grad_norm", "clip_grad_value") if raw.get(k) is not None]
+    if len(given) > 1:
+        problems.append(Problem((given[1],), "a case clips by norm or by value, not both"))
+        return None
+    if not given:
+        return None
+    key = given[0]
+    fn = torch.nn.utils.clip_grad_norm_ if key == "clip_grad_norm" else torch.nn.utils.clip_grad_value_
+    allowed, required, _ = _signature_params(fn, skip=1)
+    n = len(problems)
+    if _check_mapping(raw[key], allowed, required, (key,), problems, key):
+        bound = "max_norm" if key == "clip_grad_norm" else "clip_value"
+        value = raw[key].get(bound)
+        if _matches(value, float) and not value > 0:
+            problems.append(Problem((key, bound), f"{bound} must be > 0, got {value}"))
+    for opt_key, spec in optimizers.items():
+        if "create_graph" in step_contract(spec.cls):
+            problems.append(Problem(("optimizers", opt_key, "class"),
+                                    f"{spec.class_name} needs create_graph (it differentiates p.grad), and "
+                                    f"{key} rewrites p.grad in place, cutting that graph: drop {key}"))
+    if len(problems) > n:
+        return None
+    return {"kind": "norm" if key == "clip_grad_norm" else "value", **raw[key]}
+
+
+_EVAL_KEYS = {"every": int, "split": Literal["full", "heldout"], "heldout_fraction": float}
+EVAL_DEFAULTS = {"split": "full", "heldout_fraction": 0.2}
+
+
+def _check_eval(spec: Any, problems: list[Problem]) -> dict | None:
+    """``eval: {every: N, split: full|heldout, heldout_fraction: f}``."""
+    n = len(problems)
+    if not _check_mapping(spec, _EVAL_KEYS, {"every"}, ("eval",), problems, "eval"):
+        return None
+    if _matches(spec.get("every"), int) and spec["every"] < 1:
+        problems.append(Problem(("eval", "every"), f"every must be at least 1, got {spec['every']}"))
+    fraction = spec.get("heldout_fraction")
+    if fraction is not None and spec.get("split", "full") != "heldout":
+        problems.append(Problem(("eval", "heldout_fraction"), "heldout_fraction needs split: heldout"))
+    elif _matches(fraction, float) and not 0.0 < fraction < 1.0:
+        problems.append(Problem(("eval", "heldout_fraction"), f"heldout_fraction must be in (0, 1), got {fraction}"))
+    return None if len(problems) > n else {**EVAL_DEFAULTS, **spec}
+
+
+def _check_training(raw: dict, optimizers: Mapping[str, OptimizerSpec], problems: list[Problem]) -> dict:
+    """The schedule, clipping and eval sections, as Case fields."""
+    if raw.get("schedule") is not None:
+        _check_schedule(raw["schedule"], ("schedule",), problems)
+    clip = _check_clip(raw, optimizers, problems)
+    evaluation = _check_eval(raw["eval"], problems) if raw.get("eval") is not None else None
+    return {"schedule": raw.get("schedule"), "clip": clip, "eval": evaluation}
+
+
 # ----------------------------------------------------------------------------- case
 BatchSpec = Union[Literal["full"], dict]
 _BATCH_KEYS = {"size": int, "shuffle": bool, "drop_last": bool}
@@ -536,6 +676,9 @@ TOP_LEVEL: dict[str, Any] = {
     "divergence": dict, "spikes": dict, "slow": bool, "variants": dict, "probes": dict,
     "timeout": float,
 }
+# Training sections beyond the loop itself (see _check_training).
+TOP_LEVEL.update({"schedule": Union[dict, None], "clip_grad_norm": Union[dict, None],
+                  "clip_grad_value": Union[dict, None], "eval": Union[dict, None]})
 REQUIRED = {"name", "model", "loss", "steps", "optimizers"}
 _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 
@@ -563,6 +706,9 @@ class Case:
     raw: dict = field(repr=False)    # the case as written (variant merged), for reports/triage
     probes: dict = field(default_factory=dict)  # the ``probes:`` section as written (validated)
     timeout: float | None = None     # seconds per run, enforced by the runner; None: no limit
+    schedule: dict | None = None     # ``schedule:`` as written (validated), see schedules.py
+    clip: dict | None = None         # {"kind": "norm" | "value", **torch.nn.utils clip arguments}
+    eval: dict | None = None         # {"every", "split", "heldout_fraction"} with defaults filled in
 
     def where(self, path: KeyPath = ()) -> str:
         return self.source.where(path)
@@ -615,6 +761,7 @@ def _validate(raw: Any, source: Source) -> Case:
             if parsed:
                 optimizers[str(key)] = parsed
     expectations = _expectations(raw.get("expect", {}), raw.get("optimizers") or {}, ("expect",), problems)
+    training = _check_training(raw, optimizers, problems)
     if problems:
         raise CaseError(source, problems)
     batch_spec = ({"size": None, "shuffle": False, "drop_last": False} if batch == "full" else
@@ -628,7 +775,7 @@ def _validate(raw: Any, source: Source) -> Case:
         steps=raw["steps"], optimizers=optimizers, expectations=expectations,
         divergence={"factor": 1e10, "max_loss": None, **raw.get("divergence", {})},
         spikes=SpikeConfig(**raw.get("spikes", {})), slow=bool(raw.get("slow", False)),
-        source=source, raw=raw, probes=raw.get("probes") or {},
+        source=source, raw=raw, probes=raw.get("probes") or {}, **training,
         timeout=float(raw["timeout"]) if "timeout" in raw else None)
     from stability_bench.unknown_theory import theory_problems  # bounds on a threshold theory lacks
 
@@ -638,10 +785,11 @@ def _validate(raw: Any, source: Source) -> Case:
     return case
 
 
-def _merge(base: dict, override: dict, replace: frozenset = frozenset({"expect"})) -> dict:
+def _merge(base: dict, override: dict, replace: frozenset = frozenset({"expect", "schedule"})) -> dict:
     """Deep-merge a variant's overrides into the base case: mappings merge, the rest
     replaces — except ``expect``, which a variant states in full (a variant that changes
-    the training usually changes what must hold)."""
+    the training usually changes what must hold), and ``schedule``, which a variant
+    replaces whole (a cosine's T_max merged into a warmup shorthand means nothing)."""
     out = copy.deepcopy(base)
     for key, value in override.items():
         if key in replace:

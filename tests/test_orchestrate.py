@@ -144,3 +144,12 @@ def test_reports_stream_as_runs_finish_and_partners_come_first():
     for run_id in order:  # a run is reported only after its partner
         for need in plan.needs[run_id]:
             assert order.index(need) < order.index(run_id)
+
+
+def test_a_run_past_its_timeout_stops_and_is_reported_with_exit_code_3(capsys):
+    from stability_bench.cli import main
+
+    code = main(["run", str(DATA / "timeout.yaml"), "--no-triage"])
+    out, err = capsys.readouterr()
+    assert code == 3 and "TIMEOUT budget::sgd-seed0-cpu" in out
+    assert f"{DATA / 'timeout.yaml'}:7: timeout: the run took more than 1e-06 s; stopped after step 0" in err

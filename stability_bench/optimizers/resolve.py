@@ -6,11 +6,9 @@ reference optimizers) and ``package.module:ClassName`` (a user's own optimizer).
 """
 from __future__ import annotations
 
-import importlib
-
 import torch
 
-from stability_bench.registry import nearest
+from stability_bench.registry import ImportPathError, import_object, nearest
 
 
 class OptimizerResolveError(ValueError):
@@ -35,18 +33,10 @@ def resolve_optimizer_class(spec: str) -> type[torch.optim.Optimizer]:
     if not isinstance(spec, str) or not spec:
         raise OptimizerResolveError(f"expected a class name such as 'torch.optim.Adam', got {spec!r}")
     if ":" in spec:
-        module_name, _, attr = spec.partition(":")
         try:
-            module = importlib.import_module(module_name)
-        except Exception as exc:  # any import-time failure of user code is a case error
-            raise OptimizerResolveError(
-                f"cannot import module {module_name!r} for optimizer {spec!r}: "
-                f"{type(exc).__name__}: {exc}. Is it installed or on PYTHONPATH?") from None
-        cls = getattr(module, attr, None)
-        if cls is None:
-            public = [n for n in vars(module) if not n.startswith("_")]
-            raise OptimizerResolveError(
-                f"module {module_name!r} has no attribute {attr!r}.{_hint(attr, public, '')}")
+            cls = import_object(spec, "optimizer")
+        except ImportPathError as exc:
+            raise OptimizerResolveError(str(exc)) from None
     elif spec.startswith("torch.optim."):
         name = spec[len("torch.optim."):]
         known = _torch_optimizers()

@@ -26,6 +26,7 @@ Every saved file records its panel count (``len(fig.axes)``): PNG text chunk
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -224,6 +225,44 @@ def _probe_panel(ax, group: ProbeGroup, items: list[tuple[ReportRun, Any, dict]]
     return drew_threshold
 
 
+def smoothing_window(run: ReportRun) -> int | None:
+    """Steps of the running median drawn over a minibatch run's loss: one epoch (odd, at
+    least 5), so the epoch's batch-to-batch noise averages out and the trend shows; None
+    for full-batch runs, whose loss is drawn as is."""
+    per_epoch = (run.result.theory or {}).get("batches_per_epoch") or 1
+    if per_epoch <= 1:
+        return None
+    return max(5, int(per_epoch) | 1)
+
+
+def running_median(values: np.ndarray, window: int) -> np.ndarray:
+    """Centred running median over ``window`` (odd) entries, ignoring non-finite ones and
+    shrinking at the ends: unlike an EMA it does not smear a spike into the trend."""
+    half = window // 2
+    padded = np.concatenate([np.full(half, np.nan), np.where(np.isfinite(values), values, np.nan),
+                             np.full(half, np.nan)])
+    windows = np.lib.stride_tricks.sliding_window_view(padded, window)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN window gives NaN
+        return np.nanmedian(windows, axis=1)
+
+
+def _draw_loss(ax, run: ReportRun, x: np.ndarray, loss: np.ndarray, colour, style: dict) -> None:
+    """The loss; for minibatch runs faint, under its running median (the trend), and the
+    ``eval:`` losses as dots joined by a dashed line."""
+    finite = np.where(np.isfinite(loss), loss, np.nan)
+    window = smoothing_window(run)
+    if window is None:
+        ax.plot(x, finite, color=colour, **style)
+    else:
+        ax.plot(x, finite, color=colour, lw=0.5, alpha=0.25)
+        ax.plot(x, running_median(loss, window), color=colour, **style)
+    evals = getattr(run.result, "evals", None) or {}
+    if evals.get("step"):
+        ax.plot(_array(evals["step"]), _array(evals["eval_loss"]), color=colour, ls="--", lw=0.9,
+                marker="o", ms=3, alpha=0.9)
+
+
 def training_figure(runs: Sequence[ReportRun], title: str | None = None):
     """Loss, gradient norm and the probe panels the runs recorded, against the step."""
     runs = list(runs)
@@ -244,7 +283,7 @@ def training_figure(runs: Sequence[ReportRun], title: str | None = None):
         for run in s.runs:
             x, loss = _history(run, "loss")
             loss_values.append(loss)
-            axes[0].plot(x, np.where(np.isfinite(loss), loss, np.nan), color=colour, **style)
+            _draw_loss(axes[0], run, x, loss, colour, style)
             onsets = spikes_of(run)
             if onsets.size:
                 any_spike = True
@@ -275,6 +314,12 @@ def training_figure(runs: Sequence[ReportRun], title: str | None = None):
     if any_threshold:
         handles.append(Line2D([], [], ls="--", color="0.3"))
         labels.append("stability threshold")
+    if any(smoothing_window(r) for r in runs):
+        handles.append(Line2D([], [], color="0.5", lw=0.5, alpha=0.35))
+        labels.append("minibatch loss (line: median over an epoch)")
+    if any((getattr(r.result, "evals", None) or {}).get("step") for r in runs):
+        handles.append(Line2D([], [], ls="--", marker="o", ms=3, color="0.3"))
+        labels.append("eval loss")
     axes[0].legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7,
                    frameon=False, ncols=1 if len(labels) <= 16 else 2)
     for ax in axes:
