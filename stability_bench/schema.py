@@ -28,7 +28,8 @@ from stability_bench.metrics import METRICS, SpikeConfig
 from stability_bench.eval_metrics import EVAL_METRICS  # noqa: F401  (registers the eval_* metrics)
 from stability_bench.optimizers.resolve import OptimizerResolveError, resolve_optimizer_class
 from stability_bench.registry import ImportPathError, Registry, UnknownNameError, load_entry_points, nearest
-from stability_bench.yamlsource import MARKER, KeyPath, Source, SourceError, read_yaml
+from stability_bench.yamlsource import MARKER, KeyPath, Problem, Source, SourceError, read_yaml
+from stability_bench.yamlsource import dotted as _dotted
 
 _NUMBER_STRING = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 FORMAT_VERSION = 1      # the value of the ``stability-bench:`` marker this version reads
@@ -36,12 +37,6 @@ MAX_PROBLEMS = 20       # problems shown per file; a garbage file would otherwis
 # Every step's loss, gradient and update norm is kept in memory and written to the results
 # JSON (~100 bytes a step in all), so 10**7 steps is already ~1 GB; the shipped cases use <= 5000.
 MAX_STEPS = 10**7
-
-
-@dataclass
-class Problem:
-    path: KeyPath
-    message: str
 
 
 class CaseError(ValueError):
@@ -64,10 +59,6 @@ def _unknown(what: str, name: Any, known: list[str]) -> str:
     guess = nearest(str(name), known)
     return (f"unknown {what} {name!r}" + (f"; did you mean {guess!r}?" if guess else "")
             + f" Known: {', '.join(known)}.")
-
-
-def _dotted(path: KeyPath) -> str:
-    return "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in path).lstrip(".")
 
 
 # --------------------------------------------------------------------------- types

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable
 
+from stability_bench.yamlsource import Problem, dotted
+
 if TYPE_CHECKING:
-    from stability_bench.schema import Case, OptimizerSpec, Problem
+    from stability_bench.schema import Case, OptimizerSpec
 
 __all__ = ["theory_problems", "case_warnings", "PROBES_NEEDING"]
 
@@ -78,8 +80,6 @@ def _unknown_at(spec: "OptimizerSpec", status: Callable[[type, dict], str | None
 
 def theory_problems(case: "Case") -> list["Problem"]:
     """Errors: bounds that refer to a threshold the optimizer does not have."""
-    from stability_bench.schema import Problem
-
     problems = []
     for e in case.expectations:
         reference = _refers_to_theory(e.bound)
@@ -96,12 +96,10 @@ def theory_problems(case: "Case") -> list["Problem"]:
 def case_warnings(case: "Case") -> list[str]:
     """Warnings, each ``file:line: key: message``: probes and metrics that will be NaN (or
     None) for some optimizer, with the reason."""
-    from stability_bench.schema import _dotted
-
     out = []
 
     def warn(path: tuple, message: str) -> None:
-        out.append(f"{case.where(path)}: {_dotted(path)}: {message}")
+        out.append(f"{case.where(path)}: {dotted(path)}: {message}")
 
     for probe in case.probes:
         if probe not in PROBES_NEEDING:

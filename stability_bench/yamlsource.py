@@ -40,6 +40,19 @@ class SourceError(ValueError):
 
 
 @dataclass
+class Problem:
+    """One thing wrong with a case: the key path it is about, and what is wrong."""
+
+    path: KeyPath
+    message: str
+
+
+def dotted(path: KeyPath) -> str:
+    """``optimizers.adam.betas[0]``: a key path as messages write it."""
+    return "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in path).lstrip(".")
+
+
+@dataclass
 class Source:
     """Where a case came from: a file (with key lines) or a Python dict (no lines)."""
 
