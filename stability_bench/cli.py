@@ -28,19 +28,26 @@ class UsageError(ValueError):
 
 
 def _case_files(paths: Sequence[str]) -> list[Path]:
-    """Case files named directly, or every *.yaml below a folder (default ``cases/``)."""
+    """Case files named directly, or every *.yaml below a folder (default ``cases/``) that
+    carries the ``stability-bench: 1`` marker — the files the pytest plugin collects."""
+    from stability_bench.yamlsource import has_case_marker
+
     files: list[Path] = []
     for raw in paths or ["cases"]:
         path = Path(raw)
         if path.is_dir():
-            files.extend(sorted(p for p in path.rglob("*.y*ml") if p.suffix in (".yaml", ".yml")))
+            files.extend(sorted(p for p in path.rglob("*.y*ml")
+                                if p.suffix in (".yaml", ".yml") and has_case_marker(p)))
         else:
             files.append(path)
     return files
 
 
 def _load(paths: Sequence[str], variant: str | None = None):
+    """The cases of ``paths``; their warnings (figures that will be unknown, and why) go
+    to stderr."""
     from stability_bench.schema import load_cases
+    from stability_bench.unknown_theory import case_warnings
 
     cases = []
     for file in _case_files(paths):
@@ -48,6 +55,8 @@ def _load(paths: Sequence[str], variant: str | None = None):
         if variant is not None:
             found = [c for c in found if c.name.rsplit("/", 1)[-1] == variant or c.name == variant]
         cases.extend(found)
+    for warning in dict.fromkeys(w for case in cases for w in case_warnings(case)):
+        print(f"stability-bench: warning: {warning}", file=sys.stderr)
     return cases
 
 

@@ -66,8 +66,12 @@ class CaseFile(pytest.File):
     def collect(self):
         from stability_bench.orchestrate import make_plan
         from stability_bench.schema import load_cases
+        from stability_bench.unknown_theory import case_warnings
 
-        plan = make_plan(load_cases(self.path), cuda_available=True)  # CUDA is checked per item
+        cases = load_cases(self.path)
+        for warning in dict.fromkeys(w for case in cases for w in case_warnings(case)):
+            self.warn(CaseWarning(warning))
+        plan = make_plan(cases, cuda_available=True)  # CUDA is checked per item
         for run_id in plan.requested:
             spec = plan.runs[run_id]
             item = CaseItem.from_parent(self, name=run_id, plan=plan)
@@ -83,6 +87,10 @@ class CaseFile(pytest.File):
         if isinstance(excinfo.value, CaseError):
             return f"malformed case file:\n{excinfo.value}"
         return f"{self.path}: could not read the case file: {type(excinfo.value).__name__}: {excinfo.value}"
+
+
+class CaseWarning(UserWarning):
+    """A figure a case asks for that will be unknown for one of its optimizers, and why."""
 
 
 class ExpectationFailed(Exception):

@@ -26,7 +26,7 @@ from stability_bench.components.models import MODELS
 from stability_bench.contracts import step_contract
 from stability_bench.eval_metrics import EVAL_METRICS  # noqa: F401  (registers the eval_* metrics)
 from stability_bench.metrics import RunView, compute_metrics
-from stability_bench.optimizers.thresholds import stability_threshold
+from stability_bench.optimizers.thresholds import threshold_and_reason
 from stability_bench.probes.registry import ProbePlan
 from stability_bench.results import RunResult, format_run_id
 from stability_bench.schedules import build_schedule
@@ -261,11 +261,11 @@ def params_of(model: torch.nn.Module) -> list[torch.nn.Parameter]:
 
 def _theory(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: Batches) -> dict:
     """The numbers expectations may compare with (see expectations.THEORY_REFERENCES)."""
-    threshold = stability_threshold(optimizer)
+    threshold, unknown = threshold_and_reason(optimizer)
     sharpness = model.known_sharpness() if hasattr(model, "known_sharpness") else None
     predicted = None if threshold is None or sharpness is None else bool(sharpness > threshold)
     return {"threshold": threshold, "sharpness": sharpness, "predicted_diverged": predicted,
-            "batches_per_epoch": batches.per_epoch}
+            "batches_per_epoch": batches.per_epoch, "threshold_unknown_reason": unknown}
 
 
 CHUNK_BYTES = 512 * 2**10  # float64 rows the CPU norms work through at a time (stays in cache)
@@ -470,7 +470,9 @@ def execute(spec: RunSpec, progress: Progress | None = None) -> RunResult:
         metrics=compute_metrics(view), history=history, probes=probe_columns, theory=theory,
         evals=eval_columns,
         meta={"wall_time_s": time.perf_counter() - started, "torch": torch.__version__,
-              "spikes": dataclasses.asdict(case.spikes)})
+              "spikes": dataclasses.asdict(case.spikes),
+              # probe column → {why it is NaN: first probed step}: a figure theory lacks is said to be unknown
+              "probe_unknown_reasons": probes.reasons if probes is not None else {}})
 
 
 def _truncate(columns: dict[str, list], divergence_step: int | None) -> dict[str, list]:

@@ -153,3 +153,14 @@ def test_a_run_past_its_timeout_stops_and_is_reported_with_exit_code_3(capsys):
     out, err = capsys.readouterr()
     assert code == 3 and "TIMEOUT budget::sgd-seed0-cpu" in out
     assert f"{DATA / 'timeout.yaml'}:7: timeout: the run took more than 1e-06 s; stopped after step 0" in err
+
+
+def test_a_folder_run_takes_only_marked_case_files(tmp_path, capsys):
+    """As the pytest plugin: another tool's YAML in the folder is not a case."""
+    from stability_bench.cli import main
+
+    (tmp_path / "ci.yaml").write_text("jobs: {build: {steps: [checkout]}}\n")
+    (tmp_path / "quad.yaml").write_text((Path(__file__).parent / "data" / "plugin" / "quad_slow.yaml").read_text())
+    assert main(["list", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines() == ["quad_slow (slow): "]
