@@ -80,7 +80,10 @@ class Registry(Generic[T]):
         return sorted(self._entries)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._entries
+        try:
+            return name in self._entries
+        except TypeError:  # an unhashable name (a list from YAML) is not in any registry
+            return False
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())

@@ -128,6 +128,7 @@ def start(spec: RunSpec) -> Session:
     batches = _located(case, ("batch",), lambda: Batches(
         data, case.batch["size"], case.batch["shuffle"], case.batch["drop_last"],
         torch.Generator().manual_seed(spec.seed + 1)))
+    check_one_batch(case, model, loss_fn, data)
     params = params_of(model)
     optimizer = _located(case, ("optimizers", spec.optimizer.key),
                          lambda: spec.optimizer.cls(params, **spec.params))
@@ -243,6 +244,26 @@ def eval_loss(session: Session) -> torch.Tensor:
     with evaluation_mode(session), untouched(session.model, session.optimizer, session.params), torch.no_grad():
         session.model.eval()
         return session.loss_fn(session.model(data.x), data.y).detach()
+
+
+def check_one_batch(case: Case, model: torch.nn.Module, loss_fn: Callable, data: TensorData) -> None:
+    """The loss of the first two examples, untracked, so a model that does not fit its
+    data (or a loss that does not fit its targets) is a setup error naming model, data and
+    shapes, not a RuntimeError from inside the first training step."""
+    x, y, out = data.x[:2], data.y[:2], None
+    try:
+        with torch.no_grad():
+            out = model(x)
+            loss = loss_fn(out, y)
+        if loss.numel() != 1:
+            raise ValueError(f"the loss has shape {tuple(loss.shape)}, not a single number")
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+        shapes = (f"inputs {tuple(x.shape[1:])} and targets {tuple(y.shape[1:])} ({y.dtype}) per example"
+                  + (f", model output {tuple(out.shape[1:])}" if isinstance(out, torch.Tensor) else ""))
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RunSetupError(f"{case.where(('model',))}: model: model {case.model['kind']!r} does not fit "
+                            f"data {case.data['kind']!r} with loss {case.loss['kind']!r}: {shapes}: "
+                            f"{reason}") from exc
 
 
 def replay(spec: RunSpec, steps: int) -> Session:

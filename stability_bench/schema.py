@@ -294,7 +294,7 @@ def _hparam_hint(default: Any, annotation: Any) -> Any:
     may also hold Tensor), else the type of its default; Any when neither says."""
     def writable(hint: Any) -> bool:
         origin, args = typing.get_origin(hint), typing.get_args(hint)
-        if origin in (list, tuple, Annotated) or _is_union(origin):
+        if origin in (list, tuple, dict, Annotated) or _is_union(origin):
             return any(writable(a) for a in args if a is not Ellipsis)
         return origin is Literal or hint in _PLAIN
     if annotation is not None and writable(annotation):
@@ -809,7 +809,7 @@ def _read(path_or_dict: str | Path | Mapping) -> tuple[Any, Source]:
         return read_yaml(path)
     except SourceError as exc:  # keep the line for Source.where
         lines = {(): exc.line} if exc.line is not None else {}
-        raise CaseError(Source(str(path), lines), [Problem((), exc.message)]) from None
+        raise CaseError(Source(str(path), lines), [Problem(exc.path, exc.message)]) from None
 
 
 def _in_variant(problem: Problem, name: str, source: Source, base: list[Problem]) -> Problem | None:

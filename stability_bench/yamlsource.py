@@ -32,10 +32,10 @@ _MARKER_LINE = re.compile(rb"^(?:" + MARKER.encode() + rb"|'" + MARKER.encode() 
 
 
 class SourceError(ValueError):
-    """The file cannot be read as a case's YAML; names file and (where known) line."""
+    """The file cannot be read as a case's YAML; names file and (where known) line and key path."""
 
-    def __init__(self, file: str, line: int | None, message: str):
-        self.file, self.line, self.message = file, line, message
+    def __init__(self, file: str, line: int | None, message: str, path: KeyPath = ()):
+        self.file, self.line, self.message, self.path = file, line, message, tuple(path)
         super().__init__(f"{file}:{line}: {message}" if line is not None else f"{file}: {message}")
 
 
@@ -102,6 +102,9 @@ _Loader.add_implicit_resolver(
     list("-+0123456789."))
 
 
+_PLAIN_COLLECTIONS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
+
+
 class _Builder:
     """Plain objects and the line table from a node tree, counting every value built
     (an alias is counted each time it is used: that is what expansion costs)."""
@@ -110,44 +113,47 @@ class _Builder:
         self.loader, self.file, self.count = loader, file, 0
         self.lines: dict[KeyPath, int] = {}
 
-    def fail(self, node: yaml.Node, message: str) -> SourceError:
-        return SourceError(self.file, node.start_mark.line + 1, message)
+    def fail(self, node: yaml.Node, message: str, path: KeyPath) -> SourceError:
+        return SourceError(self.file, node.start_mark.line + 1, message, path)
 
-    def scalar(self, node: yaml.Node) -> Any:
+    def scalar(self, node: yaml.Node, path: KeyPath) -> Any:
         try:
             return self.loader.construct_object(node, deep=True)
-        except yaml.MarkedYAMLError:
-            raise
+        except yaml.MarkedYAMLError as exc:  # e.g. a !!python/... tag
+            raise self.fail(node, f"not valid YAML: {exc.problem}", path) from None
         except Exception as exc:  # e.g. !!int abc, a date like 2024-13-45
-            raise self.fail(node, f"cannot read {node.value!r} as {node.tag.rsplit(':', 1)[-1]}: {exc}") from None
+            raise self.fail(node, f"cannot read {node.value!r} as {node.tag.rsplit(':', 1)[-1]}: {exc}",
+                            path) from None
 
     def build(self, node: yaml.Node, path: KeyPath) -> Any:
         self.count += 1
         if self.count > MAX_VALUES:  # named at the top-level key being expanded
             line = self.lines.get(path[:1]) or node.start_mark.line + 1
-            raise SourceError(self.file, line, f"{'.'.join(map(str, path[:1])) or 'the file'} expands "
-                              f"to more than {MAX_VALUES:,} values (aliases counted each time they are "
-                              f"used); a case has a few hundred")
+            raise SourceError(self.file, line, f"expands to more than {MAX_VALUES:,} values (aliases "
+                              f"counted each time they are used); a case has a few hundred", path[:1])
         self.lines.setdefault(path, node.start_mark.line + 1)
+        if not isinstance(node, yaml.ScalarNode) and node.tag not in _PLAIN_COLLECTIONS:
+            raise self.fail(node, f"the tag {node.tag!r} is not allowed in a case file", path)
         if isinstance(node, yaml.MappingNode):
             out: dict[Any, Any] = {}
             for key_node, value_node in node.value:
                 if key_node.tag == "tag:yaml.org,2002:merge":  # expanding merges is another bomb
                     raise self.fail(key_node, "merge keys (<<) are not supported; a case file "
-                                              "states shared settings once and uses variants:")
+                                              "states shared settings once and uses variants:", path)
                 if not isinstance(key_node, yaml.ScalarNode):
-                    raise self.fail(key_node, "a key must be a plain name, not a list or mapping")
-                key = self.scalar(key_node)
+                    raise self.fail(key_node, "a key must be a plain name, not a list or mapping", path)
+                key = self.scalar(key_node, path)
                 if key in out:
                     raise self.fail(key_node, f"duplicate key {key!r} in "
-                                              f"{'.'.join(map(str, path)) or 'the top level'}")
+                                              f"{'.'.join(map(str, path)) or 'the top level'}",
+                                    path + (key,))
                 child = path + (key,)
                 self.lines[child] = key_node.start_mark.line + 1
                 out[key] = self.build(value_node, child)
             return out
         if isinstance(node, yaml.SequenceNode):
             return [self.build(item, path + (i,)) for i, item in enumerate(node.value)]
-        return self.scalar(node)
+        return self.scalar(node, path)
 
 
 def _decode(data: bytes, file: str) -> str:

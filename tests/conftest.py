@@ -1,5 +1,29 @@
 """Shared test configuration: pytester runs the plugin in a scratch folder."""
+import os
+from pathlib import Path
+
+import pytest
+
 pytest_plugins = ["pytester"]
+
+
+# ---- pytester runs pytest in a subprocess -------------------------------------------------
+# In-process, pytester removes from sys.modules every module a run imported once the run
+# ends, but those modules leave state behind: ``matplotlib`` keeps attributes pointing at
+# its dropped submodules (a later figure mixes two copies of gridspec) and torch keeps
+# operator registrations (re-importing torch._inductor.test_operators then fails). Which
+# modules a run imports depends on test order, so shuffled runs failed. A subprocess
+# leaves this process untouched; PYTHONPATH makes it import this checkout's code.
+def pytest_configure(config):
+    if config.getoption("runpytest", None) == "inprocess":
+        config.option.runpytest = "subprocess"
+
+
+@pytest.fixture
+def pytester(pytester, monkeypatch):
+    root = str(Path(__file__).resolve().parents[1])
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    return pytester
 
 
 # ---- hypothesis profiles -------------------------------------------------------------------
@@ -9,16 +33,13 @@ pytest_plugins = ["pytester"]
 # "thorough": for a manual deep run (HYPOTHESIS_PROFILE=thorough).
 # Chosen by $HYPOTHESIS_PROFILE if set, else "ci" when $CI is set (CI services set CI=true),
 # else "dev". Tests that pin max_examples themselves keep their own count.
-import os as _os
-
-import pytest
 from hypothesis import settings as _settings
 
 _settings.register_profile("ci", derandomize=True, deadline=None, max_examples=30, print_blob=True)
 _settings.register_profile("dev", deadline=None, max_examples=30)
 _settings.register_profile("thorough", deadline=None, max_examples=500)
-_settings.load_profile(_os.environ.get("HYPOTHESIS_PROFILE")
-                       or ("ci" if _os.environ.get("CI", "").lower() not in ("", "0", "false") else "dev"))
+_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE")
+                       or ("ci" if os.environ.get("CI", "").lower() not in ("", "0", "false") else "dev"))
 
 
 @pytest.fixture(autouse=True)
