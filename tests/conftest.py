@@ -17,6 +17,18 @@ pytest_plugins = ["pytester"]
 def pytest_configure(config):
     if config.getoption("runpytest", None) == "inprocess":
         config.option.runpytest = "subprocess"
+    _one_torch_thread()
+
+
+def _one_torch_thread():
+    """Unit tests that call torch directly run on one intra-op thread, as the harness gives
+    every shipped case (stability_bench.threads): with pytest-xdist's one worker per core,
+    torch's default of one thread per core would oversubscribe a small machine. An explicit
+    $OMP_NUM_THREADS is left alone."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        import torch
+
+        torch.set_num_threads(1)
 
 
 @pytest.fixture
@@ -48,13 +60,3 @@ def _triage_in_tmp(tmp_path_factory, monkeypatch):
     not ./triage (which CI uploads for real case failures)."""
     monkeypatch.setenv("STABILITY_BENCH_TRIAGE", str(tmp_path_factory.mktemp("triage")))
 
-
-def pytest_configure(config):
-    """Unit tests that call torch directly run on one intra-op thread, as the harness gives
-    every shipped case (stability_bench.threads): with pytest-xdist's one worker per core,
-    torch's default of one thread per core would oversubscribe a small machine. An explicit
-    $OMP_NUM_THREADS is left alone."""
-    if "OMP_NUM_THREADS" not in _os.environ:
-        import torch
-
-        torch.set_num_threads(1)
