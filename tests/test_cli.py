@@ -89,9 +89,10 @@ CIFAR_DATA_LINE = 3
 @pytest.fixture
 def case_file(tmp_path):
     def write(text: str, name: str = "case.yaml") -> str:
+        """The case, marked as one at the end (the line numbers the tests name stay put)."""
         path = tmp_path / "cases" / name
         path.parent.mkdir(exist_ok=True)
-        path.write_text(text)
+        path.write_text(text + "stability-bench: 1\n")
         return str(path)
 
     return write

@@ -364,9 +364,10 @@ expect:
 
 
 def write_case(folder: Path, text: str, name: str = "case.yaml") -> Path:
+    """The case, marked as one at the end (the line numbers the tests name stay put)."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / name
-    path.write_text(text)
+    path.write_text(text + ("" if text.endswith("\n") else "\n") + "stability-bench: 1\n")
     return path
 
 
