@@ -38,12 +38,14 @@ class RunSpec:
     params: dict
     seed: int
     device: str
+    perturb: int = 0  # nudge every parameter by this many ulps after init (baseline noise)
 
     @property
     def run_id(self) -> str:
         label = self.optimizer.label(self.params)
         point = f"[{label}]" if label else ""
-        return f"{self.case.name}::{self.optimizer.key}{point}-seed{self.seed}-{self.device}"
+        nudged = f"-perturb{self.perturb}" if self.perturb else ""
+        return f"{self.case.name}::{self.optimizer.key}{point}-seed{self.seed}-{self.device}{nudged}"
 
 
 def plan_runs(case: Case, devices: Iterable[str] | None = None,
@@ -116,6 +118,12 @@ def start(spec: RunSpec) -> Session:
         data, case.batch["size"], case.batch["shuffle"], case.batch["drop_last"],
         torch.Generator().manual_seed(spec.seed + 1)))
     params = params_of(model)
+    if spec.perturb:  # a rounding-level change of the same run: each parameter moved |perturb| ulps
+        toward = torch.tensor(float("inf") if spec.perturb > 0 else float("-inf"), dtype=dtype)
+        with torch.no_grad():
+            for p in params:
+                for _ in range(abs(spec.perturb)):
+                    p.copy_(torch.nextafter(p, toward.to(p.device)))
     optimizer = _located(case, ("optimizers", spec.optimizer.key),
                          lambda: spec.optimizer.cls(params, **spec.params))
     return Session(spec, model, params, loss_fn, data, batches, optimizer)

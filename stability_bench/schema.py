@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal, Mapping, Union
 
 from stability_bench.components.data import DATA
+from stability_bench.critical_lr import section_problems as critical_lr_problems
 from stability_bench.components.losses import LOSSES
 from stability_bench.components.models import MODELS
 from stability_bench.expectations import COMPARATORS, PARITY, PARITY_KEYS, THEORY_REFERENCES
@@ -424,6 +425,7 @@ TOP_LEVEL: dict[str, Any] = {
     "dtype": Literal["float32", "float64"], "model": dict, "data": dict, "loss": dict,
     "batch": Union[str, dict], "steps": int, "optimizers": dict, "expect": dict,
     "divergence": dict, "spikes": dict, "slow": bool, "variants": dict, "probes": dict,
+    "critical_lr": Union[dict, None],   # see stability_bench.critical_lr
 }
 REQUIRED = {"name", "model", "loss", "steps", "optimizers"}
 _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
@@ -490,6 +492,7 @@ def _validate(raw: Any, source: Source) -> Case:
             if parsed:
                 optimizers[str(key)] = parsed
     expectations = _expectations(raw.get("expect", {}), raw.get("optimizers") or {}, ("expect",), problems)
+    problems += critical_lr_problems(raw.get("critical_lr"), optimizers)
     if problems:
         raise CaseError(source, problems)
     batch_spec = ({"size": None, "shuffle": False, "drop_last": False} if batch == "full" else
