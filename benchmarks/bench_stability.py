@@ -175,3 +175,49 @@ class PrecondSharpness:
         return _lookup(cache, run, "precond_ratio_distance")
 
     track_ratio_distance.unit = "|ratio - 1|"
+
+
+def _critical_specs():
+    """(label ``case::optimizer``, case, optimizer key) of every ``critical_lr:`` entry of the
+    shipped cases."""
+    from stability_bench.critical_lr import specs
+
+    return [(f"{case.name}::{key}", case, key) for case in shipped_cases() for key in specs(case)]
+
+
+class CriticalLr:
+    """The critical learning rate of each ``critical_lr:`` entry of the shipped cases (seed 0,
+    CPU), as the margin it leaves below its bracket's top: log10(hi / critical lr), in
+    decades. asv counts a higher value as worse, and a lower critical lr (less stability
+    margin) raises it; it is never negative. An edge outside the bracket is reported as a
+    skip with the search's reason, not as a number.
+    """
+
+    params = [[label for label, _, _ in _critical_specs()] or ["(no case declares critical_lr)"]]
+    param_names = ["entry"]
+    timeout = 60
+
+    def setup_cache(self):
+        import torch
+
+        from stability_bench.critical_lr import find_critical_lr, specs
+
+        torch.set_num_threads(1)
+        out = {}
+        for label, case, key in _critical_specs():
+            found = find_critical_lr(case, key, SEED, "cpu")
+            out[label] = (math.log10(specs(case)[key].hi / found.value) if found.value is not None
+                          else found.reason)
+        return out
+
+    setup_cache.timeout = 900
+
+    def setup(self, cache, entry):
+        if not isinstance(cache.get(entry), float):
+            raise NotImplementedError(cache.get(entry) or f"no critical_lr entry {entry!r}")
+
+    def track_margin_lost(self, cache, entry):
+        """log10(bracket top / critical lr): decades of learning rate below the bracket's top."""
+        return cache[entry]
+
+    track_margin_lost.unit = "decades"

@@ -63,7 +63,12 @@ FIGURES: dict[str, Callable[[RunResult], Any]] = {
 }
 DEFAULT_FIGURES: tuple[str, ...] = tuple(FIGURES)
 
-WORSE, BETTER, CHANGED, SAME = "WORSE", "better", "changed", ""
+WORSE, BETTER, CHANGED, SAME, NOISY = "WORSE", "better", "changed", "", "noisy"
+# compare's figure → the baseline figure whose band judges it (steps lost move exactly
+# as much as the divergence step does).
+BAND_OF = {"late_instability": "late_instability", "spike_frequency": "spike_frequency",
+           "final_loss": "final_loss", "min_loss": "min_loss", "divergence": "divergence_step",
+           "diverged": "diverged"}
 
 
 class CompareInputError(ValueError):
@@ -88,6 +93,7 @@ class Comparison:
     atol: float
     only_old: list[str] = field(default_factory=list)
     only_new: list[str] = field(default_factory=list)
+    banded: bool = False     # noise bands judged the figures they cover
 
     @property
     def worse(self) -> list[Row]:
@@ -164,9 +170,31 @@ def compare_figure(old: Any, new: Any, threshold: float = 1.1, atol: float = 0.0
     return ratio, diff, verdict
 
 
+def compare_in_band(figure: str, old: Any, new: Any, band: dict) -> tuple[float | None, float | None, str] | None:
+    """(ratio, difference, verdict) of a figure judged by its baseline ``band`` entry; None
+    when the band cannot judge it (no tolerance: booleans, undefined values)."""
+    from stability_bench.baseline import _scaled
+
+    if not band.get("informative", True):
+        return None, None, NOISY
+    tolerance, name = band.get("tolerance"), BAND_OF[figure]
+    a, b = _number(old), _number(new)
+    if tolerance is None or a is None or b is None:
+        return None
+    ratio = 1.0 if a == b else (b / a if a else math.copysign(math.inf, b))
+    if figure == "divergence":
+        shift = b - a  # steps lost: lower is better, in steps like the divergence step's band
+    else:
+        shift = _scaled(name, b) - _scaled(name, a)
+    verdict = WORSE if shift > tolerance else BETTER if shift < -tolerance else SAME
+    return ratio, b - a, verdict
+
+
 def compare_runs(old: Sequence[RunResult], new: Sequence[RunResult], figures: Iterable[str] = DEFAULT_FIGURES,
-                 threshold: float = 1.1, atol: float = 0.0) -> Comparison:
-    """Rows for every run in both lists (in OLD's order) and every figure."""
+                 threshold: float = 1.1, atol: float = 0.0, bands: dict | None = None) -> Comparison:
+    """Rows for every run in both lists (in OLD's order) and every figure; ``bands``: a
+    baseline (``stability_bench.baseline``) whose noise bands judge the figures they cover."""
+    from stability_bench.baseline import baseline_key
     figures = check_figures(figures)
     if not (math.isfinite(threshold) and threshold >= 1.0):
         raise CompareInputError(f"--threshold must be a number >= 1 (a ratio new/old), got {threshold}")
@@ -179,13 +207,16 @@ def compare_runs(old: Sequence[RunResult], new: Sequence[RunResult], figures: It
         other = new_by_id.get(run.run_id)
         if other is None:
             continue
+        entry = ((bands or {}).get("runs", {}).get(baseline_key(run.run_id)) or {}).get("figures", {})
         for figure in figures:
             a, b = FIGURES[figure](run), FIGURES[figure](other)
-            ratio, diff, verdict = compare_figure(a, b, threshold, atol)
+            band = entry.get(BAND_OF.get(figure, ""))
+            judged = compare_in_band(figure, a, b, band) if band else None
+            ratio, diff, verdict = judged or compare_figure(a, b, threshold, atol)
             rows.append(Row(run.run_id, figure, a, b, ratio, diff, verdict))
     return Comparison(rows, threshold, atol,
                       only_old=[r.run_id for r in old if r.run_id not in new_by_id],
-                      only_new=[r.run_id for r in new if r.run_id not in old_ids])
+                      only_new=[r.run_id for r in new if r.run_id not in old_ids], banded=bands is not None)
 
 
 def check_figures(names: Iterable[str]) -> list[str]:
@@ -252,18 +283,52 @@ def format_table(comparison: Comparison, changed_only: bool = False) -> str:
             out.append(f"{label}: {run_id}")
     runs = len({r.run_id for r in comparison.rows})
     worse, better = comparison.worse, comparison.better
+    noisy = sum(r.verdict == NOISY for r in comparison.rows)
     summary = (f"{len(worse)} figure(s) worse past the threshold (ratio > {comparison.threshold:g}"
                + (f", difference > {comparison.atol:g}" if comparison.atol else "")
-               + f"), {len(better)} better, {len(comparison.rows) - len(worse) - len(better)} within it; "
-               f"{runs} run(s) compared")
+               + (", or past the noise band where the baseline has one" if comparison.banded else "")
+               + f"), {len(better)} better, {len(comparison.rows) - len(worse) - len(better) - noisy} within it"
+               + (f", {noisy} noisy (not compared)" if noisy else "")
+               + f"; {runs} run(s) compared")
+    if comparison.only_old or comparison.only_new:
+        summary += (f"; {len(comparison.only_old)} run(s) only in OLD"
+                    + (" (missing from NEW: exit 1)" if comparison.only_old else "")
+                    + f", {len(comparison.only_new)} only in NEW")
     out.append(summary)
     return "\n".join(out)
 
 
+def load_bands(*paths: str | Path | None) -> dict | None:
+    """Noise bands: the first of ``paths`` that is a baseline file, or the ``"baseline"``
+    entry a results file carries; None if none has bands."""
+    from stability_bench.baseline import BaselineError, read_baseline
+
+    for path in paths:
+        if path is None:
+            continue
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and isinstance(data.get("baseline"), dict):
+            return data["baseline"]
+        try:
+            return read_baseline(path)
+        except BaselineError:
+            continue
+    return None
+
+
 def run_compare(old_path: str | Path, new_path: str | Path, threshold: float = 1.1, atol: float = 0.0,
-                figures: Iterable[str] | None = None, changed_only: bool = False) -> tuple[int, str]:
-    """(exit status, report) for ``stability-bench compare``; CompareInputError on bad input."""
-    comparison = compare_runs(load(old_path), load(new_path), figures or DEFAULT_FIGURES, threshold, atol)
+                figures: Iterable[str] | None = None, changed_only: bool = False,
+                baseline: str | Path | None = None) -> tuple[int, str]:
+    """(exit status, report) for ``stability-bench compare``; CompareInputError on bad input.
+    ``baseline``: a baseline file whose noise bands judge the figures (else the bands a
+    results file carries, if any)."""
+    if baseline is not None and load_bands(baseline) is None:
+        raise CompareInputError(f"{baseline}: not a stability-bench baseline file")
+    bands = load_bands(baseline, new_path, old_path)
+    comparison = compare_runs(load(old_path), load(new_path), figures or DEFAULT_FIGURES, threshold, atol, bands)
     if not comparison.rows:
         raise CompareInputError(f"no run is in both {old_path} and {new_path} (runs are matched by run_id)")
-    return (1 if comparison.worse else 0), format_table(comparison, changed_only)
+    return (1 if comparison.worse or comparison.only_old else 0), format_table(comparison, changed_only)

@@ -66,7 +66,7 @@ def partner_spec(spec: "RunSpec", partner: str) -> "RunSpec":
     from stability_bench.runner import RunSpec
 
     point = partner_point(spec.case, spec.params, partner)
-    return RunSpec(spec.case, spec.case.optimizers[partner], point, spec.seed, spec.device)
+    return RunSpec(spec.case, spec.case.optimizers[partner], point, spec.seed, spec.device, spec.perturb)
 
 
 def make_plan(cases: Iterable["Case"], devices: Iterable[str] | None = None,

@@ -19,10 +19,11 @@ FORMAT = "stability-bench-results"
 VERSION = 1
 
 
-def format_run_id(case: str, optimizer: str, label: str, seed: int, device: str) -> str:
-    """``case::optimizer[lr=0.1]-seed0-cpu``: names one run in results, items and reports."""
+def format_run_id(case: str, optimizer: str, label: str, seed: int, device: str, perturb: int = 0) -> str:
+    """``case::optimizer[lr=0.1]-seed0-cpu``: names one run in results, items and reports
+    (``-perturb1``: its initial parameters nudged by one ulp, for baseline noise bands)."""
     point = f"[{label}]" if label else ""
-    return f"{case}::{optimizer}{point}-seed{seed}-{device}"
+    return f"{case}::{optimizer}{point}-seed{seed}-{device}" + (f"-perturb{perturb}" if perturb else "")
 
 
 @dataclass

@@ -45,11 +45,12 @@ class RunSpec:
     params: dict
     seed: int
     device: str
+    perturb: int = 0  # nudge every parameter by this many ulps after init (baseline noise)
 
     @property
     def run_id(self) -> str:
         return format_run_id(self.case.name, self.optimizer.key, self.optimizer.label(self.params),
-                             self.seed, self.device)
+                             self.seed, self.device, self.perturb)
 
 
 def plan_runs(case: Case, devices: Iterable[str] | None = None,
@@ -130,6 +131,12 @@ def start(spec: RunSpec) -> Session:
         torch.Generator().manual_seed(spec.seed + 1)))
     check_one_batch(case, model, loss_fn, data)
     params = params_of(model)
+    if spec.perturb:  # a rounding-level change of the same run: each parameter moved |perturb| ulps
+        toward = torch.tensor(float("inf") if spec.perturb > 0 else float("-inf"), dtype=dtype)
+        with torch.no_grad():
+            for p in params:
+                for _ in range(abs(spec.perturb)):
+                    p.copy_(torch.nextafter(p, toward.to(p.device)))
     optimizer = _located(case, ("optimizers", spec.optimizer.key),
                          lambda: spec.optimizer.cls(params, **spec.params))
     contract = step_contract(spec.optimizer.cls)

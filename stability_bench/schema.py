@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal, Mapping, Union
 from stability_bench.components import AtLeast, Count
 from stability_bench.components.building import takes_context
 from stability_bench.components.data import DATA
+from stability_bench.critical_lr import section_problems as critical_lr_problems
 from stability_bench.components.losses import LOSSES
 from stability_bench.components.models import MODELS
 from stability_bench.contracts import ContractError, step_contract
@@ -666,6 +667,7 @@ TOP_LEVEL: dict[str, Any] = {
     "batch": Union[str, dict], "steps": int, "optimizers": dict, "expect": dict,
     "divergence": dict, "spikes": dict, "slow": bool, "variants": dict, "probes": dict,
     "timeout": float,
+    "critical_lr": Union[dict, None],   # see stability_bench.critical_lr
 }
 # Training sections beyond the loop itself (see _check_training).
 TOP_LEVEL.update({"schedule": Union[dict, None], "clip_grad_norm": Union[dict, None],
@@ -753,6 +755,7 @@ def _validate(raw: Any, source: Source) -> Case:
                 optimizers[str(key)] = parsed
     expectations = _expectations(raw.get("expect", {}), raw.get("optimizers") or {}, ("expect",), problems)
     training = _check_training(raw, optimizers, problems)
+    problems += critical_lr_problems(raw.get("critical_lr"), optimizers)
     if problems:
         raise CaseError(source, problems)
     batch_spec = ({"size": None, "shuffle": False, "drop_last": False} if batch == "full" else

@@ -188,3 +188,51 @@ def test_load_reads_real_results_file(tmp_path):
     assert loaded.metrics["late_instability"] == 1.5
     with pytest.raises(CompareInputError):
         load(tmp_path / "absent.json")
+
+
+# ---------------------------------------------------------------------------- noise bands
+def bands(**figures) -> dict:
+    """A baseline (stability_bench.baseline format) with bands for toy::a's figures."""
+    return {"format": "stability-bench-baseline", "version": 1, "critical_lr": {},
+            "runs": {"toy::a-cpu": {"optimizer": "opt", "figures": figures}}}
+
+
+def test_bands_judge_the_figures_they_cover(tmp_path, capsys):
+    """final_loss 1e-6 → 2e-6 is ×2 (worse by the 1.1 ratio) but 0.301 decades, inside a
+    0.5-decade band; late_instability 2 → 3 is chaotic in the baseline: noisy, not worse;
+    min_loss 1e-8 → 1e-7 is 1 decade, past the 0.5-decade band: worse."""
+    from stability_bench.baseline import write_baseline
+
+    old = write(tmp_path / "old.json", [run("toy::a-seed0-cpu", late_instability=2.0, final_loss=1e-6, min_loss=1e-8)])
+    new = write(tmp_path / "new.json", [run("toy::a-seed0-cpu", late_instability=3.0, final_loss=2e-6, min_loss=1e-7)])
+    baseline = tmp_path / "toy.baseline.json"
+    write_baseline(baseline, bands(
+        final_loss={"scale": "log", "tolerance": 0.5, "informative": True},
+        min_loss={"scale": "log", "tolerance": 0.5, "informative": True},
+        late_instability={"scale": "linear", "informative": False, "reason": "chaotic"}))
+    assert main(["compare", old, new, "--metrics", "final_loss,late_instability"]) == 1  # no bands: ratios
+    capsys.readouterr()
+    from stability_bench.compare import run_compare
+    status, table = run_compare(old, new, figures=["final_loss", "late_instability", "min_loss"], baseline=baseline)
+    rows = {line.split()[1]: line.split()[-1] for line in table.splitlines()[2:5]}
+    # the last column: the verdict, or the difference where the verdict is empty (within)
+    assert rows == {"final_loss": "+1e-06", "late_instability": "noisy", "min_loss": "WORSE"}
+    assert status == 1
+    assert table.splitlines()[-1] == ("1 figure(s) worse past the threshold (ratio > 1.1, or past the noise band "
+                                      "where the baseline has one), 0 better, 1 within it, 1 noisy (not compared); "
+                                      "1 run(s) compared")
+    status, _ = run_compare(old, new, figures=["final_loss", "late_instability"], baseline=baseline)
+    assert status == 0
+
+
+def test_a_run_missing_from_new_is_reported_and_fails(tmp_path, capsys):
+    old = write(tmp_path / "old.json", [run("toy::a-seed0-cpu"), run("toy::gone-seed0-cpu")])
+    new = write(tmp_path / "new.json", [run("toy::a-seed0-cpu"), run("toy::added-seed0-cpu")])
+    assert main(["compare", old, new]) == 1
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.startswith("0 figure(s) worse") and last.endswith(
+        "1 run(s) compared; 1 run(s) only in OLD (missing from NEW: exit 1), 1 only in NEW")
+    assert main(["compare", new, old, "--metrics", "spike_count"]) == 1  # 'added' is missing from that NEW
+    assert main(["compare", old, write(tmp_path / "more.json", [run("toy::a-seed0-cpu"), run("toy::gone-seed0-cpu"),
+                                                                  run("toy::x-seed0-cpu")])]) == 0  # only added runs
+    capsys.readouterr()

@@ -1,0 +1,310 @@
+"""The critical learning rate: the largest learning rate at which a run does not diverge.
+
+A case declares, per optimizer, a bracket and a relative precision::
+
+    critical_lr:
+      sgd: {bracket: [1.0e-4, 1.0e-2], rtol: 0.02}          # param: lr by default
+      adam: {bracket: [1.0e-2, 10.0], steps: 300, divergence: {factor: 100.0},
+             expect: {between: [1.0, 5.0]}}
+
+The search (:class:`CriticalLrSearch`) trains nothing itself: it asks for batches of
+learning rates and is told which diverged, so every probe is an ordinary run and a round
+of k probes can run in parallel (k-section on a log scale). It first checks both edges
+of the bracket (lo must be stable, hi must diverge), then narrows [stable, diverged]
+until hi/lo <= 1 + rtol; the result is the stable end, within rtol of the true edge.
+Where divergence is not monotone in the learning rate, the interval follows the lowest
+diverged probe (the conservative edge). The driver :func:`find_critical_lr` turns the
+learning rates into runs and hands them to an injected ``run_many``.
+
+This module imports no torch at load time: the schema calls its validator.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+from stability_bench.expectations import COMPARATORS, Outcome
+from stability_bench.registry import nearest
+
+if TYPE_CHECKING:
+    from stability_bench.results import RunResult
+    from stability_bench.runner import RunSpec
+    from stability_bench.schema import Case, OptimizerSpec, Problem
+
+SECTION = "critical_lr"
+DEFAULT_RTOL = 0.02
+# key → (type check, what it must be), for the validator's messages.
+KEYS = {
+    "bracket": "[lo, hi]: two learning rates, 0 < lo < hi",
+    "rtol": "the relative precision of the result, a number in (0, 1) (default 0.02)",
+    "param": "the hyperparameter searched (default lr)",
+    "steps": "steps of each probe run (default: the case's steps), an integer >= 1",
+    "divergence": "what counts as diverged for the search: {factor: F} or {max_loss: L} "
+                  "(default: the case's divergence)",
+    "expect": "{comparator: bound} on the critical learning rate, e.g. {between: [5.0e-4, 8.0e-4]}",
+}
+
+
+@dataclass(frozen=True)
+class CriticalLrSpec:
+    """One optimizer's ``critical_lr:`` entry, defaults filled in."""
+
+    optimizer: str
+    lo: float
+    hi: float
+    rtol: float = DEFAULT_RTOL
+    param: str = "lr"
+    steps: int | None = None
+    divergence: dict | None = None
+    expect: dict = field(default_factory=dict)
+
+
+def specs(case: "Case") -> dict[str, CriticalLrSpec]:
+    """The case's validated ``critical_lr:`` entries, by optimizer key."""
+    section = case.raw.get(SECTION) or {}
+    return {key: CriticalLrSpec(key, float(entry["bracket"][0]), float(entry["bracket"][1]),
+                                float(entry.get("rtol", DEFAULT_RTOL)), entry.get("param", "lr"),
+                                entry.get("steps"), entry.get("divergence"), dict(entry.get("expect") or {}))
+            for key, entry in section.items()}
+
+
+# ------------------------------------------------------------------------------ search
+@dataclass
+class CriticalLr:
+    """The outcome of a search. ``value`` is the largest learning rate found stable, within
+    ``rtol`` of the edge (the edge lies in [lower, upper]); None with a ``reason`` when the
+    bracket does not hold the edge. ``probes``: (lr, diverged) in the order reported."""
+
+    value: float | None
+    lower: float | None
+    upper: float | None
+    rtol: float
+    reason: str | None = None
+    probes: list[tuple[float, bool]] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class CriticalLrSearch:
+    """Log-scale k-section for the edge between stable and diverged learning rates.
+
+    ``pending()`` lists the learning rates to run next (the two edges first, then ``parallel``
+    interior points per round); ``report(lr, diverged)`` records each outcome; once a round
+    is complete the next one is planned. ``done`` and ``result`` say when and what.
+    """
+
+    def __init__(self, lo: float, hi: float, rtol: float = DEFAULT_RTOL, parallel: int = 1):
+        if not (0 < lo < hi and math.isfinite(hi)):
+            raise ValueError(f"the bracket must satisfy 0 < lo < hi, got [{lo!r}, {hi!r}]")
+        if not 0 < rtol < 1:
+            raise ValueError(f"rtol must be in (0, 1), got {rtol!r}")
+        if parallel < 1:
+            raise ValueError(f"parallel must be at least 1, got {parallel!r}")
+        self.lo, self.hi, self.rtol, self.parallel = float(lo), float(hi), float(rtol), int(parallel)
+        self._round: dict[float, bool | None] = {self.lo: None, self.hi: None}
+        self._edges_checked = False
+        self.probes: list[tuple[float, bool]] = []
+        self.result: CriticalLr | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.result is not None
+
+    def pending(self) -> list[float]:
+        """Learning rates asked for and not yet reported (all of one round: run them together)."""
+        return [lr for lr, outcome in self._round.items() if outcome is None]
+
+    def report(self, lr: float, diverged: bool) -> None:
+        if lr not in self._round or self._round[lr] is not None:
+            raise ValueError(f"learning rate {lr!r} was not asked for (pending: {self.pending()})")
+        self._round[lr] = bool(diverged)
+        self.probes.append((lr, bool(diverged)))
+        if not self.pending():
+            self._next_round()
+
+    def _finish(self, value: float | None, reason: str | None = None) -> None:
+        self._round = {}
+        lower, upper = (self.lo, self.hi) if value is not None else (None, None)
+        self.result = CriticalLr(value, lower, upper, self.rtol, reason, list(self.probes))
+
+    def _next_round(self) -> None:
+        outcomes = sorted(self._round.items())
+        if not self._edges_checked:
+            self._edges_checked = True
+            if outcomes[0][1]:
+                return self._finish(None, f"critical lr below the bracket: lr={self.lo:g} (lo) diverged")
+            if not outcomes[-1][1]:
+                return self._finish(None, f"critical lr above the bracket: lr={self.hi:g} (hi) did not diverge")
+        else:
+            first = next(i for i, (_, diverged) in enumerate(outcomes) if diverged)
+            self.lo, self.hi = outcomes[first - 1][0], outcomes[first][0]
+        if self.hi / self.lo <= 1 + self.rtol:
+            return self._finish(self.lo)
+        a, b = math.log(self.lo), math.log(self.hi)
+        k = self.parallel
+        inner = [math.exp(a + (b - a) * i / (k + 1)) for i in range(1, k + 1)]
+        self._round = {self.lo: False, **{lr: None for lr in inner}, self.hi: True}
+
+
+# ------------------------------------------------------------------------------ driver
+RunMany = Callable[[Sequence["RunSpec"]], Sequence["RunResult"]]
+
+
+def _sequential(specs: Sequence["RunSpec"]) -> list["RunResult"]:
+    from stability_bench.runner import execute
+
+    return [execute(spec) for spec in specs]
+
+
+def probe_spec(case: "Case", optimizer: "OptimizerSpec", spec: CriticalLrSpec, lr: float,
+               seed: int, device: str) -> "RunSpec":
+    """The ordinary run of one probe: the searched hyperparameter set to ``lr`` (and shown in
+    the run id, as a one-point sweep), the probe's steps and divergence rule."""
+    from stability_bench.runner import RunSpec
+
+    fixed = {k: v for k, v in optimizer.fixed.items() if k != spec.param}
+    probe_opt = dataclasses.replace(optimizer, fixed=fixed, sweeps={spec.param: [lr]})
+    changes: dict[str, Any] = {}
+    if spec.steps is not None:
+        changes["steps"] = spec.steps
+    if spec.divergence is not None:
+        changes["divergence"] = {"factor": 1e10, "max_loss": None, **spec.divergence}
+    probe_case = dataclasses.replace(case, **changes) if changes else case
+    return RunSpec(probe_case, probe_opt, {**fixed, spec.param: lr}, seed, device)
+
+
+def find_critical_lr(case: "Case", optimizer_key: str, seed: int = 0, device: str = "cpu",
+                     run_many: RunMany | None = None, parallel: int = 1) -> CriticalLr:
+    """Search ``case``'s declared bracket for ``optimizer_key``'s critical learning rate.
+
+    ``run_many(list[RunSpec]) -> list[RunResult]`` runs one round (default: one after the
+    other with ``runner.execute``); ``parallel`` probes per round."""
+    spec = specs(case).get(optimizer_key)
+    if spec is None:
+        raise KeyError(f"{case.where((SECTION,))}: {SECTION}: the case declares no critical_lr "
+                       f"for optimizer {optimizer_key!r}")
+    run_many = run_many or _sequential
+    optimizer = case.optimizers[optimizer_key]
+    search = CriticalLrSearch(spec.lo, spec.hi, spec.rtol, parallel)
+    while not search.done:
+        lrs = search.pending()
+        results = run_many([probe_spec(case, optimizer, spec, lr, seed, device) for lr in lrs])
+        for lr, result in zip(lrs, results):
+            search.report(lr, result.diverged)
+    return search.result
+
+
+def check_critical_lr(case: "Case", optimizer_key: str, found: CriticalLr) -> list[Outcome]:
+    """The ``expect:`` bounds of ``optimizer_key``'s critical_lr entry against ``found``;
+    an unknown value (edge outside the bracket) fails with the reason in the message."""
+    spec = specs(case)[optimizer_key]
+    out = []
+    for comparator, bound in spec.expect.items():
+        where = case.where((SECTION, optimizer_key, "expect", comparator))
+        passed = found.value is not None and bool(COMPARATORS.get(comparator)(found.value, bound))
+        out.append(Outcome(optimizer_key, SECTION, comparator, bound, bound,
+                           found.value if found.value is not None else found.reason, passed, where))
+    return out
+
+
+# ---------------------------------------------------------------------------- validator
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def section_problems(section: Any, optimizers: dict[str, "OptimizerSpec"],
+                     path: tuple = (SECTION,)) -> list["Problem"]:
+    """Problems of a case's ``critical_lr:`` section (None: no section), located by key path."""
+    from stability_bench.schema import Problem, _type_problem, _unknown
+
+    if section is None:
+        return []
+    if not isinstance(section, dict):
+        return [Problem(path, f"critical_lr maps optimizer names to {{bracket: [lo, hi], rtol: ...}}, "
+                              f"got {section!r}")]
+    problems: list[Problem] = []
+    for key, entry in section.items():
+        at = path + (key,)
+        if key not in optimizers:
+            problems.append(Problem(at, _unknown("optimizer", key, list(optimizers))))
+            continue
+        if not isinstance(entry, dict):
+            problems.append(Problem(at, f"expected {{bracket: [lo, hi], rtol: ...}}, got {entry!r}"))
+            continue
+        for name in entry:
+            if name not in KEYS:
+                problems.append(Problem(at + (name,), _unknown("critical_lr key", name, list(KEYS))))
+        bracket = entry.get("bracket")
+        if bracket is None:
+            problems.append(Problem(at, f"critical_lr.{key} needs a bracket: {KEYS['bracket']}"))
+        elif not (isinstance(bracket, list) and len(bracket) == 2 and all(map(_number, bracket))):
+            typed = [p for i, b in enumerate(bracket if isinstance(bracket, list) else [])
+                     if (p := _type_problem(b, float, at + ("bracket", i)))]
+            problems.extend(typed or [Problem(at + ("bracket",), f"expected {KEYS['bracket']}, got {bracket!r}")])
+        elif not 0 < bracket[0] < bracket[1]:
+            problems.append(Problem(at + ("bracket",), f"expected {KEYS['bracket']}, got {bracket!r}"))
+        rtol = entry.get("rtol", DEFAULT_RTOL)
+        if not (_number(rtol) and 0 < rtol < 1):
+            problems.append(_type_problem(rtol, float, at + ("rtol",))
+                            or Problem(at + ("rtol",), f"rtol must be in (0, 1), got {rtol!r}"))
+        steps = entry.get("steps")
+        if steps is not None and not (isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1):
+            problems.append(Problem(at + ("steps",), f"expected {KEYS['steps']}, got {steps!r}"))
+        problems += _divergence_problems(entry.get("divergence"), at + ("divergence",))
+        problems += _expect_problems(entry.get("expect"), at + ("expect",))
+        problems += _param_problems(entry.get("param", "lr"), optimizers[key], at)
+    return problems
+
+
+def _divergence_problems(divergence: Any, at: tuple) -> list["Problem"]:
+    from stability_bench.schema import Problem
+
+    if divergence is None:
+        return []
+    if not (isinstance(divergence, dict) and len(divergence) == 1
+            and set(divergence) <= {"factor", "max_loss"} and all(map(_number, divergence.values()))
+            and all(v > 0 for v in divergence.values())):
+        return [Problem(at, f"expected {KEYS['divergence']} with a positive number, got {divergence!r}")]
+    return []
+
+
+def _expect_problems(expect: Any, at: tuple) -> list["Problem"]:
+    from stability_bench.schema import Problem, _unknown
+
+    if expect is None:
+        return []
+    if not isinstance(expect, dict) or not expect:
+        return [Problem(at, f"expected {KEYS['expect']}, got {expect!r}")]
+    problems = []
+    for comparator, bound in expect.items():
+        if comparator not in COMPARATORS or comparator == "equals":
+            known = [c for c in COMPARATORS.names() if c != "equals"]
+            problems.append(Problem(at + (comparator,), _unknown("comparator", comparator, known)))
+        elif comparator == "between":
+            if not (isinstance(bound, list) and len(bound) == 2 and all(map(_number, bound)) and bound[0] <= bound[1]):
+                problems.append(Problem(at + (comparator,), f"'between' takes [low, high], got {bound!r}"))
+        elif not _number(bound):
+            problems.append(Problem(at + (comparator,), f"expected a number, got {bound!r}"))
+    return problems
+
+
+def _param_problems(param: Any, optimizer: "OptimizerSpec", at: tuple) -> list["Problem"]:
+    """The searched hyperparameter exists; no other one is swept (one critical lr per entry)."""
+    import inspect
+
+    from stability_bench.schema import Problem
+
+    accepted = [n for n in list(inspect.signature(optimizer.cls.__init__).parameters)[2:]]
+    if param not in accepted and param not in optimizer.fixed:
+        guess = nearest(str(param), accepted)
+        return [Problem(at + ("param",), f"{optimizer.class_name} has no hyperparameter {param!r}"
+                        + (f"; did you mean {guess!r}?" if guess else ""))]
+    swept = [n for n in optimizer.sweeps if n != param]
+    if swept:
+        return [Problem(at, f"the critical lr is searched with the other hyperparameters fixed, but "
+                            f"optimizer {optimizer.key!r} sweeps {', '.join(swept)}: give it one value, or "
+                            f"declare critical_lr on an entry that fixes it")]
+    return []
