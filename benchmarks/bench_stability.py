@@ -200,7 +200,8 @@ class CriticalLr:
     def setup_cache(self):
         import torch
 
-        from stability_bench.critical_lr import find_critical_lr, specs
+        from stability_bench.critical_lr import specs
+        from stability_bench.orchestrate import find_critical_lr
 
         torch.set_num_threads(1)
         out = {}

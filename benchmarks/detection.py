@@ -54,37 +54,31 @@ def substitute(case, change: Change):
 
 
 def evaluate(change: Change, include_costly: bool = False) -> dict:
-    """What catches ``change``: lists of messages per channel, and the cases it ran."""
-    import torch
+    """What catches ``change``: lists of messages per channel, and the cases it ran. The
+    cases run through the orchestrator, as `stability-bench run --baseline` runs them."""
+    from stability_bench.orchestrate import Baselines, SearchReport, make_plan, run_plan
 
-    from stability_bench.baseline import (baseline_path, check_against_baseline,
-                                          check_critical_lr_against_baseline, read_baseline)
-    from stability_bench.critical_lr import check_critical_lr, find_critical_lr, specs
-    from stability_bench.expectations import check_run
-    from stability_bench.runner import execute, plan_runs
-
-    torch.set_num_threads(1)
     started = time.perf_counter()
     caught = {"expectations": [], "baseline": [], "critical_lr": []}
     ran = []
-    for path, case in _cases(include_costly):
+    for _, case in _cases(include_costly):
         changed = substitute(case, change)
         if changed is None:
             continue
         ran.append(case.name)
-        baseline = read_baseline(baseline_path(path))
         keys = [k for k, v in changed.optimizers.items() if v.cls is change.cls]
-        runs: dict = {}
-        for spec in plan_runs(changed, devices=["cpu"], seeds=[0], optimizers=keys):
-            result = execute(spec)
-            runs[result.run_id] = result
-            caught["expectations"] += [o.describe() for o in check_run(changed, result, runs) if not o.passed]
-            caught["baseline"] += [f.message for f in check_against_baseline(changed, result, baseline) if f.failed]
-        for key in [k for k in keys if k in specs(changed)]:
-            found = find_critical_lr(changed, key, 0, "cpu")
-            caught["critical_lr"] += [o.describe() for o in check_critical_lr(changed, key, found) if not o.passed]
-            caught["critical_lr"] += [f.message for f in check_critical_lr_against_baseline(
-                changed, key, 0, "cpu", found, baseline) if f.failed]
+        plan = make_plan([changed], devices=["cpu"], seeds=[0], optimizers=keys)
+        for report in run_plan(plan, baselines=Baselines([changed])):
+            failed = [o.describe() for o in report.failed_outcomes] + [f.message for f in report.failed_findings]
+            if report.failure is not None:
+                failed.append(report.failure.describe())
+            if isinstance(report, SearchReport):
+                caught["critical_lr"] += failed
+            else:
+                caught["expectations"] += [o.describe() for o in report.failed_outcomes]
+                caught["baseline"] += [f.message for f in report.failed_findings]
+                if report.failure is not None:
+                    caught["expectations"].append(report.failure.describe())
     return {"change": change.name, "kind": change.kind, "what": change.what, "cases": ran,
             "caught": caught, "seconds": time.perf_counter() - started}
 

@@ -27,12 +27,11 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 if TYPE_CHECKING:
     from stability_bench.critical_lr import CriticalLr
     from stability_bench.results import RunResult
-    from stability_bench.runner import RunSpec
     from stability_bench.schema import Case
 
 FORMAT, VERSION = "stability-bench-baseline", 1
@@ -291,38 +290,3 @@ def check_critical_lr_against_baseline(case: "Case", optimizer: str, seed: int, 
     if finding is not None and found.reason:
         finding.message += f" ({found.reason})"
     return [finding] if finding is not None else []
-
-
-# ------------------------------------------------------------------------ convenience
-RunMany = Callable[[Sequence["RunSpec"]], Sequence["RunResult"]]
-
-
-def record_case(case: "Case", devices: Sequence[str] = ("cpu",), seeds: Sequence[int] | None = None,
-                run_many: RunMany | None = None) -> dict:
-    """Run ``case`` (every seed), the same runs nudged by one ulp, and its critical lr
-    searches, and record the baseline. ``run_many`` runs a list of specs (default: in turn)."""
-    import dataclasses
-
-    from stability_bench.critical_lr import _sequential, find_critical_lr, specs
-    from stability_bench.runner import plan_runs
-
-    run_many = run_many or _sequential
-    plan = plan_runs(case, devices, seeds)
-    results = list(run_many(plan))
-    perturbed = list(run_many([dataclasses.replace(s, perturb=1) for s in plan]))
-    critical = {(key, seed, device): find_critical_lr(case, key, seed, device, run_many)
-                for key in specs(case) for seed in (seeds or case.seeds) for device in devices}
-    return record_baseline(case, results, perturbed, critical)
-
-
-def record_file(case_file: str | Path, devices: Sequence[str] = ("cpu",), run_many: RunMany | None = None,
-                include_slow: bool = False) -> Path:
-    """Record the baseline of every case in ``case_file`` (slow ones only if asked) and
-    write it beside the file; returns its path."""
-    from stability_bench.schema import load_cases
-
-    parts = [record_case(case, devices, run_many=run_many) for case in load_cases(case_file)
-             if include_slow or not case.slow]
-    path = baseline_path(case_file)
-    write_baseline(path, merge_baselines(parts))
-    return path

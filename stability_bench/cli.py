@@ -95,15 +95,21 @@ def _num(value, spec: str) -> str:
 
 
 def _summary(report) -> str:
-    """One line per requested run."""
+    """One line per requested run or critical-lr search."""
     if report.skipped is not None:
         return f"skip {report.run_id}: {report.skipped}"
     if report.failure is not None:  # the paragraph saying why goes to stderr
         label = {"crash": "CRASH", "timeout": "TIMEOUT"}.get(report.failure.kind, "ERROR")
         return f"{label} {report.run_id}"
+    verdict = "FAIL" if report.status == "failed" else "pass"
+    if report.result is None:  # a critical-lr search
+        found = report.found
+        value = f"{found.value:.4g} (edge in [{found.lower:.4g}, {found.upper:.4g}])" if found.value is not None \
+            else f"unknown: {found.reason}"
+        return f"{verdict} {report.run_id}: critical lr {value}, {len(found.probes)} probe runs"
     result, m = report.result, report.result.metrics
     status = "diverged at step %d" % result.divergence_step if result.diverged else "ok"
-    return (f"{'FAIL' if report.failed_outcomes else 'pass'} {result.run_id}: {status}; min_loss "
+    return (f"{verdict} {result.run_id}: {status}; min_loss "
             f"{_num(m['min_loss'], '.3g')} at step {m['min_loss_step']}, late_instability "
             f"{_num(m['late_instability'], '.2f')}, spikes {m['spike_count']}, {result.meta['wall_time_s']:.2f}s")
 
@@ -131,8 +137,9 @@ def _client(address: str | None):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from stability_bench.orchestrate import make_plan, run_plan
-    from stability_bench.results import ResultsJournal, run_entry
+    from stability_bench.orchestrate import Baselines, make_plan, run_plan
+    from stability_bench.orchestrate import report_entry
+    from stability_bench.results import ResultsJournal
 
     if args.report:  # before the runs: a missing extra should not cost a long run
         from stability_bench.reports import require_matplotlib
@@ -142,37 +149,40 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(f"--jobs must be at least 1, got {args.jobs}")
     cases = _load(args.cases, args.variant)
     plan = make_plan(cases, devices=args.device or None, seeds=args.seed or None,
-                     optimizers=args.optimizer or None, run_slow=args.run_slow)
-    journal = ResultsJournal(args.json) if args.json else None  # a bad --json path fails before training
+                     optimizers=args.optimizer or None, run_slow=args.run_slow,
+                     searches=not args.no_critical_lr)
+    baselines = Baselines(cases) if args.baseline else None  # a missing baseline fails before training
+    journal = ResultsJournal(args.json) if args.json else None  # so does a bad --json path
     client = _client(args.dask)
-    progress = ProgressLine(total=len(plan.to_execute()))
+    progress = ProgressLine(total=len(plan.to_execute()) + len(plan.searches))
     collected, statuses = [], []
     try:
-        for report in run_plan(plan, jobs=args.jobs, client=client, threads=args.threads,
+        for report in run_plan(plan, jobs=args.jobs, client=client, threads=args.threads, baselines=baselines,
                                progress=progress if args.jobs == 1 and client is None else None):
             progress.end()
             statuses.append(report.status)
             print(_summary(report), flush=True)
             for outcome in report.outcomes if args.verbose else report.failed_outcomes:
                 print(f"    {outcome.describe()}")
+            for finding in report.findings if args.verbose else report.failed_findings:
+                print(f"    baseline: {finding.message}")
             if report.failure is not None:
                 print(f"stability-bench: error: {report.failure.describe()}", file=sys.stderr)
                 if args.verbose and report.failure.traceback:
                     print(report.failure.traceback.rstrip(), file=sys.stderr)
-            if report.failed_outcomes and not args.no_triage:
+            if report.status == "failed" and report.result is not None and not args.no_triage:
                 from stability_bench.reports.triage import triage_or_reason
 
                 print(f"    triage bundle: {triage_or_reason(report.spec, report.result, report.outcomes, args.triage_dir)}")
             if report.result is not None:
                 collected.append((report.result, report.outcomes))
             if journal is not None and report.skipped is None:
-                journal.append(run_entry(report.result, report.outcomes) if report.result is not None
-                               else {"failure": report.failure.to_dict()})
+                journal.append(report_entry(report))
             progress.finished(report.run_id)
     finally:
         progress.end()
         if journal is not None:  # also on Ctrl-C: the file holds every run that finished
-            journal.close(plan.requested)
+            journal.close([*plan.requested, *plan.searches])
         if client is not None:
             client.close()
     counts = {s: statuses.count(s) for s in ("passed", "failed", "crash", "timeout", "setup", "missing_data",
@@ -212,12 +222,31 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     figures = [name.strip() for item in args.metrics or [] for name in item.split(",") if name.strip()]
     try:
-        status, table = run_compare(args.old, args.new, args.threshold, args.atol, figures or None, args.changed)
+        status, table = run_compare(args.old, args.new, args.threshold, args.atol, figures or None, args.changed,
+                                    baseline=args.baseline)
     except CompareInputError as exc:
         print(f"stability-bench: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     print(table)
     return status
+
+
+def cmd_baseline(args: argparse.Namespace) -> int:
+    """Record (or re-record) the baseline beside each case file."""
+    from stability_bench.orchestrate import record_baselines
+
+    if args.jobs < 1:
+        raise UsageError(f"--jobs must be at least 1, got {args.jobs}")
+    cases = _load(args.cases)
+    client = _client(args.dask)
+    try:
+        paths = record_baselines(cases, jobs=args.jobs, client=client, threads=args.threads, run_slow=args.run_slow)
+    finally:
+        if client is not None:
+            client.close()
+    for path in paths:
+        print(f"baseline: {path}")
+    return EXIT_OK
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -260,6 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "is at ADDRESS (tcp://HOST:PORT); needs the dask extra")
     run.add_argument("--threads", type=int, metavar="N", help="torch threads per run (default: "
                      "$STABILITY_BENCH_THREADS, else the harness's choice: 1 for small models)")
+    run.add_argument("--baseline", action="store_true", help="also compare every run with the baseline "
+                     "beside its case file (stability-bench baseline records it)")
+    run.add_argument("--no-critical-lr", action="store_true", help="skip the cases' critical-lr searches")
     run.add_argument("-v", "--verbose", action="store_true", help="print every expectation")
     run.add_argument("--report", metavar="DIR", help="also write figures and an HTML report to DIR")
     run.add_argument("--triage-dir", metavar="DIR", help="where failed runs' triage bundles go "
@@ -285,6 +317,15 @@ def build_parser() -> argparse.ArgumentParser:
                               "spike_frequency, final_loss, min_loss, divergence, diverged)")
     compare.add_argument("--changed", action="store_true", help="show only rows whose value changed")
     compare.set_defaults(func=cmd_compare)
+    compare.add_argument("--baseline", metavar="FILE", help="judge figures by this baseline's noise bands")
+    baseline = sub.add_parser("baseline", help="record the stability baseline beside each case file "
+                              "(every seed, a one-ulp nudge of each, the critical lr)")
+    baseline.add_argument("cases", nargs="*", help="case files or folders (default: cases/)")
+    baseline.add_argument("-j", "--jobs", type=int, default=1, metavar="N", help="worker processes")
+    baseline.add_argument("--dask", metavar="ADDRESS", help="record on this Dask cluster")
+    baseline.add_argument("--threads", type=int, metavar="N", help="torch threads per run")
+    baseline.add_argument("--run-slow", action="store_true", help="also record slow cases")
+    baseline.set_defaults(func=cmd_baseline)
     validate = sub.add_parser("validate", help="check case files without running them")
     validate.add_argument("cases", nargs="*")
     validate.set_defaults(func=cmd_validate)
@@ -297,15 +338,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from stability_bench.components.cifar10 import CIFAR10FormatError, DataNotFoundError
+    from stability_bench.baseline import BaselineError
+    from stability_bench.orchestrate import RunsFailed
     from stability_bench.runner import RunSetupError
     from stability_bench.schema import CaseError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (CaseError, RunSetupError, DataNotFoundError, CIFAR10FormatError, UsageError, OSError) as exc:
+    except (CaseError, RunSetupError, DataNotFoundError, CIFAR10FormatError, UsageError, BaselineError,
+            OSError) as exc:
         print(f"stability-bench: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except RunsFailed as exc:  # `baseline`: a run that did not finish leaves no baseline
+        print(f"stability-bench: error: no baseline written:\n{exc}", file=sys.stderr)
+        return EXIT_CRASHED
     except KeyboardInterrupt:
         print("stability-bench: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -13,8 +13,9 @@ of k probes can run in parallel (k-section on a log scale). It first checks both
 of the bracket (lo must be stable, hi must diverge), then narrows [stable, diverged]
 until hi/lo <= 1 + rtol; the result is the stable end, within rtol of the true edge.
 Where divergence is not monotone in the learning rate, the interval follows the lowest
-diverged probe (the conservative edge). The driver :func:`find_critical_lr` turns the
-learning rates into runs and hands them to an injected ``run_many``.
+diverged probe (the conservative edge). The orchestrator turns the
+learning rates into runs: :func:`stability_bench.orchestrate.run_searches` drives every
+search of a plan together, each round's probes trained like any other runs.
 
 This module imports no torch at load time: the schema calls its validator.
 """
@@ -23,14 +24,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from stability_bench.expectations import COMPARATORS, Outcome
 from stability_bench.registry import nearest
 
 if TYPE_CHECKING:
-    from stability_bench.results import RunResult
-    from stability_bench.runner import RunSpec
     from stability_bench.schema import Case, OptimizerSpec, Problem
 
 SECTION = "critical_lr"
@@ -147,54 +146,6 @@ class CriticalLrSearch:
         k = self.parallel
         inner = [math.exp(a + (b - a) * i / (k + 1)) for i in range(1, k + 1)]
         self._round = {self.lo: False, **{lr: None for lr in inner}, self.hi: True}
-
-
-# ------------------------------------------------------------------------------ driver
-RunMany = Callable[[Sequence["RunSpec"]], Sequence["RunResult"]]
-
-
-def _sequential(specs: Sequence["RunSpec"]) -> list["RunResult"]:
-    from stability_bench.runner import execute
-
-    return [execute(spec) for spec in specs]
-
-
-def probe_spec(case: "Case", optimizer: "OptimizerSpec", spec: CriticalLrSpec, lr: float,
-               seed: int, device: str) -> "RunSpec":
-    """The ordinary run of one probe: the searched hyperparameter set to ``lr`` (and shown in
-    the run id, as a one-point sweep), the probe's steps and divergence rule."""
-    from stability_bench.runner import RunSpec
-
-    fixed = {k: v for k, v in optimizer.fixed.items() if k != spec.param}
-    probe_opt = dataclasses.replace(optimizer, fixed=fixed, sweeps={spec.param: [lr]})
-    changes: dict[str, Any] = {}
-    if spec.steps is not None:
-        changes["steps"] = spec.steps
-    if spec.divergence is not None:
-        changes["divergence"] = {"factor": 1e10, "max_loss": None, **spec.divergence}
-    probe_case = dataclasses.replace(case, **changes) if changes else case
-    return RunSpec(probe_case, probe_opt, {**fixed, spec.param: lr}, seed, device)
-
-
-def find_critical_lr(case: "Case", optimizer_key: str, seed: int = 0, device: str = "cpu",
-                     run_many: RunMany | None = None, parallel: int = 1) -> CriticalLr:
-    """Search ``case``'s declared bracket for ``optimizer_key``'s critical learning rate.
-
-    ``run_many(list[RunSpec]) -> list[RunResult]`` runs one round (default: one after the
-    other with ``runner.execute``); ``parallel`` probes per round."""
-    spec = specs(case).get(optimizer_key)
-    if spec is None:
-        raise KeyError(f"{case.where((SECTION,))}: {SECTION}: the case declares no critical_lr "
-                       f"for optimizer {optimizer_key!r}")
-    run_many = run_many or _sequential
-    optimizer = case.optimizers[optimizer_key]
-    search = CriticalLrSearch(spec.lo, spec.hi, spec.rtol, parallel)
-    while not search.done:
-        lrs = search.pending()
-        results = run_many([probe_spec(case, optimizer, spec, lr, seed, device) for lr in lrs])
-        for lr, result in zip(lrs, results):
-            search.report(lr, result.diverged)
-    return search.result
 
 
 def check_critical_lr(case: "Case", optimizer_key: str, found: CriticalLr) -> list[Outcome]:

@@ -18,9 +18,10 @@ from __future__ import annotations
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
 if TYPE_CHECKING:
+    from stability_bench.critical_lr import CriticalLr
     from stability_bench.results import RunResult
     from stability_bench.runner import RunSpec
     from stability_bench.schema import Case
@@ -38,7 +39,8 @@ class Plan:
     runs: dict[str, "RunSpec"] = field(default_factory=dict)
     requested: list[str] = field(default_factory=list)
     needs: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    skipped: dict[str, str] = field(default_factory=dict)   # run id → why it cannot run here
+    skipped: dict[str, str] = field(default_factory=dict)   # run or search id → why it cannot run here
+    searches: dict[str, "SearchSpec"] = field(default_factory=dict)  # critical-lr searches, by id
 
     def add(self, spec: "RunSpec", requested: bool) -> str:
         run_id = spec.run_id
@@ -59,6 +61,41 @@ class Plan:
         return list(wanted)
 
 
+@dataclass(frozen=True)
+class SearchSpec:
+    """One critical-lr search: an optimizer's ``critical_lr:`` entry at one seed and device.
+    Its probes are ordinary runs (:func:`probe_spec`), planned round by round."""
+
+    case: "Case"
+    optimizer: str
+    seed: int
+    device: str
+
+    @property
+    def search_id(self) -> str:
+        return f"{self.case.name}::{self.optimizer}-critical_lr-seed{self.seed}-{self.device}"
+
+
+def probe_spec(search: SearchSpec, lr: float) -> "RunSpec":
+    """The run of one probe: the searched hyperparameter set to ``lr`` (shown in the run id
+    as a one-point sweep), with the entry's steps and divergence rule."""
+    import dataclasses
+
+    from stability_bench.critical_lr import specs
+    from stability_bench.runner import RunSpec
+
+    entry, optimizer = specs(search.case)[search.optimizer], search.case.optimizers[search.optimizer]
+    fixed = {k: v for k, v in optimizer.fixed.items() if k != entry.param}
+    probe_optimizer = dataclasses.replace(optimizer, fixed=fixed, sweeps={entry.param: [lr]})
+    changes: dict[str, Any] = {}
+    if entry.steps is not None:
+        changes["steps"] = entry.steps
+    if entry.divergence is not None:
+        changes["divergence"] = {"factor": 1e10, "max_loss": None, **entry.divergence}
+    case = dataclasses.replace(search.case, **changes) if changes else search.case
+    return RunSpec(case, probe_optimizer, {**fixed, entry.param: lr}, search.seed, search.device)
+
+
 def partner_spec(spec: "RunSpec", partner: str) -> "RunSpec":
     """The partner's run that ``spec``'s parity expectation compares with: same case, seed
     and device, the matching sweep point."""
@@ -71,11 +108,14 @@ def partner_spec(spec: "RunSpec", partner: str) -> "RunSpec":
 
 def make_plan(cases: Iterable["Case"], devices: Iterable[str] | None = None,
               seeds: Iterable[int] | None = None, optimizers: Iterable[str] | None = None,
-              run_slow: bool = True, cuda_available: bool | None = None) -> Plan:
-    """The plan of ``cases`` (optionally narrowed to some devices, seeds or optimizers).
+              run_slow: bool = True, cuda_available: bool | None = None, searches: bool = True) -> Plan:
+    """The plan of ``cases`` (optionally narrowed to some devices, seeds or optimizers):
+    their runs, parity partners as dependencies, and (``searches``) a critical-lr search
+    per declared ``critical_lr:`` entry, seed and device.
 
     ``cuda_available`` None asks torch (importing it); pass a bool to keep planning
     torch-free."""
+    from stability_bench.critical_lr import specs
     from stability_bench.expectations import PARITY
     from stability_bench.runner import plan_runs
 
@@ -86,16 +126,23 @@ def make_plan(cases: Iterable["Case"], devices: Iterable[str] | None = None,
             partners = [e.bound["with"] for e in case.expectations
                         if e.metric == PARITY and e.optimizer == spec.optimizer.key]
             plan.needs[run_id] = tuple(plan.add(partner_spec(spec, p), requested=False) for p in partners)
-    for run_id, spec in plan.runs.items():
-        if spec.case.slow and not run_slow:
-            plan.skipped[run_id] = SLOW
-        elif spec.device.startswith("cuda"):
+        if searches:
+            for key in specs(case):
+                if optimizers is None or key in optimizers:
+                    for seed in (case.seeds if seeds is None else seeds):
+                        for device in (case.devices if devices is None else devices):
+                            search = SearchSpec(case, key, seed, device)
+                            plan.searches[search.search_id] = search
+    for key, item in [*plan.runs.items(), *plan.searches.items()]:
+        if item.case.slow and not run_slow:
+            plan.skipped[key] = SLOW
+        elif item.device.startswith("cuda"):
             if cuda_available is None:
                 import torch
 
                 cuda_available = torch.cuda.is_available()
             if not cuda_available:
-                plan.skipped[run_id] = CUDA_MISSING
+                plan.skipped[key] = CUDA_MISSING
     return plan
 
 
@@ -178,7 +225,7 @@ def run_one(spec: "RunSpec", threads: int | None = None,
 
 
 def _worker_init(cuda_ids: Any) -> None:
-    """Each worker process: no inherited thread setting, and its own GPU if given."""
+    """Each worker process: its own GPU, where the plan lists several."""
     import os
 
     if cuda_ids is not None:
@@ -192,64 +239,15 @@ def _pool_context():
     return multiprocessing.get_context("spawn")
 
 
-def _cuda_ids(plan: Plan, ids: Sequence[str], jobs: int):
-    """With devices ``cuda:0 … cuda:k`` in the plan, a queue giving worker i GPU i mod (k+1)."""
-    indices = sorted({int(plan.runs[i].device.split(":")[1]) for i in ids
-                      if plan.runs[i].device.startswith("cuda:")})
+def _cuda_ids(specs: Iterable["RunSpec"], jobs: int):
+    """With devices ``cuda:0 … cuda:k`` among the runs, a queue giving worker i GPU i mod (k+1)."""
+    indices = sorted({int(s.device.split(":")[1]) for s in specs if s.device.startswith("cuda:")})
     if len(indices) < 2:
         return None
     queue = _pool_context().Manager().Queue()
     for worker in range(jobs):
         queue.put(indices[worker % len(indices)])
     return queue
-
-
-def _slots(spec: "RunSpec", jobs: int, threads: int | None) -> int:
-    return min(jobs, threads_for(spec, threads))
-
-
-def execute_plan(plan: Plan, jobs: int = 1, client: Any = None, threads: int | None = None,
-                 progress: Callable[[str, int, int, float], None] | None = None,
-                 ) -> Iterator[tuple[str, "RunResult | RunFailure"]]:
-    """Train the plan's runs; yield ``(run_id, result or failure)`` as each finishes.
-
-    ``jobs`` > 1: that many spawned worker processes, never more threads in flight than
-    ``jobs`` (a run of t threads takes min(t, jobs) of them). ``client``: a
-    ``dask.distributed.Client`` (or its address) — runs are submitted as tasks; users'
-    optimizers and components must be importable on the workers."""
-    ids = plan.to_execute()
-    if client is not None:
-        yield from _execute_dask(plan, ids, client, threads)
-    elif jobs <= 1 or len(ids) <= 1:
-        for run_id in ids:
-            step_progress = None if progress is None else (
-                lambda done, total, loss, _id=run_id: progress(_id, done, total, loss))
-            yield run_id, run_one(plan.runs[run_id], threads, step_progress)
-    else:
-        yield from _execute_pool(plan, ids, jobs, threads)
-
-
-def _execute_pool(plan: Plan, ids: list[str], jobs: int, threads: int | None):
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-
-    cost = {run_id: _slots(plan.runs[run_id], jobs, threads) for run_id in ids}
-    queue, running, free = list(ids), {}, jobs
-    with ProcessPoolExecutor(jobs, mp_context=_pool_context(), initializer=_worker_init,
-                             initargs=(_cuda_ids(plan, ids, jobs),)) as pool:
-        try:
-            while queue or running:
-                while queue and (cost[queue[0]] <= free or not running):
-                    run_id = queue.pop(0)
-                    free -= cost[run_id]
-                    running[pool.submit(run_one, plan.runs[run_id], threads)] = run_id
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in done:
-                    run_id = running.pop(future)
-                    free += cost[run_id]
-                    yield run_id, _outcome(run_id, future)
-        except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
 
 
 def _outcome(run_id: str, future) -> "RunResult | RunFailure":
@@ -261,31 +259,112 @@ def _outcome(run_id: str, future) -> "RunResult | RunFailure":
                           "".join(traceback.format_exception(exc)))
 
 
-def _execute_dask(plan: Plan, ids: list[str], client: Any, threads: int | None):
-    from distributed import Client, as_completed
+class Executor:
+    """Trains runs: in this process (``jobs`` 1), in ``jobs`` spawned worker processes, or
+    on a Dask cluster (``client``: a ``dask.distributed.Client`` or its address). One
+    executor serves a whole plan — its runs, then each round of its critical-lr searches —
+    so worker processes start once.
 
-    if isinstance(client, str):
-        client = Client(client)
-    futures = {client.submit(run_one, plan.runs[run_id], threads, pure=False,
-                             key=f"stability-bench-{run_id}-{time.time_ns()}"): run_id for run_id in ids}
-    for future in as_completed(futures):
-        yield futures[future], _outcome(futures[future], future)
+    Workers never run more busy threads than ``jobs``: a run the harness gives t threads
+    takes min(t, jobs) of them. Users' optimizers and components must be importable in
+    the workers (spawned processes inherit ``sys.path``; Dask workers need them installed)."""
+
+    def __init__(self, jobs: int = 1, client: Any = None, threads: int | None = None,
+                 progress: Callable[[str, int, int, float], None] | None = None):
+        self.jobs, self.threads, self.progress = max(1, jobs), threads, progress
+        self.client, self._pool = client, None
+
+    def __enter__(self) -> "Executor":
+        if isinstance(self.client, str):
+            from distributed import Client
+
+            self.client = Client(self.client)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=exc[0] is None, cancel_futures=True)
+            self._pool = None
+
+    def run(self, specs: Mapping[str, "RunSpec"]) -> Iterator[tuple[str, "RunResult | RunFailure"]]:
+        """Train ``specs`` (id → spec); yield ``(id, result or failure)`` as each finishes."""
+        if self.client is not None:
+            yield from self._dask(specs)
+        elif self.jobs == 1 or len(specs) <= 1 and self._pool is None:
+            for key, spec in specs.items():
+                step_progress = None if self.progress is None else (
+                    lambda done, total, loss, _id=key: self.progress(_id, done, total, loss))
+                yield key, run_one(spec, self.threads, step_progress)
+        else:
+            yield from self._processes(specs)
+
+    def _processes(self, specs: Mapping[str, "RunSpec"]):
+        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(self.jobs, mp_context=_pool_context(), initializer=_worker_init,
+                                             initargs=(_cuda_ids(specs.values(), self.jobs),))
+        cost = {key: min(self.jobs, threads_for(spec, self.threads)) for key, spec in specs.items()}
+        queue, running, free = list(specs), {}, self.jobs
+        while queue or running:
+            while queue and (cost[queue[0]] <= free or not running):
+                key = queue.pop(0)
+                free -= cost[key]
+                running[self._pool.submit(run_one, specs[key], self.threads)] = key
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                key = running.pop(future)
+                free += cost[key]
+                yield key, _outcome(key, future)
+
+    def _dask(self, specs: Mapping[str, "RunSpec"]):
+        from distributed import as_completed
+
+        futures = {self.client.submit(run_one, spec, self.threads, pure=False,
+                                      key=f"stability-bench-{key}-{time.time_ns()}"): key
+                   for key, spec in specs.items()}
+        for future in as_completed(futures):
+            yield futures[future], _outcome(futures[future], future)
 
 
-# --------------------------------------------------------------------------- checks
-@dataclass
-class RunReport:
-    """A requested run with its checked expectations (or why it has none)."""
+def execute_plan(plan: Plan, jobs: int = 1, client: Any = None, threads: int | None = None,
+                 progress: Callable[[str, int, int, float], None] | None = None,
+                 ) -> Iterator[tuple[str, "RunResult | RunFailure"]]:
+    """Train the plan's runs (not its searches); yield ``(run_id, result or failure)`` as
+    each finishes (see :class:`Executor` for ``jobs``, ``client`` and ``threads``)."""
+    with Executor(jobs, client, threads, progress) as executor:
+        yield from executor.run({run_id: plan.runs[run_id] for run_id in plan.to_execute()})
 
-    spec: "RunSpec"
-    result: "RunResult | None" = None
+
+# -------------------------------------------------------------------- baselines
+class Baselines:
+    """The baseline files of a plan's case files (``cases/x.yaml`` → ``cases/x.baseline.json``),
+    read once each. A case file without one is an error (:class:`BaselineError`) when the
+    baselines are opened, before any run trains."""
+
+    def __init__(self, cases: Iterable["Case"]):
+        from stability_bench.baseline import baseline_path, read_baseline
+
+        files = {c.source.file for c in cases}
+        if None in files:
+            raise ValueError("baselines live beside case files; a case given as a dict has none")
+        self.data = {file: read_baseline(baseline_path(file)) for file in sorted(files)}
+
+    def of(self, case: "Case") -> dict:
+        return self.data[case.source.file]
+
+
+# ----------------------------------------------------------------------- checks
+@dataclass(kw_only=True)
+class Report:
+    """What became of a requested run or critical-lr search: its checked expectations and
+    baseline findings, or why it has none (skipped here, or a run that failed)."""
+
+    result: "RunResult | None" = None               # a run's result (a search has none)
     failure: RunFailure | None = None
     outcomes: list = field(default_factory=list)
+    findings: list = field(default_factory=list)   # baseline.Finding: outside, missing, uninformative
     skipped: str | None = None
-
-    @property
-    def run_id(self) -> str:
-        return self.spec.run_id
 
     @property
     def status(self) -> str:
@@ -294,48 +373,134 @@ class RunReport:
             return "skipped"
         if self.failure is not None:
             return self.failure.kind
-        return "passed" if all(o.passed for o in self.outcomes) else "failed"
+        return "failed" if self.failed_outcomes or self.failed_findings else "passed"
 
     @property
     def failed_outcomes(self) -> list:
         return [o for o in self.outcomes if not o.passed]
 
+    @property
+    def failed_findings(self) -> list:
+        return [f for f in self.findings if f.failed]
 
-def check(plan: Plan, run_id: str, finished: Finished) -> RunReport:
-    """Check a requested run against its expectations, reading its partners' results
-    from ``finished``. Pure: never trains."""
+
+@dataclass(kw_only=True)
+class RunReport(Report):
+    spec: "RunSpec"
+
+    @property
+    def run_id(self) -> str:
+        return self.spec.run_id
+
+
+@dataclass(kw_only=True)
+class SearchReport(Report):
+    search: SearchSpec
+    found: "CriticalLr | None" = None
+
+    @property
+    def run_id(self) -> str:
+        return self.search.search_id
+
+
+def check(plan: Plan, run_id: str, finished: Finished, baselines: Baselines | None = None) -> RunReport:
+    """Check a requested run against its expectations (and its baseline), reading its
+    partners' results from ``finished``. Pure: never trains."""
+    from stability_bench.baseline import check_against_baseline
     from stability_bench.expectations import check_run
     from stability_bench.results import RunResult
 
     spec = plan.runs[run_id]
     if run_id in plan.skipped:
-        return RunReport(spec, skipped=plan.skipped[run_id])
+        return RunReport(spec=spec, skipped=plan.skipped[run_id])
     got = finished[run_id]
     if isinstance(got, RunFailure):
-        return RunReport(spec, failure=got)
+        return RunReport(spec=spec, failure=got)
     partners = {need: finished.get(need) for need in plan.needs.get(run_id, ())}
     runs = {k: v for k, v in partners.items() if isinstance(v, RunResult)}
     missing = {k: (plan.skipped.get(k) or (v.describe() if isinstance(v, RunFailure) else "not run"))
                for k, v in partners.items() if not isinstance(v, RunResult)}
-    return RunReport(spec, result=got, outcomes=check_run(spec.case, got, runs, missing))
+    findings = check_against_baseline(spec.case, got, baselines.of(spec.case)) if baselines else []
+    return RunReport(spec=spec, result=got, outcomes=check_run(spec.case, got, runs, missing), findings=findings)
+
+
+def check_search(search: SearchSpec, found: "CriticalLr", baselines: Baselines | None = None) -> SearchReport:
+    """A finished search against its entry's ``expect:`` (and its baseline). Pure."""
+    from stability_bench.baseline import check_critical_lr_against_baseline
+    from stability_bench.critical_lr import check_critical_lr
+
+    findings = (check_critical_lr_against_baseline(search.case, search.optimizer, search.seed, search.device,
+                                                   found, baselines.of(search.case)) if baselines else [])
+    return SearchReport(search=search, found=found, findings=findings,
+                        outcomes=check_critical_lr(search.case, search.optimizer, found))
+
+
+def run_searches(plan: Plan, executor: Executor, baselines: Baselines | None = None) -> Iterator[SearchReport]:
+    """Drive the plan's critical-lr searches together: each round, every live search's
+    pending learning rates are ordinary runs trained by ``executor`` at once."""
+    from stability_bench.critical_lr import CriticalLrSearch, specs
+
+    live = {}
+    for search_id, search in plan.searches.items():
+        if search_id in plan.skipped:
+            yield SearchReport(search=search, skipped=plan.skipped[search_id])
+            continue
+        entry = specs(search.case)[search.optimizer]
+        live[search_id] = CriticalLrSearch(entry.lo, entry.hi, entry.rtol)
+    while live:
+        probes = {}
+        for search_id, state in live.items():
+            for lr in state.pending():
+                spec = probe_spec(plan.searches[search_id], lr)
+                probes[spec.run_id] = (search_id, lr, spec)
+        outcomes = dict(executor.run({key: spec for key, (_, _, spec) in probes.items()}))
+        for key, (search_id, lr, _) in probes.items():  # in the order asked: the same record for any jobs
+            if search_id not in live:  # an earlier probe of this round failed
+                continue
+            if isinstance(outcomes[key], RunFailure):
+                del live[search_id]
+                yield SearchReport(search=plan.searches[search_id], failure=outcomes[key])
+                continue
+            live[search_id].report(lr, outcomes[key].diverged)
+        for search_id in [k for k, state in live.items() if state.done]:
+            yield check_search(plan.searches[search_id], live.pop(search_id).result, baselines)
 
 
 def run_plan(plan: Plan, jobs: int = 1, client: Any = None, threads: int | None = None,
-             progress: Callable[[str, int, int, float], None] | None = None) -> Iterator[RunReport]:
-    """Execute and check: yield each requested run's report as soon as it and its
-    partners have finished (skipped runs first)."""
+             progress: Callable[[str, int, int, float], None] | None = None,
+             baselines: Baselines | None = None) -> Iterator[RunReport | SearchReport]:
+    """Execute and check: yield each requested run's report as soon as it and its partners
+    have finished (skipped ones first), then each critical-lr search's report."""
     finished: dict[str, Any] = {}
     waiting = [r for r in plan.requested if r not in plan.skipped]
     for run_id in plan.requested:
         if run_id in plan.skipped:
             yield check(plan, run_id, finished)
-    for run_id, outcome in execute_plan(plan, jobs, client, threads, progress):
-        finished[run_id] = outcome
-        ready = [r for r in waiting if r in finished and all(n in finished or n in plan.skipped
-                                                               for n in plan.needs.get(r, ()))]
-        for r in ready:
-            waiting.remove(r)
-            yield check(plan, r, finished)
+    with Executor(jobs, client, threads, progress) as executor:
+        for run_id, outcome in executor.run({r: plan.runs[r] for r in plan.to_execute()}):
+            finished[run_id] = outcome
+            ready = [r for r in waiting if r in finished and all(n in finished or n in plan.skipped
+                                                                   for n in plan.needs.get(r, ()))]
+            for r in ready:
+                waiting.remove(r)
+                yield check(plan, r, finished, baselines)
+        yield from run_searches(plan, executor, baselines)
+
+
+def report_entry(report: Report) -> dict:
+    """A finished report as a results-file entry: a run (its result, expectations and
+    baseline findings), a failure, or a critical-lr search."""
+    from stability_bench.results import run_entry
+
+    if report.failure is not None:
+        return {"failure": report.failure.to_dict()}
+    findings = [f.to_dict() for f in report.findings]
+    if isinstance(report, SearchReport):
+        s = report.search
+        return {"search": {"search_id": s.search_id, "case": s.case.name, "optimizer": s.optimizer, "seed": s.seed,
+                           "device": s.device, "critical_lr": report.found.to_dict(),
+                           "expectations": [o.to_dict() for o in report.outcomes], "baseline": findings}}
+    return {**run_entry(report.result, report.outcomes), "baseline": findings}
 
 
 # ------------------------------------------------------------------------------- API
@@ -374,3 +539,66 @@ def run_case(case: "Case | str | Mapping", devices: Iterable[str] | None = None,
     if failures:
         raise RunsFailed(failures, results)
     return results
+
+
+def find_critical_lr(case: "Case", optimizer: str, seed: int = 0, device: str = "cpu", jobs: int = 1,
+                     client: Any = None, threads: int | None = None) -> "CriticalLr":
+    """The critical learning rate of ``case``'s ``critical_lr:`` entry for ``optimizer``
+    (every probe an ordinary run, trained as :class:`Executor` says); a probe that fails
+    raises :class:`RunsFailed`."""
+    from stability_bench.critical_lr import specs
+
+    if optimizer not in specs(case):
+        raise KeyError(f"{case.where(('critical_lr',))}: critical_lr: the case declares no critical_lr "
+                       f"for optimizer {optimizer!r}")
+    search = SearchSpec(case, optimizer, seed, device)
+    with Executor(jobs, client, threads) as executor:
+        (report,) = run_searches(Plan(searches={search.search_id: search}), executor)
+    if report.failure is not None:
+        raise RunsFailed([report.failure], [])
+    return report.found
+
+
+def record_baselines(cases: Iterable["Case"], jobs: int = 1, client: Any = None, threads: int | None = None,
+                     run_slow: bool = False) -> list:
+    """Record the baseline of each case file among ``cases`` and write it beside the file:
+    every run at every seed, the same runs with their initial parameters nudged by one ulp
+    (the rounding-level noise), and the critical-lr searches. Runs that cannot run here
+    (CUDA without a GPU; slow cases unless ``run_slow``) are left out. Returns the paths."""
+    import dataclasses
+
+    from stability_bench.baseline import baseline_path, merge_baselines, record_baseline, write_baseline
+
+    cases = list(cases)
+    plan = make_plan(cases, run_slow=run_slow)
+    nudged = {}
+    for run_id in plan.to_execute():
+        spec = dataclasses.replace(plan.runs[run_id], perturb=1)
+        nudged[spec.run_id] = spec
+    finished: dict[str, Any] = {}
+    critical: dict[str, dict] = {}
+    with Executor(jobs, client, threads) as executor:
+        finished.update(executor.run({**{r: plan.runs[r] for r in plan.to_execute()}, **nudged}))
+        for report in run_searches(plan, executor):
+            if report.found is not None:
+                s = report.search
+                critical.setdefault(s.case.name, {})[(s.optimizer, s.seed, s.device)] = report.found
+            elif report.failure is not None:
+                raise RunsFailed([report.failure], [])
+    failures = [v for v in finished.values() if isinstance(v, RunFailure)]
+    if failures:
+        raise RunsFailed(failures, [])
+    by_file: dict[str, list] = {}
+    for case in cases:
+        if case.slow and not run_slow:
+            continue
+        results = [r for r in finished.values() if r.case == case.name and not r.run_id.endswith("-perturb1")]
+        perturbed = [r for r in finished.values() if r.case == case.name and r.run_id.endswith("-perturb1")]
+        by_file.setdefault(case.source.file, []).append(
+            record_baseline(case, results, perturbed, critical.get(case.name)))
+    paths = []
+    for file, parts in by_file.items():
+        path = baseline_path(file)
+        write_baseline(path, merge_baselines(parts))
+        paths.append(path)
+    return paths

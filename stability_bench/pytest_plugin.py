@@ -6,9 +6,12 @@ what is clearly a stability-bench case — a ``*.yaml``/``*.yml`` file below one
 ``stability_cases_dirs`` folders (relative to the rootdir; default ``cases``) that carries
 the top-level marker ``stability-bench: 1``. Other YAML files are left alone.
 
-Items run through the library's orchestrator (:mod:`stability_bench.orchestrate`): each
-run, parity partners included, trains once per session (per xdist worker; ``--dist
-loadfile`` keeps a case file's items together), and checking an item never trains.
+Items — one per run, and one per critical-lr search — run through the library's
+orchestrator (:mod:`stability_bench.orchestrate`): each run, parity partners included,
+trains once per session (per xdist worker; ``--dist loadfile`` keeps a case file's items
+together), and checking an item never trains. ``--stability-baseline`` also compares each
+item with the baseline beside its case file; ``--stability-baseline-update`` re-records
+those baselines after the session.
 ``slow`` cases run with ``--run-slow``; CUDA items skip without a GPU, saying so.
 """
 from __future__ import annotations
@@ -25,6 +28,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--triage-dir", default=None, metavar="DIR",
                     help="where a failed case's triage bundle goes (default: $STABILITY_BENCH_TRIAGE, "
                          "else ./triage)")
+    group.addoption("--stability-baseline", action="store_true", default=False,
+                    help="also compare every run and critical lr with the baseline beside its case file")
+    group.addoption("--stability-baseline-update", action="store_true", default=False,
+                    help="after the session, re-record the baseline of every case file whose items ran "
+                         "(after an intended change; review the diff)")
     parser.addini("stability_cases_dirs", type="paths", default=[],
                   help="folders (relative to the rootdir or the ini file) whose case files (marked "
                        "'stability-bench: 1') are collected; default: <rootdir>/cases")
@@ -71,15 +79,24 @@ class CaseFile(pytest.File):
         cases = load_cases(self.path)
         for warning in dict.fromkeys(w for case in cases for w in case_warnings(case)):
             self.warn(CaseWarning(warning))
+        self.cases = cases
         plan = make_plan(cases, cuda_available=True)  # CUDA is checked per item
-        for run_id in plan.requested:
-            spec = plan.runs[run_id]
-            item = CaseItem.from_parent(self, name=run_id, plan=plan)
-            if spec.case.slow:
+        items = [(run_id, plan.runs[run_id]) for run_id in plan.requested] + list(plan.searches.items())
+        for name, what in items:
+            item = CaseItem.from_parent(self, name=name, plan=plan)
+            if what.case.slow:
                 item.add_marker(pytest.mark.slow)
-            if spec.device.startswith("cuda"):
+            if what.device.startswith("cuda"):
                 item.add_marker(pytest.mark.cuda)
             yield item
+
+    def baselines(self):
+        """The baseline beside this file (``--stability-baseline``), read once."""
+        if not hasattr(self, "_baselines"):
+            from stability_bench.orchestrate import Baselines
+
+            self._baselines = Baselines(self.cases)
+        return self._baselines
 
     def repr_failure(self, excinfo):
         from stability_bench.schema import CaseError
@@ -104,12 +121,14 @@ class RunFailed(Exception):
 
 
 class SessionRuns:
-    """The runs this session has trained (run id → result or failure), shared by items."""
+    """The runs this session has trained (run id → result or failure), shared by items, and
+    the case files whose items ran (for ``--stability-baseline-update``)."""
 
     KEY = "_stability_bench_runs"
 
     def __init__(self):
         self.finished: dict = {}
+        self.files: dict = {}   # path → CaseFile
 
     @classmethod
     def of(cls, session: pytest.Session) -> "SessionRuns":
@@ -117,21 +136,40 @@ class SessionRuns:
             setattr(session, cls.KEY, cls())
         return getattr(session, cls.KEY)
 
-    def report(self, plan, run_id: str):
-        """Train ``run_id`` and its partners once, then check it (the orchestrator's check)."""
-        from stability_bench.orchestrate import check, run_one
+    def report(self, plan, name: str, baselines=None):
+        """Train ``name`` (a run and its partners, once each; or a critical-lr search), then
+        check it — the orchestrator's own check."""
+        from stability_bench.orchestrate import Executor, Plan, check, run_one, run_searches
 
-        for need in (*plan.needs.get(run_id, ()), run_id):
+        if name in plan.searches:
+            with Executor() as executor:
+                (report,) = run_searches(Plan(searches={name: plan.searches[name]}), executor, baselines)
+            return report
+        for need in (*plan.needs.get(name, ()), name):
             if need not in self.finished and need not in plan.skipped:
                 self.finished[need] = run_one(plan.runs[need])
-        return check(plan, run_id, self.finished)
+        return check(plan, name, self.finished, baselines)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """``--stability-baseline-update``: re-record the baselines of the case files that ran."""
+    runs = getattr(session, SessionRuns.KEY, None)
+    if runs is None or not runs.files or not session.config.getoption("--stability-baseline-update"):
+        return
+    from stability_bench.orchestrate import record_baselines
+
+    cases = [case for node in runs.files.values() for case in node.cases]
+    for path in record_baselines(cases, run_slow=session.config.getoption("--run-slow")):
+        session.config.get_terminal_writer().line(f"stability-bench: baseline written: {path}")
 
 
 class CaseItem(pytest.Item):
+    """One run of a case file, or one of its critical-lr searches."""
+
     def __init__(self, *, plan, **kwargs):
         super().__init__(**kwargs)
         self.plan = plan
-        self.spec = plan.runs[self.name]
+        self.spec = plan.runs.get(self.name) or plan.searches[self.name]
 
     def setup(self) -> None:
         if self.spec.device.startswith("cuda"):
@@ -143,35 +181,50 @@ class CaseItem(pytest.Item):
                 pytest.skip(CUDA_MISSING)
 
     def runtest(self) -> None:
-        report = SessionRuns.of(self.session).report(self.plan, self.name)
+        runs = SessionRuns.of(self.session)
+        runs.files[self.parent.path] = self.parent
+        check_baseline = (self.config.getoption("--stability-baseline")
+                          and not self.config.getoption("--stability-baseline-update"))
+        report = runs.report(self.plan, self.name, self.parent.baselines() if check_baseline else None)
         if report.status == "missing_data":  # e.g. no CIFAR-10 here: skip, saying where it looked
             pytest.skip(f"data not available: {report.failure.error}")
         if report.failure is not None:
             raise RunFailed(report.failure)
-        self.user_properties.append(("metrics", report.result.metrics))
-        if report.failed_outcomes:
-            from stability_bench.reports.triage import triage_or_reason
+        if report.result is not None:
+            self.user_properties.append(("metrics", report.result.metrics))
+        if report.status == "failed":
+            triage = None
+            if report.result is not None and report.failed_outcomes:
+                from stability_bench.reports.triage import triage_or_reason
 
-            root = self.config.getoption("--triage-dir", default=None)
-            raise ExpectationFailed(report, triage_or_reason(self.spec, report.result, report.outcomes, root))
+                root = self.config.getoption("--triage-dir", default=None)
+                triage = triage_or_reason(self.spec, report.result, report.outcomes, root)
+            raise ExpectationFailed(report, triage)
 
     def repr_failure(self, excinfo, style=None):
         error = excinfo.value
         if isinstance(error, ExpectationFailed):
             report = error.report
             failed = report.failed_outcomes
-            lines = [f"{report.run_id}: {len(failed)} expectation(s) failed, {len(report.outcomes) - len(failed)} held"]
-            lines += [o.describe() for o in failed]
-            if report.result.diverged:
+            lines = [f"{report.run_id}: {len(failed)} expectation(s) failed, {len(report.outcomes) - len(failed)} held"
+                     + (f"; {len(report.failed_findings)} figure(s) outside the baseline" if report.findings else "")]
+            lines += [o.describe() for o in failed] + [f"baseline: {f.message}" for f in report.failed_findings]
+            if report.result is not None and report.result.diverged:
                 lines.append(f"(the run diverged at step {report.result.divergence_step})")
             if error.triage:
                 lines.append(f"triage bundle: {error.triage}")
             return "\n".join(lines)
+        from stability_bench.baseline import BaselineError
+
+        if isinstance(error, BaselineError):
+            return f"{error} (--stability-baseline)"
         if isinstance(error, RunFailed):
             failure = error.args[0]
             return failure.describe() + (f"\n{failure.traceback}" if failure.kind == "crash" else "")
         return super().repr_failure(excinfo, style)
 
     def reportinfo(self):
-        line = self.spec.case.source.line(("optimizers", self.spec.optimizer.key))
+        key = ("critical_lr", self.spec.optimizer) if self.name in self.plan.searches else \
+            ("optimizers", self.spec.optimizer.key)
+        line = self.spec.case.source.line(key)
         return self.path, (line - 1 if line else None), self.name

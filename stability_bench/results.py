@@ -133,7 +133,8 @@ class ResultsJournal:
             raise OSError(f"--json {path}: cannot write there ({exc.strerror or exc})") from None
 
     def append(self, entry: dict) -> None:
-        """One finished run (``run_entry``) or failure (``{"failure": ...}``)."""
+        """One finished run (``run_entry``), failure (``{"failure": ...}``) or critical-lr
+        search (``{"search": ...}``)."""
         self._handle.write(json.dumps(_json_safe(entry), allow_nan=False) + "\n")
         self._handle.flush()
         os.fsync(self._handle.fileno())
@@ -145,13 +146,14 @@ class ResultsJournal:
         rank = {run_id: i for i, run_id in enumerate(order or [])}
 
         def place(entry: dict) -> tuple:
-            run_id = entry.get("run_id") or entry["failure"]["run_id"]
+            run_id = entry.get("run_id") or (entry.get("failure") or {}).get("run_id") or entry["search"]["search_id"]
             return (rank.get(run_id, len(rank)), run_id)
 
         entries.sort(key=place)
         payload = {"format": FORMAT, "version": VERSION, "environment": environment(),
-                   "runs": [e for e in entries if "failure" not in e],
-                   "failures": [e["failure"] for e in entries if "failure" in e]}
+                   "runs": [e for e in entries if "run_id" in e],
+                   "failures": [e["failure"] for e in entries if "failure" in e],
+                   "critical_lr": [e["search"] for e in entries if "search" in e]}
         write_json_atomic(self.path, payload)
         self.journal.unlink()
 

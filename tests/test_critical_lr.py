@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stability_bench.critical_lr import CriticalLrSearch, check_critical_lr, find_critical_lr, specs
+from stability_bench.critical_lr import CriticalLrSearch, check_critical_lr, specs
+from stability_bench.orchestrate import find_critical_lr
 from stability_bench.optimizers import theory
 from stability_bench.schema import CaseError, load_case
 
@@ -114,21 +115,27 @@ QUADRATIC_GD = {"name": "q", "model": {"kind": "quadratic", "eigenvalues": [1.0]
 
 
 def test_parallel_probes_give_the_same_answer_in_fewer_rounds():
-    # 400 steps: at 1.05·2 GD grows by 1.1^400 ≫ √1e10, so the edge is within rtol of 2.
-    case = load_case({**QUADRATIC_GD, "critical_lr": {"gd": {"bracket": [0.5, 10.0], "rtol": 0.05}}})
-    rounds = []
+    """k-section with k = 3 against an edge at 2 (diverged iff lr > 2): the pure search."""
+    def search(parallel):
+        state, rounds = CriticalLrSearch(0.5, 10.0, 0.05, parallel=parallel), []
+        while not state.done:
+            lrs = state.pending()
+            rounds.append(len(lrs))
+            for lr in lrs:
+                state.report(lr, lr > 2.0)
+        return state.result, rounds
 
-    def run_many(specs_):
-        from stability_bench.runner import execute
-        rounds.append(len(specs_))
-        return [execute(s) for s in specs_]
-
-    found = find_critical_lr(case, "gd", run_many=run_many, parallel=3)
-    assert abs(found.value - 2.0) <= 0.05 * 2.0
+    found, rounds = search(3)
+    assert found.value <= 2.0 < found.value * 1.05
     assert rounds[0] == 2 and all(n == 3 for n in rounds[1:])
     assert len(rounds) <= 1 + math.ceil(math.log(math.log(20) / math.log(1.05), 4))
-    sequential = find_critical_lr(case, "gd")
-    assert abs(sequential.value - 2.0) <= 0.05 * 2.0 and len(sequential.probes) > sum(rounds) - len(rounds)
+    sequential, one_by_one = search(1)
+    assert sequential.value <= 2.0 < sequential.value * 1.05 and sum(one_by_one) > sum(rounds) - len(rounds)
+
+
+def test_two_workers_find_the_same_critical_lr():
+    case = load_case({**QUADRATIC_GD, "critical_lr": {"gd": {"bracket": [0.5, 10.0], "rtol": 0.05}}})
+    assert find_critical_lr(case, "gd", jobs=2) == find_critical_lr(case, "gd")
 
 
 def test_expectation_on_the_critical_lr(tmp_path):
