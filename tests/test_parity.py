@@ -465,7 +465,7 @@ BAD_PARITY = [  # (expect.mine, key path of the problem, words in the message)
     ({"parity": {"with": "reff"}}, "expect.mine.parity.with", "unknown parity partner 'reff'; did you mean 'ref'?"),
     ({"parity": {"with": "mine"}}, "expect.mine.parity.with", "cannot be its own parity partner"),
     ({"parity": {"with": "ref", "rtol": -1.0e-6}}, "expect.mine.parity.rtol", "finite number >= 0"),
-    ({"parity": {"with": "ref", "atol": "1e-6"}}, "expect.mine.parity.atol", "write 1.0e-6"),
+    ({"parity": {"with": "ref", "atol": "1.0e-6"}}, "expect.mine.parity.atol", "the number 1.0e-6, without quotes"),
     ({"parity": {"with": "ref", "rtoll": 1.0e-6}}, "expect.mine.parity.rtoll", "did you mean 'rtol'?"),
     ({"parity": {"rtol": 1.0e-6}}, "expect.mine.parity", "parity takes {with: <optimizer>"),
     ({"parity": "ref"}, "expect.mine.parity", "parity takes"),
