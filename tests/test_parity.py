@@ -454,6 +454,7 @@ BAD_PARITY = [  # (expect.mine, key path of the problem, words in the message)
     ({"parity": {"with": "mine"}}, "expect.mine.parity.with", "cannot be its own parity partner"),
     ({"parity": {"with": "ref", "rtol": -1.0e-6}}, "expect.mine.parity.rtol", "finite number >= 0"),
     ({"parity": {"with": "ref", "atol": "tiny"}}, "expect.mine.parity.atol", "expected a number, got 'tiny'"),
+    ({"parity": {"with": "ref", "atol": "1.0e-6"}}, "expect.mine.parity.atol", "the number 1.0e-6, without quotes"),
     ({"parity": {"with": "ref", "rtoll": 1.0e-6}}, "expect.mine.parity.rtoll", "did you mean 'rtol'?"),
     ({"parity": {"rtol": 1.0e-6}}, "expect.mine.parity", "parity takes {with: <optimizer>"),
     ({"parity": "ref"}, "expect.mine.parity", "parity takes"),

@@ -85,6 +85,7 @@ def test_frozen_adam_precond_sharpness_matches_an_explicit_eigensolve():
     ({"every": 0, "sharpness": {}}, "every must be at least 1"),
     ({"sharpness": {"kk": 2}}, "unknown key 'kk'"),
     ({"tol": "small", "sharpness": {}}, "expected a number, got 'small'"),
+    ({"tol": "1e-3", "sharpness": {}}, "the number 1e-3, without quotes"),
 ])
 def test_malformed_probe_sections_name_the_key(probes, fragment):
     with pytest.raises(CaseError) as info:
