@@ -28,9 +28,11 @@ from typing import TYPE_CHECKING, Any
 
 from stability_bench.expectations import COMPARATORS, Outcome
 from stability_bench.registry import nearest
+from stability_bench.typecheck import type_problem, unknown_message
+from stability_bench.yamlsource import Problem
 
 if TYPE_CHECKING:
-    from stability_bench.schema import Case, OptimizerSpec, Problem
+    from stability_bench.schema import Case, OptimizerSpec
 
 SECTION = "critical_lr"
 DEFAULT_RTOL = 0.02
@@ -167,10 +169,8 @@ def _number(value: Any) -> bool:
 
 
 def section_problems(section: Any, optimizers: dict[str, "OptimizerSpec"],
-                     path: tuple = (SECTION,)) -> list["Problem"]:
+                     path: tuple = (SECTION,)) -> list[Problem]:
     """Problems of a case's ``critical_lr:`` section (None: no section), located by key path."""
-    from stability_bench.schema import Problem, _type_problem, _unknown
-
     if section is None:
         return []
     if not isinstance(section, dict):
@@ -180,26 +180,26 @@ def section_problems(section: Any, optimizers: dict[str, "OptimizerSpec"],
     for key, entry in section.items():
         at = path + (key,)
         if key not in optimizers:
-            problems.append(Problem(at, _unknown("optimizer", key, list(optimizers))))
+            problems.append(Problem(at, unknown_message("optimizer", key, list(optimizers))))
             continue
         if not isinstance(entry, dict):
             problems.append(Problem(at, f"expected {{bracket: [lo, hi], rtol: ...}}, got {entry!r}"))
             continue
         for name in entry:
             if name not in KEYS:
-                problems.append(Problem(at + (name,), _unknown("critical_lr key", name, list(KEYS))))
+                problems.append(Problem(at + (name,), unknown_message("critical_lr key", name, list(KEYS))))
         bracket = entry.get("bracket")
         if bracket is None:
             problems.append(Problem(at, f"critical_lr.{key} needs a bracket: {KEYS['bracket']}"))
         elif not (isinstance(bracket, list) and len(bracket) == 2 and all(map(_number, bracket))):
             typed = [p for i, b in enumerate(bracket if isinstance(bracket, list) else [])
-                     if (p := _type_problem(b, float, at + ("bracket", i)))]
+                     if (p := type_problem(b, float, at + ("bracket", i)))]
             problems.extend(typed or [Problem(at + ("bracket",), f"expected {KEYS['bracket']}, got {bracket!r}")])
         elif not 0 < bracket[0] < bracket[1]:
             problems.append(Problem(at + ("bracket",), f"expected {KEYS['bracket']}, got {bracket!r}"))
         rtol = entry.get("rtol", DEFAULT_RTOL)
         if not (_number(rtol) and 0 < rtol < 1):
-            problems.append(_type_problem(rtol, float, at + ("rtol",))
+            problems.append(type_problem(rtol, float, at + ("rtol",))
                             or Problem(at + ("rtol",), f"rtol must be in (0, 1), got {rtol!r}"))
         steps = entry.get("steps")
         if steps is not None and not (isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1):
@@ -210,9 +210,7 @@ def section_problems(section: Any, optimizers: dict[str, "OptimizerSpec"],
     return problems
 
 
-def _divergence_problems(divergence: Any, at: tuple) -> list["Problem"]:
-    from stability_bench.schema import Problem
-
+def _divergence_problems(divergence: Any, at: tuple) -> list[Problem]:
     if divergence is None:
         return []
     if not (isinstance(divergence, dict) and len(divergence) == 1
@@ -222,9 +220,7 @@ def _divergence_problems(divergence: Any, at: tuple) -> list["Problem"]:
     return []
 
 
-def _expect_problems(expect: Any, at: tuple) -> list["Problem"]:
-    from stability_bench.schema import Problem, _unknown
-
+def _expect_problems(expect: Any, at: tuple) -> list[Problem]:
     if expect is None:
         return []
     if not isinstance(expect, dict) or not expect:
@@ -233,7 +229,7 @@ def _expect_problems(expect: Any, at: tuple) -> list["Problem"]:
     for comparator, bound in expect.items():
         if comparator not in COMPARATORS or comparator == "equals":
             known = [c for c in COMPARATORS.names() if c != "equals"]
-            problems.append(Problem(at + (comparator,), _unknown("comparator", comparator, known)))
+            problems.append(Problem(at + (comparator,), unknown_message("comparator", comparator, known)))
         elif comparator == "between":
             if not (isinstance(bound, list) and len(bound) == 2 and all(map(_number, bound)) and bound[0] <= bound[1]):
                 problems.append(Problem(at + (comparator,), f"'between' takes [low, high], got {bound!r}"))
@@ -242,11 +238,9 @@ def _expect_problems(expect: Any, at: tuple) -> list["Problem"]:
     return problems
 
 
-def _param_problems(param: Any, optimizer: "OptimizerSpec", at: tuple) -> list["Problem"]:
+def _param_problems(param: Any, optimizer: "OptimizerSpec", at: tuple) -> list[Problem]:
     """The searched hyperparameter exists; no other one is swept (one critical lr per entry)."""
     import inspect
-
-    from stability_bench.schema import Problem
 
     accepted = [n for n in list(inspect.signature(optimizer.cls.__init__).parameters)[2:]]
     if param not in accepted and param not in optimizer.fixed:

@@ -17,22 +17,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping, Union
 
-from stability_bench.components import AtLeast, Count
+from stability_bench.components import Count
 from stability_bench.components.building import takes_context
 from stability_bench.components.data import DATA
-from stability_bench.critical_lr import section_problems as critical_lr_problems
 from stability_bench.components.losses import LOSSES
 from stability_bench.components.models import MODELS
 from stability_bench.contracts import ContractError, step_contract
+from stability_bench.critical_lr import section_problems as critical_lr_problems
+from stability_bench.eval_metrics import EVAL_METRICS  # noqa: F401  (registers the eval_* metrics)
 from stability_bench.expectations import COMPARATORS, PARITY, PARITY_KEYS, THEORY_REFERENCES
 from stability_bench.metrics import METRICS, SpikeConfig
-from stability_bench.eval_metrics import EVAL_METRICS  # noqa: F401  (registers the eval_* metrics)
 from stability_bench.optimizers.resolve import OptimizerResolveError, resolve_optimizer_class
 from stability_bench.registry import ImportPathError, Registry, UnknownNameError, load_entry_points, nearest
+from stability_bench.typecheck import NUMBER_STRING as _NUMBER_STRING
+from stability_bench.typecheck import PLAIN as _PLAIN
+from stability_bench.typecheck import check_mapping as _check_mapping
+from stability_bench.typecheck import is_union as _is_union
+from stability_bench.typecheck import matches as _matches
+from stability_bench.typecheck import type_problem as _type_problem
+from stability_bench.typecheck import unknown_message as _unknown
 from stability_bench.yamlsource import MARKER, KeyPath, Problem, Source, SourceError, read_yaml
 from stability_bench.yamlsource import dotted as _dotted
 
-_NUMBER_STRING = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 FORMAT_VERSION = 1      # the value of the ``stability-bench:`` marker this version reads
 MAX_PROBLEMS = 20       # problems shown per file; a garbage file would otherwise print thousands
 # Every step's loss, gradient and update norm is kept in memory and written to the results
@@ -53,140 +59,6 @@ class CaseError(ValueError):
         if len(self.problems) > MAX_PROBLEMS:
             shown.append(f"… and {len(self.problems) - MAX_PROBLEMS} more problems")
         return "\n".join(shown)
-
-
-def _unknown(what: str, name: Any, known: list[str]) -> str:
-    """``unknown metric 'x'; did you mean 'y'? Known: ...`` for any registry-like name."""
-    guess = nearest(str(name), known)
-    return (f"unknown {what} {name!r}" + (f"; did you mean {guess!r}?" if guess else "")
-            + f" Known: {', '.join(known)}.")
-
-
-# --------------------------------------------------------------------------- types
-_NAMES = {int: ("an integer", "integers"), float: ("a number", "numbers"), bool: ("true/false", "true/false values"),
-          str: ("a string", "strings"), type(None): ("null", "nulls")}
-_PLAIN = (int, float, bool, str, type(None))  # what YAML can write; other classes (Tensor) it cannot
-
-
-def _is_union(origin: Any) -> bool:
-    return origin is Union or getattr(origin, "__name__", "") == "UnionType"
-
-
-def _type_name(hint: Any, plural: bool = False) -> str:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is Annotated:
-        return _type_name(args[0], plural)
-    if origin is Literal:
-        return " | ".join(repr(a) for a in args)
-    if _is_union(origin):
-        writable = [a for a in args if not isinstance(a, type) or a in _PLAIN] or list(args)
-        return " or ".join(_type_name(a, plural) for a in writable)
-    if origin in (list, tuple):
-        items = [a for a in args if a is not Ellipsis]
-        if origin is tuple and items and Ellipsis not in args:
-            return f"a list of {len(items)} {_type_name(items[0], plural=True)}"
-        return f"a list of {_type_name(items[0], plural=True)}" if items else "a list"
-    if origin is dict and len(args) == 2:
-        return f"a mapping of {_type_name(args[0], True)} to {_type_name(args[1], True)}"
-    if hint in _NAMES:
-        return _NAMES[hint][plural]
-    return getattr(hint, "__name__", str(hint))
-
-
-def _matches(value: Any, hint: Any) -> bool:
-    """Whether a YAML value fits a type hint, strictly: ints count as floats, bools are not
-    numbers, NaN is no number, a tuple has its length, a dict's keys and values their types."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if hint is Any:
-        return True
-    if origin is Annotated:
-        return _matches(value, args[0])
-    if origin is Literal:
-        return any(value == a and type(value) is type(a) for a in args)
-    if _is_union(origin):
-        return any(_matches(value, a) for a in args)
-    if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            return False
-        if origin is tuple and args and Ellipsis not in args:
-            return len(value) == len(args) and all(_matches(v, a) for v, a in zip(value, args))
-        return all(_matches(v, args[0]) for v in value) if args else True
-    if origin is dict:
-        return isinstance(value, dict) and (not args or all(
-            _matches(k, args[0]) and _matches(v, args[1]) for k, v in value.items()))
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is type(None):
-        return value is None
-    return isinstance(value, hint) if isinstance(hint, type) else True
-
-
-def _limit_problem(value: Any, hint: Any) -> str | None:
-    """A value that has the right type but breaks an ``AtLeast`` bound of the hint."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is Annotated:
-        for limit in args[1:]:
-            if isinstance(limit, AtLeast) and _matches(value, args[0]) and value < limit.minimum:
-                return f"must be at least {limit.minimum}, got {value!r}"
-        return _limit_problem(value, args[0])
-    if _is_union(origin):
-        return next((_limit_problem(value, a) for a in args if _matches(value, a)), None)
-    if origin in (list, tuple) and isinstance(value, (list, tuple)):
-        items = [a for a in args if a is not Ellipsis]
-        per_item = items if origin is tuple and Ellipsis not in args else items[:1] * len(value)
-        return next((f"[{i}] {p}" for i, (v, a) in enumerate(zip(value, per_item))
-                     if (p := _limit_problem(v, a))), None)
-    return None
-
-
-def _non_finite(value: Any) -> bool:
-    if isinstance(value, float):
-        return not math.isfinite(value)
-    if isinstance(value, (list, tuple)):
-        return any(_non_finite(v) for v in value)
-    return False
-
-
-def _type_problem(value: Any, hint: Any, path: KeyPath, finite: bool = False) -> Problem | None:
-    """What is wrong with ``value`` for ``hint`` (None if nothing); ``finite`` also refuses
-    ±inf (a learning rate or a data size cannot be infinite; a bound can)."""
-    if _matches(value, hint):
-        limit = _limit_problem(value, hint)
-        if limit:
-            return Problem(path, limit)
-        if finite and _non_finite(value):
-            return Problem(path, f"expected a finite number, got {value!r}")
-        return None
-    message = f"expected {_type_name(hint)}, got {value!r}"
-    if isinstance(value, float) and value != value:
-        message = f"expected {_type_name(hint)}, got .nan (not a number: every comparison with it is false)"
-    elif isinstance(value, str) and _NUMBER_STRING.match(value.strip()):
-        message += f" (a string); did you mean the number {value.strip()}, without quotes?"
-    elif typing.get_origin(hint) is list and _matches(value, typing.get_args(hint)[0]):
-        message += f"; a list of one is written [{value}]"  # devices: cpu, seeds: 0
-    return Problem(path, message)
-
-
-def _check_mapping(value: Any, allowed: Mapping[str, Any], required: set[str], path: KeyPath,
-                   problems: list[Problem], what: str, finite: bool = False) -> bool:
-    """Keys of a mapping against ``allowed`` (name → type hint); returns False if not a mapping."""
-    if not isinstance(value, dict):
-        problems.append(Problem(path, f"{what} must be a mapping, got {value!r}"))
-        return False
-    for key in value:
-        if key not in allowed:
-            guess = nearest(str(key), list(allowed))
-            hint = f"; did you mean {guess!r}?" if guess else f"; valid keys: {', '.join(allowed)}"
-            problems.append(Problem(path + (key,), f"unknown key {key!r} in {what}{hint}"))
-        else:
-            problem = _type_problem(value[key], allowed[key], path + (key,), finite)
-            if problem:
-                problems.append(problem)
-    for key in sorted(required - set(value)):
-        problems.append(Problem(path, f"{what} is missing the required key {key!r}"))
-    return True
 
 
 # ----------------------------------------------------------------------- components
