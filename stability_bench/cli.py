@@ -170,6 +170,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                 print(f"stability-bench: error: {report.failure.describe()}", file=sys.stderr)
                 if args.verbose and report.failure.traceback:
                     print(report.failure.traceback.rstrip(), file=sys.stderr)
+                if report.failure.kind in ("crash", "timeout") and hasattr(report, "spec") and not args.no_triage:
+                    from stability_bench.reports.triage import crash_triage_or_reason
+
+                    print(f"    triage bundle: {crash_triage_or_reason(report.spec, report.failure, args.triage_dir)}")
             if report.status == "failed" and report.result is not None and not args.no_triage:
                 from stability_bench.reports.triage import triage_or_reason
 

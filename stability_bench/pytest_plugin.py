@@ -189,7 +189,13 @@ class CaseItem(pytest.Item):
         if report.status == "missing_data":  # e.g. no CIFAR-10 here: skip, saying where it looked
             pytest.skip(f"data not available: {report.failure.error}")
         if report.failure is not None:
-            raise RunFailed(report.failure)
+            bundle = None
+            if report.failure.kind in ("crash", "timeout") and self.name in self.plan.runs:
+                from stability_bench.reports.triage import crash_triage_or_reason
+
+                bundle = crash_triage_or_reason(self.spec, report.failure,
+                                                self.config.getoption("--triage-dir", default=None))
+            raise RunFailed(report.failure, bundle)
         if report.result is not None:
             self.user_properties.append(("metrics", report.result.metrics))
         if report.status == "failed":
@@ -219,8 +225,9 @@ class CaseItem(pytest.Item):
         if isinstance(error, BaselineError):
             return f"{error} (--stability-baseline)"
         if isinstance(error, RunFailed):
-            failure = error.args[0]
-            return failure.describe() + (f"\n{failure.traceback}" if failure.kind == "crash" else "")
+            failure, bundle = error.args
+            return (failure.describe() + (f"\n{failure.traceback}" if failure.kind == "crash" else "")
+                    + (f"\ntriage bundle: {bundle}" if bundle else ""))
         return super().repr_failure(excinfo, style)
 
     def reportinfo(self):

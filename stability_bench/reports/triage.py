@@ -153,10 +153,63 @@ def triage_or_reason(spec, result: RunResult, outcomes: Iterable[Any], root: str
     """The folder of the failed run's triage bundle, or why it was not written: the run's
     verdict stands either way, so a bundle that cannot be written is reported, not raised
     (what both the CLI and the pytest items print)."""
+    return _or_reason(lambda: write_triage(spec.case, spec, result, outcomes, root))
+
+
+def crash_triage_or_reason(spec, failure, root: str | Path | None = None) -> str:
+    """As :func:`triage_or_reason`, for a run that crashed (:func:`write_crash_triage`)."""
+    return _or_reason(lambda: write_crash_triage(spec, failure, root))
+
+
+def _or_reason(write) -> str:
     try:
-        return str(write_triage(spec.case, spec, result, outcomes, root))
+        return str(write())
     except Exception as exc:
         return f"not written ({type(exc).__name__}: {exc})"
+
+
+def _bundle(root: str | Path | None, run_id: str, fill) -> Path:
+    """Write a bundle folder ``root/<safe run id>/`` atomically: ``fill(folder)`` writes into
+    a temporary folder that then replaces an older bundle of the same run."""
+    root = Path(root) if root is not None else default_triage_root()
+    root.mkdir(parents=True, exist_ok=True)
+    target = root / safe_name(run_id)
+    work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=root))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(work, 0o777 & ~umask)  # mkdtemp makes it private; a bundle is for sharing
+    try:
+        fill(work)
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=root))
+            os.replace(target, old / target.name)
+            shutil.rmtree(old, ignore_errors=True)
+        os.replace(work, target)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return target.resolve()
+
+
+def write_crash_triage(spec, failure, root: str | Path | None = None) -> Path:
+    """The bundle of a run that crashed (its optimizer or model raised): ``case.yaml`` (the
+    run, to repeat it), ``error.txt`` (the traceback), ``triage.json`` (error and step) and,
+    when it crashed while training, the optimizer and model state just before the step that
+    raised (replayed; bit-identical on CPU)."""
+    import yaml
+
+    def fill(work: Path) -> None:
+        header = [f"# stability-bench triage bundle: {failure.run_id} ({failure.kind})",
+                  f"# from {spec.case.where()}; {failure.describe()}", "# Repeat it: stability-bench run case.yaml"]
+        body = yaml.safe_dump(case_as_run(spec.case, spec), sort_keys=False, allow_unicode=True, width=100,
+                              default_flow_style=None)
+        (work / "case.yaml").write_text("\n".join(header) + "\n" + body, encoding="utf-8")
+        (work / "error.txt").write_text(failure.traceback or failure.error, encoding="utf-8")
+        state = _save_state(spec, failure.step, work) if failure.step is not None else {}
+        write_json_atomic(work / "triage.json", {**failure.to_dict(), "case_file": spec.case.where(),
+                                                 "state_saved_before_step": state.get("step")})
+
+    return _bundle(root, failure.run_id, fill)
 
 
 def write_triage(case, spec, result: RunResult, outcomes: Iterable[Any], root: str | Path | None = None,
@@ -165,19 +218,11 @@ def write_triage(case, spec, result: RunResult, outcomes: Iterable[Any], root: s
     older bundle of the same run) and return the folder.
 
     Figures need matplotlib; without it the bundle says so and holds everything else."""
-    root = Path(root) if root is not None else default_triage_root()
-    root.mkdir(parents=True, exist_ok=True)
-    target = root / safe_name(result.run_id)
-    outcomes = list(outcomes)
     outcome_dicts = [o.to_dict() if hasattr(o, "to_dict") else dict(o) for o in outcomes]
     failed = [o for o in outcome_dicts if not o.get("passed")]
     step, why = worst_step(result, case.spikes)
 
-    work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=root))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(work, 0o777 & ~umask)  # mkdtemp makes it private; a bundle is for sharing
-    try:
+    def fill(work: Path) -> None:
         _write_case_yaml(work / "case.yaml", case, spec, result, failed, why)
         payload = results_payload([(result, [])])
         payload["runs"][0]["expectations"] = outcome_dicts
@@ -206,15 +251,8 @@ def write_triage(case, spec, result: RunResult, outcomes: Iterable[Any], root: s
         }
         write_json_atomic(work / "triage.json", meta)
         (work / "README.txt").write_text(_readme(meta), encoding="utf-8")
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=root))
-            os.replace(target, old / target.name)
-            shutil.rmtree(old, ignore_errors=True)
-        os.replace(work, target)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    return target.resolve()
+
+    return _bundle(root, result.run_id, fill)
 
 
 def _readme(meta: dict) -> str:
