@@ -43,20 +43,27 @@ def _case_files(paths: Sequence[str]) -> list[Path]:
     return files
 
 
-def _load(paths: Sequence[str], variant: str | None = None):
+def _load(paths: Sequence[str], variant: str | None = None, errors: list | None = None):
     """The cases of ``paths``; their warnings (figures that will be unknown, and why) go
-    to stderr."""
-    from stability_bench.schema import load_cases
+    to stderr. Every file is read: the malformed ones are appended to ``errors`` or, without
+    it, raised together once all were read (a UsageError naming each)."""
+    from stability_bench.schema import CaseError, load_cases
     from stability_bench.unknown_theory import case_warnings
 
-    cases = []
+    cases, bad = [], [] if errors is None else errors
     for file in _case_files(paths):
-        found = load_cases(file)
+        try:
+            found = load_cases(file)
+        except CaseError as exc:
+            bad.append(exc)
+            continue
         if variant is not None:
             found = [c for c in found if c.name.rsplit("/", 1)[-1] == variant or c.name == variant]
         cases.extend(found)
     for warning in dict.fromkeys(w for case in cases for w in case_warnings(case)):
         print(f"stability-bench: warning: {warning}", file=sys.stderr)
+    if bad and errors is None:
+        raise UsageError("\n".join(map(str, bad)))
     return cases
 
 
@@ -256,11 +263,13 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     from stability_bench.runner import plan_runs
 
-    cases = _load(args.cases)
-    for case in cases:
+    errors: list = []
+    for case in _load(args.cases, errors=errors):
         print(f"ok {case.where()}: {case.name} — {len(plan_runs(case))} runs, "
               f"{len(case.expectations)} expectations")
-    return EXIT_OK
+    for error in errors:
+        print(f"stability-bench: error: {error}", file=sys.stderr)
+    return EXIT_BAD_INPUT if errors else EXIT_OK
 
 
 def cmd_list(args: argparse.Namespace) -> int:

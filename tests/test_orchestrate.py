@@ -182,3 +182,16 @@ def test_a_crash_leaves_a_triage_bundle_with_the_error_and_the_state_before_the_
     assert "stability-bench run case.yaml" in (bundle / "case.yaml").read_text()
     model = torch.load(bundle / "model_state.pt")
     assert set(model) == {"0.weight", "0.bias", "2.weight", "2.bias"} or model  # the MLP's parameters
+
+
+def test_validate_reports_every_bad_file_and_still_says_which_are_fine(tmp_path, capsys):
+    from stability_bench.cli import main
+
+    good = DATA / "sweep.yaml"
+    bad_a, bad_b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    bad_a.write_text(good.read_text().replace("steps: 150", "steps: -1"))
+    bad_b.write_text(good.read_text().replace("seeds: [0, 1]", "seeds: zero"))
+    assert main(["validate", str(bad_a), str(good), str(bad_b)]) == 2
+    out, err = capsys.readouterr()
+    assert out.startswith(f"ok {good}:") and f"{bad_a}:" in err and f"{bad_b}:" in err
+    assert "steps" in err and "seeds" in err
