@@ -80,18 +80,23 @@ def test_an_unknown_user_model_is_a_case_error(user_site):
         load_case(DATA_DIR / "user_by_entry_point.yaml")
 
 
-def cli(case: Path, out: Path, *pythonpath: Path) -> subprocess.CompletedProcess:
+def cli(case: Path, out: Path, *pythonpath: Path, jobs: int = 1) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, (ROOT, *pythonpath))), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "stability_bench.cli", "run", str(case), "--json", str(out)],
+    seeds = [arg for seed in range(jobs) for arg in ("--seed", str(seed))]  # a run per worker
+    return subprocess.run([sys.executable, "-m", "stability_bench.cli", "run", str(case), "--json", str(out),
+                           "--jobs", str(jobs), *seeds],
                           cwd=out.parent, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.parametrize("jobs", [1, 2])
 @pytest.mark.parametrize("case", ["user_by_entry_point.yaml", "user_by_path.yaml"])
-def test_cli_runs_the_users_components(user_site, tmp_path, case):
-    done = cli(DATA_DIR / case, tmp_path / "out.json", user_site)
+def test_cli_runs_the_users_components(user_site, tmp_path, case, jobs):
+    """Also with --jobs 2 (a seed per worker): spawned workers find the package as the CLI does."""
+    done = cli(DATA_DIR / case, tmp_path / "out.json", user_site, jobs=jobs)
     assert done.returncode == 0, done.stdout + done.stderr
     runs = json.loads((tmp_path / "out.json").read_text())["runs"]
-    assert [r["optimizer"] for r in runs] == ["adam"] and runs[0]["metrics"]["final_loss"] < 100
+    assert [r["optimizer"] for r in runs] == ["adam"] * jobs
+    assert all(r["metrics"]["final_loss"] < 100 for r in runs)
 
 
 def test_cli_without_the_package_says_the_model_is_unknown(tmp_path):
