@@ -168,7 +168,27 @@ def markdown() -> str:
         "|---|---|---|",
         *rows,
         "",
+        RUNS_AND_PLUGIN,
     ])
+
+
+# Bad days that are not a malformed file: what a run, the results file and the plugin do.
+# Each line is asserted by the test named (tests/test_orchestrate.py, test_plugin.py).
+RUNS_AND_PLUGIN = """## Runs, results files and the pytest plugin
+
+| hostile input | what happens | test |
+|---|---|---|
+| a user optimizer that raises at step 50 | `CRASH <run id>` and `error: <run id>: crashed at step 50: FloatingPointError: ...`; the other runs still run; the results file lists it under `failures` (kind, error, step); a triage bundle holds the traceback and the state before step 50; exit 3 | `test_a_crashing_run_is_reported_and_the_others_finish`, `test_a_crash_leaves_a_triage_bundle_with_the_error_and_the_state_before_the_step` |
+| a user optimizer that raises in `__init__` | the same, `crashed: RuntimeError: ...` with no step | `test_cli_exit_code_3_for_a_crash_and_the_results_file_keeps_every_run` |
+| a hyperparameter the optimizer rejects at run start (lr: -1.0) | `ERROR <run id>` and `error: <run id>: could not be set up: <file>:<line>: optimizers.<key>: Invalid learning rate: -1.0`; exit 2 | `test_cli_exit_code_2_outranks_a_crash` |
+| a run past its `timeout:` | `TIMEOUT <run id>`, `<file>:<line>: timeout: the run took more than 1e-06 s; stopped after step 0`; exit 3 | `test_a_run_past_its_timeout_stops_and_is_reported_with_exit_code_3` |
+| `--json` into a path whose parent is a file (or an unwritable folder) | `error: --json <path>: cannot write there (...)` before any run trains; exit 2 | `test_json_into_an_unwritable_place_is_bad_input_before_any_run` |
+| Ctrl-C during `run` | `interrupted`, exit 130; `--json` holds every run that finished (the journal is compacted on the way out) | `test_ctrl_c_exits_130_and_the_results_file_keeps_the_runs_that_finished` |
+| another tool's YAML in `cases/` (no `stability-bench: 1`) | not collected, not an error | `test_only_marked_yaml_below_the_rootdir_cases_folder_is_collected` |
+| a project below a folder named `cases` | nothing of it collected (folders are relative to the rootdir) | `test_a_project_living_below_a_folder_named_cases_collects_nothing_of_ours` |
+| a marked case file that is not UTF-8 | one collection error naming the file (`not UTF-8 text`); the session goes on | `test_a_case_file_that_cannot_be_read_is_one_error_not_an_aborted_session` |
+| an empty project with the plugin installed | the plugin loads without torch | `test_loading_the_pytest_plugin_imports_no_torch` |
+"""
 
 
 if __name__ == "__main__":

@@ -195,3 +195,27 @@ def test_validate_reports_every_bad_file_and_still_says_which_are_fine(tmp_path,
     out, err = capsys.readouterr()
     assert out.startswith(f"ok {good}:") and f"{bad_a}:" in err and f"{bad_b}:" in err
     assert "steps" in err and "seeds" in err
+
+
+def test_ctrl_c_exits_130_and_the_results_file_keeps_the_runs_that_finished(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import time
+
+    case = tmp_path / "long.yaml"
+    case.write_text((DATA / "sweep.yaml").read_text().replace("steps: 150", "steps: 2000"))
+    out = tmp_path / "results.json"
+    proc = subprocess.Popen([sys.executable, "-m", "stability_bench.cli", "run", str(case), "--json", str(out),
+                             "--optimizer", "adam", "--no-critical-lr"],
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    journal = tmp_path / ".results.json.journal"
+    deadline = time.monotonic() + 120
+    while not (journal.exists() and journal.read_text().count("\n") >= 1) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "interrupted" in err
+    runs = json.loads(out.read_text())["runs"]
+    assert 1 <= len(runs) < 4 and not journal.exists()  # of adam's 4 runs (2 lr x 2 seeds)
