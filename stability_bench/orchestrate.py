@@ -272,10 +272,10 @@ class Executor:
     def __init__(self, jobs: int = 1, client: Any = None, threads: int | None = None,
                  progress: Callable[[str, int, int, float], None] | None = None):
         self.jobs, self.threads, self.progress = max(1, jobs), threads, progress
-        self.client, self._pool = client, None
+        self.client, self._pool, self._own_client = client, None, isinstance(client, str)
 
     def __enter__(self) -> "Executor":
-        if isinstance(self.client, str):
+        if self._own_client:  # an address: connect now, close on exit
             from distributed import Client
 
             self.client = Client(self.client)
@@ -285,6 +285,8 @@ class Executor:
         if self._pool is not None:
             self._pool.shutdown(wait=exc[0] is None, cancel_futures=True)
             self._pool = None
+        if self._own_client:
+            self.client.close()
 
     def run(self, specs: Mapping[str, "RunSpec"]) -> Iterator[tuple[str, "RunResult | RunFailure"]]:
         """Train ``specs`` (id → spec); yield ``(id, result or failure)`` as each finishes."""
