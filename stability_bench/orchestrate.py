@@ -224,14 +224,6 @@ def run_one(spec: "RunSpec", threads: int | None = None,
                           getattr(exc, "step", None), traceback.format_exc())
 
 
-def _worker_init(cuda_ids: Any) -> None:
-    """Each worker process: its own GPU, where the plan lists several."""
-    import os
-
-    if cuda_ids is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(cuda_ids.get())
-
-
 def _pool_context():
     """``spawn``: forking a parent whose OpenMP pool is initialised can hang the child."""
     import multiprocessing
@@ -239,15 +231,11 @@ def _pool_context():
     return multiprocessing.get_context("spawn")
 
 
-def _cuda_ids(specs: Iterable["RunSpec"], jobs: int):
-    """With devices ``cuda:0 … cuda:k`` among the runs, a queue giving worker i GPU i mod (k+1)."""
-    indices = sorted({int(s.device.split(":")[1]) for s in specs if s.device.startswith("cuda:")})
-    if len(indices) < 2:
+def _gpu(spec: "RunSpec") -> str | None:
+    """The GPU a run holds while it trains (``cuda`` is ``cuda:0``), None on the CPU."""
+    if not spec.device.startswith("cuda"):
         return None
-    queue = _pool_context().Manager().Queue()
-    for worker in range(jobs):
-        queue.put(indices[worker % len(indices)])
-    return queue
+    return spec.device if ":" in spec.device else "cuda:0"
 
 
 def _outcome(run_id: str, future) -> "RunResult | RunFailure":
@@ -266,8 +254,10 @@ class Executor:
     so worker processes start once.
 
     Workers never run more busy threads than ``jobs``: a run the harness gives t threads
-    takes min(t, jobs) of them. Users' optimizers and components must be importable in
-    the workers (spawned processes inherit ``sys.path``; Dask workers need them installed)."""
+    takes min(t, jobs) of them; and never two runs on one GPU at once (runs on ``cuda:0 …
+    cuda:k`` spread over the workers, each with its GPU to itself). Users' optimizers and
+    components must be importable in the workers (spawned processes inherit ``sys.path``;
+    Dask workers need them installed)."""
 
     def __init__(self, jobs: int = 1, client: Any = None, threads: int | None = None,
                  progress: Callable[[str, int, int, float], None] | None = None):
@@ -304,19 +294,25 @@ class Executor:
         from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(self.jobs, mp_context=_pool_context(), initializer=_worker_init,
-                                             initargs=(_cuda_ids(specs.values(), self.jobs),))
+            self._pool = ProcessPoolExecutor(self.jobs, mp_context=_pool_context())
         cost = {key: min(self.jobs, threads_for(spec, self.threads)) for key, spec in specs.items()}
-        queue, running, free = list(specs), {}, self.jobs
+        queue, running, free, gpus = list(specs), {}, self.jobs, set()
+
+        def fits(key: str) -> bool:
+            gpu = _gpu(specs[key])
+            return (cost[key] <= free or not running) and (gpu is None or gpu not in gpus)
+
         while queue or running:
-            while queue and (cost[queue[0]] <= free or not running):
-                key = queue.pop(0)
-                free -= cost[key]
-                running[self._pool.submit(run_one, specs[key], self.threads)] = key
+            while (ready := next((k for k in queue if fits(k)), None)) is not None:
+                queue.remove(ready)
+                free -= cost[ready]
+                gpus.add(_gpu(specs[ready]))  # None (the CPU) is never looked up
+                running[self._pool.submit(run_one, specs[ready], self.threads)] = ready
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
                 key = running.pop(future)
                 free += cost[key]
+                gpus.discard(_gpu(specs[key]))
                 yield key, _outcome(key, future)
 
     def _dask(self, specs: Mapping[str, "RunSpec"]):

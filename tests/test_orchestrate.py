@@ -219,3 +219,47 @@ def test_ctrl_c_exits_130_and_the_results_file_keeps_the_runs_that_finished(tmp_
     assert proc.returncode == 130 and "interrupted" in err
     runs = json.loads(out.read_text())["runs"]
     assert 1 <= len(runs) < 4 and not journal.exists()  # of adam's 4 runs (2 lr x 2 seeds)
+
+
+def test_worker_processes_never_share_a_gpu_nor_exceed_their_threads(monkeypatch):
+    """The scheduler alone, with a stand-in pool whose tasks finish one at a time, oldest
+    first, when the scheduler waits: three runs on cuda:0 queued before a CPU run, jobs=2.
+    Two cuda:0 runs must never be in flight together; the CPU run goes beside one. No GPU
+    is needed: nothing trains."""
+    from concurrent.futures import Future
+
+    import stability_bench.orchestrate as orchestrate
+    from stability_bench.orchestrate import Executor
+    from stability_bench.runner import plan_runs
+
+    case = load_case(DATA / "sweep.yaml")
+    gpu = plan_runs(case, devices=["cuda:0"], optimizers=["adam"])[:3]
+    cpu = plan_runs(case, devices=["cpu"], seeds=[0], optimizers=["adam"])[:1]
+    specs = {s.run_id: s for s in gpu + cpu}
+    pending, seen = [], []
+
+    class Pool:
+        def __init__(self, *args, **kwargs): ...
+
+        def submit(self, fn, spec, threads):
+            future = Future()
+            future.spec = spec
+            pending.append(future)
+            seen.append(sorted(f.spec.device for f in pending))
+            return future
+
+        def shutdown(self, **kwargs): ...
+
+    def wait(futures, return_when):
+        future = pending.pop(0)
+        future.set_result(future.spec.run_id)
+        return {future}, set()
+
+    monkeypatch.setattr("concurrent.futures.ProcessPoolExecutor", Pool)
+    monkeypatch.setattr("concurrent.futures.wait", wait)
+    monkeypatch.setattr(orchestrate, "threads_for", lambda spec, threads=None: 1)
+    with Executor(jobs=2) as executor:
+        done = dict(executor.run(specs))
+    assert sorted(done) == sorted(specs)
+    assert ["cpu", "cuda:0"] in seen                      # two at a time where they may
+    assert all(len(together) <= 2 and together.count("cuda:0") <= 1 for together in seen), seen
