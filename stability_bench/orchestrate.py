@@ -4,14 +4,18 @@ The CLI, the pytest plugin and the Python API (:func:`stability_bench.run_case`)
 through here and only render what comes back.
 
 * :func:`make_plan` lists every run once — the runs asked for and the parity partners their
-  expectations compare with — with each run's dependencies, and the runs that cannot run
-  here (slow cases without ``--run-slow``, CUDA without a GPU) with the reason.
-* :func:`execute_plan` trains the runs: in this process, in ``jobs`` worker processes, or
-  on a Dask cluster. A run that raises is a :class:`RunFailure`, not an exception: the
-  other runs go on. Each run gets its torch thread count from :mod:`stability_bench.threads`,
-  never from the number of workers, so CPU results do not depend on ``jobs``.
-* :func:`check` turns a run and its partners' results into a :class:`RunReport`. It is
-  pure: it never trains.
+  expectations compare with — with each run's dependencies, the critical-lr searches the
+  cases declare, and what cannot run here (slow cases without ``--run-slow``, CUDA without
+  a GPU) with the reason.
+* :class:`Executor` trains runs: in this process, in ``jobs`` worker processes, or on a
+  Dask cluster. A run that raises is a :class:`RunFailure`, not an exception: the other
+  runs go on. Each run gets its torch thread count from :mod:`stability_bench.threads`,
+  never from the number of workers, so CPU results do not depend on ``jobs``. A search's
+  probes are ordinary runs, trained round by round by the same executor.
+* :func:`check` and :func:`check_search` turn finished results into reports — expectation
+  outcomes and, with :class:`Baselines`, baseline findings. They are pure: never train.
+* :func:`run_plan` does all three and yields reports as they are ready; :func:`run_case`,
+  :func:`find_critical_lr` and :func:`record_baselines` are the API's entry points.
 """
 from __future__ import annotations
 
@@ -119,6 +123,7 @@ def make_plan(cases: Iterable["Case"], devices: Iterable[str] | None = None,
     from stability_bench.expectations import PARITY
     from stability_bench.runner import plan_runs
 
+    devices, seeds, optimizers = (None if x is None else list(x) for x in (devices, seeds, optimizers))
     plan = Plan()
     for case in cases:
         for spec in plan_runs(case, devices, seeds, optimizers):
