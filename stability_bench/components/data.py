@@ -94,6 +94,19 @@ def cifar10(ctx: BuildContext, *, subset: Count | None = None, split: Literal["t
     return TensorData(torch.as_tensor(x).to(ctx.dtype), torch.as_tensor(y, dtype=torch.int64))
 
 
+@DATA.register("modular_addition")
+@declares(targets="labels")
+def modular_addition(ctx: BuildContext, *, modulus: Count, operands: Count = 2) -> TensorData:
+    """Every token sequence ``a b … =`` of ``operands`` residues mod ``modulus`` ("=" is token
+    ``modulus``, so the vocabulary is modulus + 1), labelled with the sum mod ``modulus``:
+    a task the project generates itself, deterministic and complete (modulus**operands
+    examples), for the decoder Transformer."""
+    from stability_bench.components.transformer import modular_sums
+
+    x, y = modular_sums(modulus, operands)
+    return TensorData(x, y)
+
+
 @DATA.register("none")
 def none(ctx: BuildContext) -> TensorData:
     """No data: one empty example, for models that are their own objective (quadratic)."""

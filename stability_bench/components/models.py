@@ -97,3 +97,14 @@ def quadratic(ctx: BuildContext, *, eigenvalues: list[float], x0: float | list[f
     if start.shape != (n,):
         raise ValueError(f"x0 has {start.numel()} entries but there are {n} eigenvalues")
     return Quadratic(lam, q, start)
+
+
+@MODELS.register("decoder_transformer")
+def decoder_transformer(ctx: BuildContext, *, vocab: Count, context: Count, width: Count = 64,
+                        heads: Count = 4, layers: Count = 2, mlp_ratio: Count = 4) -> nn.Module:
+    """A small decoder-only Transformer (pre-LN ``nn.TransformerEncoderLayer`` blocks under a
+    causal mask) reading token sequences of length ≤ ``context`` and predicting the next
+    token after the last: logits (batch, vocab). GPT-2 initialisation from the run's seed."""
+    from stability_bench.components.transformer import DecoderTransformer
+
+    return DecoderTransformer(vocab, context, width, heads, layers, mlp_ratio, ctx.generator)
