@@ -1,11 +1,15 @@
 """The regression corpus of the detection benchmark: the plain originals follow
 torch.optim's trajectories to rounding, every regression departs from them, every
-equivalent stays within rounding."""
+equivalent stays within rounding; the case added for the precision changes catches them
+against its committed baseline and stays quiet for the equivalents."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
 
+from benchmarks.detection import substitute
 from benchmarks.regressions import CHANGES, EQUIVALENT, ORIGINALS, REGRESSION
 from stability_bench.optimizers.resolve import resolve_optimizer_class
 
@@ -74,3 +78,34 @@ def test_corpus_size():
     assert kinds.count(REGRESSION) >= 15 and kinds.count(EQUIVALENT) >= 3
     assert {c.replaces for c in CHANGES} == set(ORIGINALS)
     assert len({c.name for c in CHANGES}) == len(CHANGES)
+
+
+VALLEY = Path(__file__).resolve().parent.parent / "cases" / "quadratic_valley_optimizers.yaml"
+# The changes the float32 cases miss (docs/regressions.md), and the equivalents of the same
+# classes: the valley case exists to tell them apart.
+VALLEY_CHANGES = ["sgd_buffer_fp16", "rmsprop_eps_inside_sqrt", "rmsprop_state_bf16",
+                  "sgd_velocity_form", "rmsprop_divide_then_scale"]
+
+
+@pytest.mark.parametrize("name", VALLEY_CHANGES)
+def test_valley_case_tells_precision_changes_from_rewrites(name):
+    """Seed 0 of the shipped valley case with the change in place of its torch class,
+    checked against the committed baseline as `stability-bench run --baseline` does: a
+    regression leaves a band (measured: min loss 6–38 decades off, the bands are ±0.01),
+    an equivalent leaves none (measured: equal to 4 digits). ~1 s."""
+    from stability_bench.orchestrate import Baselines, make_plan, run_plan
+    from stability_bench.schema import load_cases
+
+    change = next(c for c in CHANGES if c.name == name)
+    (case,) = load_cases(VALLEY)
+    changed = substitute(case, change)
+    keys = [k for k, v in changed.optimizers.items() if v.cls is change.cls]
+    assert keys, f"{name}: the valley case has no {change.replaces} entry"
+    plan = make_plan([changed], devices=["cpu"], seeds=[0], optimizers=keys, searches=False)
+    reports = list(run_plan(plan, baselines=Baselines([changed])))
+    assert reports and all(r.failure is None for r in reports)
+    outside = [f.figure for r in reports for f in r.failed_findings]
+    if change.kind == REGRESSION:
+        assert "min_loss" in outside, f"{name}: {outside}"
+    else:
+        assert outside == [], f"{name}: {[f.message for r in reports for f in r.failed_findings]}"
