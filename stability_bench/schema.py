@@ -625,7 +625,8 @@ def _validate(raw: Any, source: Source) -> Case:
             parsed = _optimizer_spec(str(key), spec, ("optimizers", key), problems)
             if parsed:
                 optimizers[str(key)] = parsed
-    expectations = _expectations(raw.get("expect", {}), raw.get("optimizers") or {}, ("expect",), problems)
+    declared = raw["optimizers"] if isinstance(raw.get("optimizers"), dict) else {}  # else already a problem
+    expectations = _expectations(raw.get("expect", {}), declared, ("expect",), problems)
     training = _check_training(raw, optimizers, problems)
     problems += critical_lr_problems(raw.get("critical_lr"), optimizers)
     if problems:
