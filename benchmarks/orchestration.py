@@ -43,10 +43,11 @@ def competing_load(processes: int):
             proc.wait()
 
 
-def measure_command(command: list[str], cwd: Path = REPO) -> float:
+def measure_command(command: list[str], cwd: Path = REPO, env: dict | None = None) -> float:
     """Seconds of one run of ``command`` (its output discarded; a failure is reported)."""
     started = time.perf_counter()
-    proc = subprocess.run(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.run(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          env={**os.environ, **(env or {})})
     elapsed = time.perf_counter() - started
     if proc.returncode not in (0, 1):
         print(proc.stdout[-2000:], file=sys.stderr)
@@ -54,7 +55,7 @@ def measure_command(command: list[str], cwd: Path = REPO) -> float:
     return elapsed
 
 
-def measure_interleaved(commands: dict[str, tuple[list[str], Path]], repeats: int) -> dict[str, list[float]]:
+def measure_interleaved(commands: dict[str, tuple], repeats: int) -> dict[str, list[float]]:
     """Each command ``repeats`` times, rounds in rotated order so drift hits all alike."""
     names = list(commands)
     times: dict[str, list[float]] = {n: [] for n in names}
@@ -79,6 +80,7 @@ def sweep_case(folder: Path, points: int = 32) -> Path:
 
     raw = yaml.safe_load((REPO / "cases" / "bai_li_perceptron.yaml").read_text())
     raw.pop("variants", None)
+    raw.pop("critical_lr", None)
     raw["name"] = "bai_li_lr_sweep"
     raw["seeds"], raw["devices"], raw["expect"] = [0], ["cpu"], {}
     lrs = [float(f"{1e-4 * 10 ** (2 * i / (points - 1)):.4g}") for i in range(points)]
@@ -94,6 +96,8 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--load", type=int, default=0, help="competing busy processes")
     parser.add_argument("--case", default="cases/mlp_14_100_40_4.yaml", help="case for `threads`")
+    parser.add_argument("--old-plugin", metavar="DIR", help="`startup`: also time the plugin of the checkout "
+                        "in DIR (e.g. a git worktree of an older commit), put first on PYTHONPATH")
     args = parser.parse_args(argv)
     plain = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "STABILITY_BENCH_THREADS")}
     os.environ.clear()
@@ -111,7 +115,7 @@ def main(argv=None) -> None:
                                          "--jobs 2": (run + ["--jobs", "2"], REPO)}, args.repeats)
             print(table(times, "--jobs 1"))
         elif args.what == "threads":
-            run = CLI + ["run", args.case, "--no-triage", "--device", "cpu"]
+            run = CLI + ["run", args.case, "--no-triage", "--device", "cpu", "--no-critical-lr"]
             import torch
 
             default = torch.get_num_threads()
@@ -122,9 +126,9 @@ def main(argv=None) -> None:
             print(table(times, f"torch default ({default} threads)"))
         elif args.what == "readme":
             times = measure_interleaved({
-                "stability-bench run cases/": (CLI + ["run", "cases/", "--no-triage"], REPO),
+                "stability-bench run cases/ --jobs 2": (CLI + ["run", "cases/", "--jobs", "2", "--no-triage"], REPO),
                 "python -m pytest": ([sys.executable, "-m", "pytest", "-q"], REPO)}, args.repeats)
-            print(table(times, "stability-bench run cases/"))
+            print(table(times, "stability-bench run cases/ --jobs 2"))
         else:
             empty = tmp / "project"
             (empty / "tests").mkdir(parents=True)
@@ -132,8 +136,11 @@ def main(argv=None) -> None:
             (empty / "pytest.ini").write_text("[pytest]\n")
             collect = [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:randomly",
                        "-p", "no:xdist", "-p", "no:cacheprovider"]
-            times = measure_interleaved({"without the plugin": (collect + ["-p", "no:stability_bench"], empty),
-                                         "with the plugin": (collect, empty)}, max(args.repeats, 5))
+            settings = {"without the plugin": (collect + ["-p", "no:stability_bench"], empty),
+                        "with the plugin": (collect, empty)}
+            if args.old_plugin:
+                settings[f"with the plugin of {args.old_plugin}"] = (collect, empty, {"PYTHONPATH": args.old_plugin})
+            times = measure_interleaved(settings, max(args.repeats, 5))
             print(table(times, "without the plugin"))
 
 
