@@ -229,6 +229,9 @@ def run_one(spec: "RunSpec", threads: int | None = None,
                           getattr(exc, "step", None), traceback.format_exc())
 
 
+More = Callable[[str, "RunResult | RunFailure"], Mapping[str, "RunSpec"]]
+
+
 def _pool_context():
     """``spawn``: forking a parent whose OpenMP pool is initialised can hang the child."""
     import multiprocessing
@@ -283,23 +286,32 @@ class Executor:
         if self._own_client:
             self.client.close()
 
-    def run(self, specs: Mapping[str, "RunSpec"]) -> Iterator[tuple[str, "RunResult | RunFailure"]]:
-        """Train ``specs`` (id → spec); yield ``(id, result or failure)`` as each finishes."""
+    def run(self, specs: Mapping[str, "RunSpec"], more: More | None = None,
+            ) -> Iterator[tuple[str, "RunResult | RunFailure"]]:
+        """Train ``specs`` (key → spec); yield ``(key, result or failure)`` as each finishes.
+        ``more(key, outcome)``, called as each finishes, may return further specs to train
+        (a critical-lr search's next round), so new work fills the workers at once."""
+        more = more or (lambda key, outcome: {})
         if self.client is not None:
-            yield from self._dask(specs)
-        elif self.jobs == 1 or len(specs) <= 1 and self._pool is None:
-            for key, spec in specs.items():
+            yield from self._dask(specs, more)
+        elif self.jobs == 1:
+            queue = dict(specs)
+            while queue:
+                key = next(iter(queue))
                 step_progress = None if self.progress is None else (
                     lambda done, total, loss, _id=key: self.progress(_id, done, total, loss))
-                yield key, run_one(spec, self.threads, step_progress)
+                outcome = run_one(queue.pop(key), self.threads, step_progress)
+                queue.update(more(key, outcome))
+                yield key, outcome
         else:
-            yield from self._processes(specs)
+            yield from self._processes(specs, more)
 
-    def _processes(self, specs: Mapping[str, "RunSpec"]):
+    def _processes(self, specs: Mapping[str, "RunSpec"], more: More):
         from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
         if self._pool is None:
             self._pool = ProcessPoolExecutor(self.jobs, mp_context=_pool_context())
+        specs = dict(specs)
         cost = {key: min(self.jobs, threads_for(spec, self.threads)) for key, spec in specs.items()}
         queue, running, free, gpus = list(specs), {}, self.jobs, set()
 
@@ -318,16 +330,29 @@ class Executor:
                 key = running.pop(future)
                 free += cost[key]
                 gpus.discard(_gpu(specs[key]))
-                yield key, _outcome(key, future)
+                outcome = _outcome(key, future)
+                for new_key, spec in more(key, outcome).items():
+                    specs[new_key] = spec
+                    cost[new_key] = min(self.jobs, threads_for(spec, self.threads))
+                    queue.append(new_key)
+                yield key, outcome
 
-    def _dask(self, specs: Mapping[str, "RunSpec"]):
+    def _dask(self, specs: Mapping[str, "RunSpec"], more: More):
         from distributed import as_completed
 
-        futures = {self.client.submit(run_one, spec, self.threads, pure=False,
-                                      key=f"stability-bench-{key}-{time.time_ns()}"): key
-                   for key, spec in specs.items()}
-        for future in as_completed(futures):
-            yield futures[future], _outcome(futures[future], future)
+        def submit(key: str, spec: "RunSpec"):
+            future = self.client.submit(run_one, spec, self.threads, pure=False,
+                                        key=f"stability-bench-{key}-{time.time_ns()}")
+            keys[future] = key
+            return future
+
+        keys: dict = {}
+        pending = as_completed([submit(key, spec) for key, spec in specs.items()])
+        for future in pending:
+            outcome = _outcome(keys[future], future)
+            for new_key, spec in more(keys[future], outcome).items():
+                pending.add(submit(new_key, spec))
+            yield keys[future], outcome
 
 
 def execute_plan(plan: Plan, jobs: int = 1, client: Any = None, threads: int | None = None,
@@ -438,56 +463,105 @@ def check_search(search: SearchSpec, found: "CriticalLr", baselines: Baselines |
                         outcomes=check_critical_lr(search.case, search.optimizer, found))
 
 
-def run_searches(plan: Plan, executor: Executor, baselines: Baselines | None = None) -> Iterator[SearchReport]:
-    """Drive the plan's critical-lr searches together: each round, every live search's
-    pending learning rates are ordinary runs trained by ``executor`` at once."""
-    from stability_bench.critical_lr import CriticalLrSearch, specs
+class SearchDriver:
+    """The plan's critical-lr searches as work for an :class:`Executor`: :meth:`start` gives
+    every search's first probes, :meth:`record` takes each finished probe and gives the
+    next round's once a search's round is complete. A round's outcomes are reported to the
+    search in the order asked, so its record is the same for any ``jobs``. Finished searches
+    come out as reports (:attr:`reports`), checked as :func:`check_search` does."""
 
-    live = {}
-    for search_id, search in plan.searches.items():
-        if search_id in plan.skipped:
-            yield SearchReport(search=search, skipped=plan.skipped[search_id])
-            continue
-        entry = specs(search.case)[search.optimizer]
-        live[search_id] = CriticalLrSearch(entry.lo, entry.hi, entry.rtol)
-    while live:
-        probes = {}
-        for search_id, state in live.items():
-            for lr in state.pending():
-                spec = probe_spec(plan.searches[search_id], lr)
-                probes[spec.run_id] = (search_id, lr, spec)
-        outcomes = dict(executor.run({key: spec for key, (_, _, spec) in probes.items()}))
-        for key, (search_id, lr, _) in probes.items():  # in the order asked: the same record for any jobs
-            if search_id not in live:  # an earlier probe of this round failed
-                continue
-            if isinstance(outcomes[key], RunFailure):
-                del live[search_id]
-                yield SearchReport(search=plan.searches[search_id], failure=outcomes[key])
-                continue
-            live[search_id].report(lr, outcomes[key].diverged)
-        for search_id in [k for k, state in live.items() if state.done]:
-            yield check_search(plan.searches[search_id], live.pop(search_id).result, baselines)
+    PREFIX = "critical_lr:"   # executor keys of probes: never a run id
+
+    def __init__(self, plan: Plan, baselines: Baselines | None = None):
+        from stability_bench.critical_lr import CriticalLrSearch, specs
+
+        self.plan, self.baselines = plan, baselines
+        self.reports: list[SearchReport] = []
+        self.live: dict[str, Any] = {}
+        self.round: dict[str, dict[float, Any]] = {}     # search id → lr → outcome (None: running)
+        for search_id, search in plan.searches.items():
+            if search_id in plan.skipped:
+                self.reports.append(SearchReport(search=search, skipped=plan.skipped[search_id]))
+            else:
+                entry = specs(search.case)[search.optimizer]
+                self.live[search_id] = CriticalLrSearch(entry.lo, entry.hi, entry.rtol)
+
+    def start(self) -> dict[str, "RunSpec"]:
+        return {key: spec for search_id in list(self.live) for key, spec in self._next(search_id).items()}
+
+    def _next(self, search_id: str) -> dict[str, "RunSpec"]:
+        lrs = self.live[search_id].pending()
+        self.round[search_id] = dict.fromkeys(lrs)
+        return {f"{self.PREFIX}{search_id}@{lr!r}": probe_spec(self.plan.searches[search_id], lr) for lr in lrs}
+
+    def owns(self, key: str) -> bool:
+        return key.startswith(self.PREFIX)
+
+    def record(self, key: str, outcome: "RunResult | RunFailure") -> dict[str, "RunSpec"]:
+        """Take a finished run (an :class:`Executor`'s ``more``): a probe of a search is
+        recorded, anything else ignored; returns the probes to train next."""
+        if not self.owns(key):
+            return {}
+        search_id, _, lr = key[len(self.PREFIX):].rpartition("@")
+        if search_id not in self.live:  # an earlier probe of its round failed
+            return {}
+        search = self.plan.searches[search_id]
+        if isinstance(outcome, RunFailure):
+            del self.live[search_id]
+            self.reports.append(SearchReport(search=search, failure=outcome))
+            return {}
+        outcomes = self.round[search_id]
+        outcomes[float(lr)] = outcome
+        if any(v is None for v in outcomes.values()):
+            return {}
+        state = self.live[search_id]
+        for probe_lr, result in outcomes.items():
+            state.report(probe_lr, result.diverged)
+        if not state.done:
+            return self._next(search_id)
+        del self.live[search_id]
+        self.reports.append(check_search(search, state.result, self.baselines))
+        return {}
+
+
+def run_searches(plan: Plan, executor: Executor, baselines: Baselines | None = None) -> Iterator[SearchReport]:
+    """Drive the plan's critical-lr searches (and only them) with ``executor``."""
+    driver = SearchDriver(plan, baselines)
+    yield from _drain(driver.reports)
+    for _ in executor.run(driver.start(), driver.record):
+        yield from _drain(driver.reports)
+
+
+def _drain(reports: list) -> Iterator:
+    while reports:
+        yield reports.pop(0)
 
 
 def run_plan(plan: Plan, jobs: int = 1, client: Any = None, threads: int | None = None,
              progress: Callable[[str, int, int, float], None] | None = None,
              baselines: Baselines | None = None) -> Iterator[RunReport | SearchReport]:
     """Execute and check: yield each requested run's report as soon as it and its partners
-    have finished (skipped ones first), then each critical-lr search's report."""
+    have finished (skipped ones first), and each critical-lr search's report when it ends.
+    Runs and search probes share the executor: a search's next round is queued as soon as
+    its last probe finishes, beside the runs still waiting."""
     finished: dict[str, Any] = {}
     waiting = [r for r in plan.requested if r not in plan.skipped]
     for run_id in plan.requested:
         if run_id in plan.skipped:
             yield check(plan, run_id, finished)
+    driver = SearchDriver(plan, baselines)
+    yield from _drain(driver.reports)
     with Executor(jobs, client, threads, progress) as executor:
-        for run_id, outcome in executor.run({r: plan.runs[r] for r in plan.to_execute()}):
-            finished[run_id] = outcome
-            ready = [r for r in waiting if r in finished and all(n in finished or n in plan.skipped
-                                                                   for n in plan.needs.get(r, ()))]
-            for r in ready:
-                waiting.remove(r)
-                yield check(plan, r, finished, baselines)
-        yield from run_searches(plan, executor, baselines)
+        work = {**{r: plan.runs[r] for r in plan.to_execute()}, **driver.start()}
+        for key, outcome in executor.run(work, driver.record):
+            if not driver.owns(key):
+                finished[key] = outcome
+                ready = [r for r in waiting if r in finished and all(n in finished or n in plan.skipped
+                                                                       for n in plan.needs.get(r, ()))]
+                for r in ready:
+                    waiting.remove(r)
+                    yield check(plan, r, finished, baselines)
+            yield from _drain(driver.reports)
 
 
 def report_entry(report: Report) -> dict:
@@ -578,16 +652,17 @@ def record_baselines(cases: Iterable["Case"], jobs: int = 1, client: Any = None,
     for run_id in plan.to_execute():
         spec = dataclasses.replace(plan.runs[run_id], perturb=1)
         nudged[spec.run_id] = spec
-    finished: dict[str, Any] = {}
-    critical: dict[str, dict] = {}
+    driver = SearchDriver(plan)
     with Executor(jobs, client, threads) as executor:
-        finished.update(executor.run({**{r: plan.runs[r] for r in plan.to_execute()}, **nudged}))
-        for report in run_searches(plan, executor):
-            if report.found is not None:
-                s = report.search
-                critical.setdefault(s.case.name, {})[(s.optimizer, s.seed, s.device)] = report.found
-            elif report.failure is not None:
-                raise RunsFailed([report.failure], [])
+        work = {**{r: plan.runs[r] for r in plan.to_execute()}, **nudged, **driver.start()}
+        finished = {k: v for k, v in executor.run(work, driver.record) if not driver.owns(k)}
+    critical: dict[str, dict] = {}
+    for report in driver.reports:
+        if report.found is not None:
+            s = report.search
+            critical.setdefault(s.case.name, {})[(s.optimizer, s.seed, s.device)] = report.found
+        elif report.failure is not None:
+            raise RunsFailed([report.failure], [])
     failures = [v for v in finished.values() if isinstance(v, RunFailure)]
     if failures:
         raise RunsFailed(failures, [])
