@@ -312,7 +312,8 @@ class Executor:
         if self._pool is None:
             self._pool = ProcessPoolExecutor(self.jobs, mp_context=_pool_context())
         specs = dict(specs)
-        cost = {key: min(self.jobs, threads_for(spec, self.threads)) for key, spec in specs.items()}
+        threads = {key: threads_for(spec, self.threads) for key, spec in specs.items()}  # chosen once, here
+        cost = {key: min(self.jobs, count) for key, count in threads.items()}
         queue, running, free, gpus = list(specs), {}, self.jobs, set()
 
         def fits(key: str) -> bool:
@@ -324,7 +325,7 @@ class Executor:
                 queue.remove(ready)
                 free -= cost[ready]
                 gpus.add(_gpu(specs[ready]))  # None (the CPU) is never looked up
-                running[self._pool.submit(run_one, specs[ready], self.threads)] = ready
+                running[self._pool.submit(run_one, specs[ready], threads[ready])] = ready
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
                 key = running.pop(future)
@@ -332,8 +333,8 @@ class Executor:
                 gpus.discard(_gpu(specs[key]))
                 outcome = _outcome(key, future)
                 for new_key, spec in more(key, outcome).items():
-                    specs[new_key] = spec
-                    cost[new_key] = min(self.jobs, threads_for(spec, self.threads))
+                    specs[new_key], threads[new_key] = spec, threads_for(spec, self.threads)
+                    cost[new_key] = min(self.jobs, threads[new_key])
                     queue.append(new_key)
                 yield key, outcome
 
