@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import textwrap
 from typing import Callable
 
@@ -305,6 +306,26 @@ PLAIN = [
 ]
 
 
+ROUNDING_MARGIN = 10  # a rewritten formula rounds at every step, a nudge once: ~√25 = 5, doubled
+
+
+def rounding_tolerance(case: Plain, problem: Problem, hyper: dict, expected) -> dict:
+    """``case.tol``, widened where the trajectory itself amplifies rounding: torch's own run
+    from parameters nudged by one ulp departs from the unnudged one by ``drift`` (relative,
+    worst over steps and entries); a reference that only rounds differently may depart by
+    up to ROUNDING_MARGIN × drift. (NAdam with β₁ 0.17, ε 1e-5 amplifies a one-ulp nudge to
+    1.1e-10 in 25 steps; a formula error moves parameters by ≥ 1e-4 relative.)"""
+    nudged_params = [torch.nextafter(p, torch.full_like(p, math.inf)) for p in problem.params0]
+    nudged = dataclasses.replace(problem, params0=nudged_params)
+    tp = nudged.leaves()
+    other = run_torch(case.torch_cls(tp, **case.to_torch(hyper)), tp, nudged, STEPS)
+    drift = max(float(((a - b).abs() / b.abs().clamp_min(1e-300)).max())
+                for (pa, _), (pb, _) in zip(other, expected) for a, b in zip(pa, pb) if a.numel())
+    scale = max((float(p.abs().max()) for ps, _ in expected for p in ps if p.numel()), default=1.0)
+    return {"rtol": max(case.tol["rtol"], ROUNDING_MARGIN * drift),
+            "atol": max(case.tol["atol"], ROUNDING_MARGIN * drift * scale)}
+
+
 @pytest.mark.parametrize("case", PLAIN, ids=lambda c: c.name)
 @settings(max_examples=15)
 @given(problem=problems, data=st.data())
@@ -316,7 +337,7 @@ def test_torch_matches_plain_reference(case: Plain, problem: Problem, data):
     keys = dict(case.keys)
     if hyper.get("amsgrad"):
         keys["max_exp_avg_sq"] = "max_exp_avg_sq"
-    assert_trajectories_match(actual, expected, keys, case.tol, case.name)
+    assert_trajectories_match(actual, expected, keys, rounding_tolerance(case, problem, hyper, expected), case.name)
 
 
 @pytest.mark.parametrize("case", PLAIN, ids=lambda c: c.name)
