@@ -29,6 +29,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from stability_bench.expectations import partner_point
 from stability_bench.metrics import SpikeConfig, detect_spikes
 from stability_bench.reports import INSTALL_HINT, ReportDependencyError
 from stability_bench.reports.collect import ReportRun, safe_name
@@ -80,17 +81,6 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _partner_point(case, spec, partner: str) -> dict | None:
-    """The sweep point of ``partner`` that a parity expectation compares this run with: the
-    one whose swept hyperparameters equal this run's values (None if none does)."""
-    other = case.optimizers[partner]
-    same = lambda a, b: _plain(a) == _plain(b)  # noqa: E731  (lists and tuples alike)
-    for point in other.points():
-        if all(k in spec.params and same(point[k], spec.params[k]) for k in other.sweeps):
-            return point
-    return None
-
-
 def case_as_run(case, spec) -> dict:
     """The case dict of this one run: ``case.raw`` with the sweep point, seed and device
     resolved, and only this optimizer's expectations. An optimizer its expectations name
@@ -103,7 +93,10 @@ def case_as_run(case, spec) -> dict:
     for checks in ((raw.get("expect") or {}).get(key) or {}).values():
         partner = checks.get("with") if isinstance(checks, dict) else None
         if isinstance(partner, str) and partner in case.optimizers and partner not in optimizers:
-            point = _partner_point(case, spec, partner)
+            try:
+                point = partner_point(case, spec.params, partner)
+            except ValueError:  # no matching point: keep the partner as written
+                point = None
             optimizers[partner] = ({"class": case.optimizers[partner].class_name, **_plain(point)}
                                    if point is not None else raw["optimizers"][partner])
     raw["optimizers"] = optimizers
