@@ -161,7 +161,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     baselines = Baselines(cases) if args.baseline else None  # a missing baseline fails before training
     journal = ResultsJournal(args.json) if args.json else None  # so does a bad --json path
     client = _client(args.dask)
-    progress = ProgressLine(total=len(plan.to_execute()) + len(plan.searches))
+    progress = ProgressLine(total=len(plan.requested) + len(plan.searches))  # one tick per report
     collected, statuses = [], []
     try:
         for report in run_plan(plan, jobs=args.jobs, client=client, threads=args.threads, baselines=baselines,
