@@ -106,11 +106,16 @@ def run_entry(run: RunResult, outcomes: Iterable[Any]) -> dict:
     return {**run.to_dict(), "expectations": [o.to_dict() for o in outcomes]}
 
 
-def results_payload(runs: Iterable[tuple[RunResult, list]], failures: Iterable[dict] = ()) -> dict:
-    """The results file: environment, each run with its checked expectations, and the runs
-    that did not finish (``failures``: run id, kind, error, step)."""
-    return {"format": FORMAT, "version": VERSION, "environment": environment(),
-            "runs": [run_entry(run, outcomes) for run, outcomes in runs], "failures": list(failures)}
+def results_payload(runs: Iterable[tuple[RunResult, list]], failures: Iterable[dict] = (),
+                    critical_lr: Iterable[dict] = ()) -> dict:
+    """The results file: environment, each run with its checked expectations, the runs that
+    did not finish (``failures``: run id, kind, error, step) and critical-lr searches."""
+    return _payload([run_entry(run, outcomes) for run, outcomes in runs], failures, critical_lr)
+
+
+def _payload(runs: Iterable[dict], failures: Iterable[dict], critical_lr: Iterable[dict]) -> dict:
+    return {"format": FORMAT, "version": VERSION, "environment": environment(), "runs": list(runs),
+            "failures": list(failures), "critical_lr": list(critical_lr)}
 
 
 class ResultsJournal:
@@ -150,11 +155,9 @@ class ResultsJournal:
             return (rank.get(run_id, len(rank)), run_id)
 
         entries.sort(key=place)
-        payload = {"format": FORMAT, "version": VERSION, "environment": environment(),
-                   "runs": [e for e in entries if "run_id" in e],
-                   "failures": [e["failure"] for e in entries if "failure" in e],
-                   "critical_lr": [e["search"] for e in entries if "search" in e]}
-        write_json_atomic(self.path, payload)
+        write_json_atomic(self.path, _payload([e for e in entries if "run_id" in e],
+                                              [e["failure"] for e in entries if "failure" in e],
+                                              [e["search"] for e in entries if "search" in e]))
         self.journal.unlink()
 
 
