@@ -194,17 +194,38 @@ def _flop_per_step(spec: "RunSpec") -> float:
     return 6.0 * count * rows
 
 
-def threads_for(spec: "RunSpec", threads: int | None = None) -> int:
-    """The run's intra-op thread count (see :mod:`stability_bench.threads`)."""
+EIGEN_PROBES = ("sharpness", "precond_sharpness", "grad_alignment")  # Lanczos: up to max_iter HVPs each
+
+
+def _step_equivalents(spec: "RunSpec") -> float:
+    """A run's cost in training steps: its steps plus its Lanczos probes (an HVP costs about
+    two steps). Only orders the work queue, so rough is enough."""
+    from stability_bench.probes.registry import PLAN_DEFAULTS
+
+    case, probes = spec.case, spec.case.probes
+    options = {**PLAN_DEFAULTS, **{k: v for k, v in probes.items() if k in PLAN_DEFAULTS}}
+    eigen = sum(name in probes for name in EIGEN_PROBES)
+    return case.steps + case.steps / max(1, options["every"]) * eigen * options["max_iter"] * 2
+
+
+def _sizing(spec: "RunSpec", threads: int | None = None) -> tuple[int, float]:
+    """(intra-op threads, estimated work in flop) of a run, from one model build."""
     from stability_bench.threads import auto_threads, explicit_threads
 
     chosen = explicit_threads(threads)
-    if chosen is not None:
-        return chosen
     try:
-        return auto_threads(_flop_per_step(spec))
+        flop = _flop_per_step(spec)
     except Exception:  # an unusual model: the set-up itself will say what is wrong
-        return 1
+        return chosen or 1, 0.0
+    return chosen or auto_threads(flop), flop * _step_equivalents(spec)
+
+
+def threads_for(spec: "RunSpec", threads: int | None = None) -> int:
+    """The run's intra-op thread count (see :mod:`stability_bench.threads`)."""
+    from stability_bench.threads import explicit_threads
+
+    chosen = explicit_threads(threads)
+    return chosen if chosen is not None else _sizing(spec)[0]
 
 
 def run_one(spec: "RunSpec", threads: int | None = None,
@@ -312,14 +333,25 @@ class Executor:
         if self._pool is None:
             self._pool = ProcessPoolExecutor(self.jobs, mp_context=_pool_context())
         specs = dict(specs)
-        threads = {key: threads_for(spec, self.threads) for key, spec in specs.items()}  # chosen once, here
-        cost = {key: min(self.jobs, count) for key, count in threads.items()}
-        queue, running, free, gpus = list(specs), {}, self.jobs, set()
+        threads, work, cost = {}, {}, {}
+        queue, running, free, gpus = [], {}, self.jobs, set()
+
+        def enqueue(key: str, spec: "RunSpec") -> None:
+            """Queue a run, its thread count chosen once, here. Order: critical-lr probes
+            first (a search's next round waits for them), then the longest runs first, so
+            the last runs to finish are short ones (no core idles through a long tail)."""
+            specs[key] = spec
+            threads[key], work[key] = _sizing(spec, self.threads)
+            cost[key] = min(self.jobs, threads[key])
+            queue.append(key)
+            queue.sort(key=lambda k: (not k.startswith(SearchDriver.PREFIX), -work[k]))
 
         def fits(key: str) -> bool:
             gpu = _gpu(specs[key])
             return (cost[key] <= free or not running) and (gpu is None or gpu not in gpus)
 
+        for key, spec in list(specs.items()):
+            enqueue(key, spec)
         while queue or running:
             while (ready := next((k for k in queue if fits(k)), None)) is not None:
                 queue.remove(ready)
@@ -333,9 +365,7 @@ class Executor:
                 gpus.discard(_gpu(specs[key]))
                 outcome = _outcome(key, future)
                 for new_key, spec in more(key, outcome).items():
-                    specs[new_key], threads[new_key] = spec, threads_for(spec, self.threads)
-                    cost[new_key] = min(self.jobs, threads[new_key])
-                    queue.append(new_key)
+                    enqueue(new_key, spec)
                 yield key, outcome
 
     def _dask(self, specs: Mapping[str, "RunSpec"], more: More):

@@ -221,13 +221,42 @@ def test_ctrl_c_exits_130_and_the_results_file_keeps_the_runs_that_finished(tmp_
     assert 1 <= len(runs) < 4 and not journal.exists()  # of adam's 4 runs (2 lr x 2 seeds)
 
 
-def test_worker_processes_never_share_a_gpu_nor_exceed_their_threads(monkeypatch):
-    """The scheduler alone, with a stand-in pool whose tasks finish one at a time, oldest
-    first, when the scheduler waits: three runs on cuda:0 queued before a CPU run, jobs=2.
-    Two cuda:0 runs must never be in flight together; the CPU run goes beside one. No GPU
-    is needed: nothing trains."""
-    from concurrent.futures import Future
+class StandInPool:
+    """A process pool whose tasks finish one at a time, oldest first, when the scheduler
+    waits: the scheduler alone, nothing trains. ``submitted`` lists the specs in order;
+    ``in_flight`` the devices of the tasks in flight after each submission."""
 
+    def __init__(self, monkeypatch):
+        from concurrent.futures import Future
+
+        self.pending, self.submitted, self.in_flight = [], [], []
+        pool = self
+
+        class Pool:
+            def __init__(self, *args, **kwargs): ...
+
+            def submit(self, fn, spec, threads):
+                future = Future()
+                future.spec = spec
+                pool.pending.append(future)
+                pool.submitted.append(spec)
+                pool.in_flight.append(sorted(f.spec.device for f in pool.pending))
+                return future
+
+            def shutdown(self, **kwargs): ...
+
+        def wait(futures, return_when):
+            future = pool.pending.pop(0)
+            future.set_result(future.spec.run_id)
+            return {future}, set()
+
+        monkeypatch.setattr("concurrent.futures.ProcessPoolExecutor", Pool)
+        monkeypatch.setattr("concurrent.futures.wait", wait)
+
+
+def test_worker_processes_never_share_a_gpu_nor_exceed_their_threads(monkeypatch):
+    """Three runs on cuda:0 queued before a CPU run, jobs=2: two cuda:0 runs are never in
+    flight together; the CPU run goes beside one. No GPU is needed: nothing trains."""
     import stability_bench.orchestrate as orchestrate
     from stability_bench.orchestrate import Executor
     from stability_bench.runner import plan_runs
@@ -236,30 +265,30 @@ def test_worker_processes_never_share_a_gpu_nor_exceed_their_threads(monkeypatch
     gpu = plan_runs(case, devices=["cuda:0"], optimizers=["adam"])[:3]
     cpu = plan_runs(case, devices=["cpu"], seeds=[0], optimizers=["adam"])[:1]
     specs = {s.run_id: s for s in gpu + cpu}
-    pending, seen = [], []
-
-    class Pool:
-        def __init__(self, *args, **kwargs): ...
-
-        def submit(self, fn, spec, threads):
-            future = Future()
-            future.spec = spec
-            pending.append(future)
-            seen.append(sorted(f.spec.device for f in pending))
-            return future
-
-        def shutdown(self, **kwargs): ...
-
-    def wait(futures, return_when):
-        future = pending.pop(0)
-        future.set_result(future.spec.run_id)
-        return {future}, set()
-
-    monkeypatch.setattr("concurrent.futures.ProcessPoolExecutor", Pool)
-    monkeypatch.setattr("concurrent.futures.wait", wait)
-    monkeypatch.setattr(orchestrate, "threads_for", lambda spec, threads=None: 1)
+    pool = StandInPool(monkeypatch)
+    monkeypatch.setattr(orchestrate, "_sizing", lambda spec, threads=None: (1, 0.0))
     with Executor(jobs=2) as executor:
         done = dict(executor.run(specs))
     assert sorted(done) == sorted(specs)
-    assert ["cpu", "cuda:0"] in seen                      # two at a time where they may
-    assert all(len(together) <= 2 and together.count("cuda:0") <= 1 for together in seen), seen
+    assert ["cpu", "cuda:0"] in pool.in_flight                      # two at a time where they may
+    assert all(len(together) <= 2 and together.count("cuda:0") <= 1 for together in pool.in_flight)
+
+
+def test_workers_take_critical_lr_probes_first_then_the_longest_runs(monkeypatch):
+    """A search's next round waits for its probes, and a long run started last leaves one
+    core idle while it finishes: so probes go first, then runs by their estimated work
+    (steps, plus two steps per Lanczos HVP of their probes), whatever the order given."""
+    import dataclasses
+
+    from stability_bench.orchestrate import Executor, SearchDriver
+    from stability_bench.runner import plan_runs
+
+    short = plan_runs(load_case(DATA / "sweep.yaml"), devices=["cpu"], seeds=[0], optimizers=["adam"])[0]
+    longer = dataclasses.replace(short, case=dataclasses.replace(short.case, steps=1000))
+    probed = dataclasses.replace(short, case=dataclasses.replace(     # 150 steps + 15 × 30 × 2 HVP steps
+        short.case, probes={"every": 10, "sharpness": {}}))
+    specs = {"short": short, "longer": longer, "probed": probed, f"{SearchDriver.PREFIX}x@0.1": short}
+    pool = StandInPool(monkeypatch)
+    with Executor(jobs=2) as executor:
+        assert sorted(key for key, _ in executor.run(specs)) == sorted(specs)
+    assert [s.case for s in pool.submitted] == [short.case, probed.case, longer.case, short.case]
