@@ -74,6 +74,22 @@ def table(times: dict[str, list[float]], base: str) -> str:
     return "\n".join(rows)
 
 
+def contention(alone: Path, paired: Path) -> str:
+    """How much slower the same runs trained two at a time (``--jobs 2``) than one at a
+    time: Σ of the runs' own wall times (results files, last repeat). Two runs that share
+    the memory bus cannot take less than half this factor's time: ``--jobs 2`` / ``--jobs 1``
+    is bounded below by about factor / 2, whatever the scheduler does."""
+    import json
+
+    def total(path: Path) -> float:
+        runs = json.loads(path.read_text())["runs"]
+        return sum(r["meta"]["wall_time_s"] for r in runs if "meta" in r)
+
+    one, two = total(alone), total(paired)
+    return (f"runs' own wall time, summed: {one:.1f} s alone, {two:.1f} s two at a time: contention "
+            f"×{two / one:.2f}, so --jobs 2 / --jobs 1 ≥ {two / one / 2:.2f} (plus start-up and critical-lr rounds)")
+
+
 def sweep_case(folder: Path, points: int = 32) -> Path:
     """cases/bai_li_perceptron.yaml's Adam with its lr swept over ``points`` values."""
     import yaml
@@ -104,16 +120,14 @@ def main(argv=None) -> None:
     os.environ.update(plain)  # default settings: no thread pinning from the caller's shell
     with tempfile.TemporaryDirectory() as tmp, competing_load(args.load):
         tmp = Path(tmp)
-        if args.what == "jobs":
-            run = CLI + ["run", "cases/", "--no-triage"]
-            times = measure_interleaved({"--jobs 1": (run + ["--jobs", "1"], REPO),
-                                         "--jobs 2": (run + ["--jobs", "2"], REPO)}, args.repeats)
+        if args.what in ("jobs", "sweep"):
+            target = "cases/" if args.what == "jobs" else str(sweep_case(tmp))
+            run = CLI + ["run", target, "--no-triage"]
+            times = measure_interleaved({
+                f"--jobs {n}": (run + ["--jobs", str(n), "--json", str(tmp / f"jobs{n}.json")], REPO)
+                for n in (1, 2)}, args.repeats)
             print(table(times, "--jobs 1"))
-        elif args.what == "sweep":
-            run = CLI + ["run", str(sweep_case(tmp)), "--no-triage"]
-            times = measure_interleaved({"--jobs 1": (run + ["--jobs", "1"], REPO),
-                                         "--jobs 2": (run + ["--jobs", "2"], REPO)}, args.repeats)
-            print(table(times, "--jobs 1"))
+            print(contention(tmp / "jobs1.json", tmp / "jobs2.json"))
         elif args.what == "threads":
             run = CLI + ["run", args.case, "--no-triage", "--device", "cpu", "--no-critical-lr"]
             import torch
