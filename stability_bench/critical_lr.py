@@ -89,6 +89,16 @@ class CriticalLr:
         return dataclasses.asdict(self)
 
 
+def probe_count(lo: float, hi: float, rtol: float = DEFAULT_RTOL, parallel: int = 1) -> int:
+    """Probes a :class:`CriticalLrSearch` of [lo, hi] trains when the edge lies inside: the
+    two edges, then ``parallel`` per round, each round dividing the bracket's log-width by
+    ``parallel + 1``, until hi/lo ≤ 1 + rtol. (Schedulers use it to weigh a search.)"""
+    if hi / lo <= 1 + rtol:
+        return 2
+    rounds = math.ceil(math.log(math.log(hi / lo) / math.log1p(rtol)) / math.log(parallel + 1) - 1e-12)
+    return 2 + parallel * rounds
+
+
 class CriticalLrSearch:
     """Log-scale k-section for the edge between stable and diverged learning rates.
 

@@ -19,6 +19,7 @@ through here and only render what comes back.
 """
 from __future__ import annotations
 
+import functools
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -180,21 +181,32 @@ Finished = Mapping[str, "RunResult | RunFailure"]
 
 def _flop_per_step(spec: "RunSpec") -> float:
     """6 × parameters × examples per step: the dense-network cost of one step."""
+    import json
+
+    case = spec.case
+    rows = case.batch["size"] or case.data.get("n") or case.data.get("subset") or 1
+    return 6.0 * _parameter_count(json.dumps(case.model, sort_keys=True, default=str)) * rows
+
+
+@functools.lru_cache(maxsize=256)
+def _parameter_count(model: str) -> int:
+    """Parameters of the model a case's ``model:`` section (as JSON) builds: built once per
+    distinct section, since every run of a case (and every probe of a search) shares it."""
+    import json
+
     import torch
 
     from stability_bench.components import BuildContext
     from stability_bench.components.models import MODELS
 
-    case = spec.case
-    params = {k: v for k, v in case.model.items() if k != "kind"}
+    section = json.loads(model)
+    params = {k: v for k, v in section.items() if k != "kind"}
     ctx = BuildContext(seed=0, dtype=torch.float32, generator=torch.Generator().manual_seed(0))
-    model = MODELS.get(case.model["kind"])(ctx, **params)
-    count = sum(p.numel() for p in model.parameters())
-    rows = case.batch["size"] or case.data.get("n") or case.data.get("subset") or 1
-    return 6.0 * count * rows
+    return sum(p.numel() for p in MODELS.get(section["kind"])(ctx, **params).parameters())
 
 
 EIGEN_PROBES = ("sharpness", "precond_sharpness", "grad_alignment")  # Lanczos: up to max_iter HVPs each
+STEP_OVERHEAD_FLOP = 1e7  # a step's dispatch cost (~0.2 ms at 50 GFLOP/s): what a tiny model's step costs
 
 
 def _step_equivalents(spec: "RunSpec") -> float:
@@ -217,7 +229,20 @@ def _sizing(spec: "RunSpec", threads: int | None = None) -> tuple[int, float]:
         flop = _flop_per_step(spec)
     except Exception:  # an unusual model: the set-up itself will say what is wrong
         return chosen or 1, 0.0
-    return chosen or auto_threads(flop), flop * _step_equivalents(spec)
+    return chosen or auto_threads(flop), (flop + STEP_OVERHEAD_FLOP) * _step_equivalents(spec)
+
+
+def estimated_work(plan: Plan, name: str) -> float:
+    """Rough flop of what checking ``name`` trains: a run and its partners, or a critical-lr
+    search (its expected number of probes). Orders work only (the pytest plugin puts the
+    heaviest case files first, so a long file never starts last)."""
+    from stability_bench.critical_lr import probe_count, specs
+
+    if name in plan.searches:
+        search = plan.searches[name]
+        entry = specs(search.case)[search.optimizer]
+        return _sizing(probe_spec(search, entry.lo))[1] * probe_count(entry.lo, entry.hi, entry.rtol)
+    return sum(_sizing(plan.runs[n])[1] for n in (*plan.needs.get(name, ()), name) if n not in plan.skipped)
 
 
 def threads_for(spec: "RunSpec", threads: int | None = None) -> int:

@@ -59,13 +59,18 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector):
     return CaseFile.from_parent(parent, path=file_path)
 
 
+@pytest.hookimpl(trylast=True)  # after pytest-randomly's shuffle
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if config.getoption("--run-slow"):
-        return
+    """Skip slow items without ``--run-slow``; put case items first, the heaviest case file
+    first (xdist hands out files in this order, so a long file never starts last while the
+    other workers idle). Other tests keep their order."""
+    run_slow = config.getoption("--run-slow")
     skip = pytest.mark.skip(reason="slow: run with --run-slow")
     for item in items:
-        if "slow" in item.keywords:
+        if "slow" in item.keywords and not run_slow:
             item.add_marker(skip)
+    work = {item.parent: item.parent.work(run_slow) for item in items if isinstance(item, CaseItem)}
+    items.sort(key=lambda item: -work.get(item.parent, -1.0))
 
 
 class CaseFile(pytest.File):
@@ -80,7 +85,8 @@ class CaseFile(pytest.File):
         for warning in dict.fromkeys(w for case in cases for w in case_warnings(case)):
             self.warn(CaseWarning(warning))
         self.cases = cases
-        plan = make_plan(cases, cuda_available=True)  # CUDA is checked per item
+        self.plan = plan = make_plan(cases, cuda_available=True)  # CUDA is checked per item
+        self.items = []
         items = [(run_id, plan.runs[run_id]) for run_id in plan.requested] + list(plan.searches.items())
         for name, what in items:
             item = CaseItem.from_parent(self, name=name, plan=plan)
@@ -88,7 +94,16 @@ class CaseFile(pytest.File):
                 item.add_marker(pytest.mark.slow)
             if what.device.startswith("cuda"):
                 item.add_marker(pytest.mark.cuda)
+            self.items.append(item)
             yield item
+
+    def work(self, run_slow: bool) -> float:
+        """Estimated flop of this file's CPU items (slow ones only with ``--run-slow``)."""
+        from stability_bench.orchestrate import estimated_work
+
+        names = [item.name for item in self.items if item.spec.device == "cpu"
+                 and (run_slow or not item.spec.case.slow)]
+        return sum(estimated_work(self.plan, name) for name in names)
 
     def baselines(self):
         """The baseline beside this file (``--stability-baseline``), read once."""

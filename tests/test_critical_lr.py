@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stability_bench.critical_lr import CriticalLrSearch, check_critical_lr, specs
+from stability_bench.critical_lr import CriticalLrSearch, check_critical_lr, probe_count, specs
 from stability_bench.orchestrate import find_critical_lr
 from stability_bench.optimizers import theory
 from stability_bench.schema import CaseError, load_case
@@ -38,6 +38,15 @@ def test_search_brackets_the_edge_to_rtol(lo, span, where, rtol, parallel):
     # k-section: each round divides the log-width by k + 1, so the rounds are bounded.
     rounds = math.ceil(math.log(math.log(span) / math.log1p(rtol)) / math.log(parallel + 1)) + 1
     assert len(result.probes) <= 2 + parallel * max(rounds, 0)
+
+
+@given(lo=st.floats(1e-6, 1e3), span=st.floats(1.0001, 1e6), where=st.floats(0.001, 0.999),
+       rtol=st.floats(1e-3, 0.5), parallel=st.integers(1, 8))
+def test_probe_count_is_what_a_search_trains(lo, span, where, rtol, parallel):
+    """The count schedulers weigh a search by, against a simulated search (any edge inside)."""
+    edge = lo * span ** where
+    search = search_with_oracle(CriticalLrSearch(lo, lo * span, rtol, parallel), edge)
+    assert probe_count(lo, lo * span, rtol, parallel) == len(search.result.probes)
 
 
 @pytest.mark.parametrize("edge, reason", [(0.5, "critical lr below the bracket"),

@@ -204,7 +204,7 @@ def test_ctrl_c_exits_130_and_the_results_file_keeps_the_runs_that_finished(tmp_
     import time
 
     case = tmp_path / "long.yaml"
-    case.write_text((DATA / "sweep.yaml").read_text().replace("steps: 150", "steps: 2000"))
+    case.write_text((DATA / "sweep.yaml").read_text().replace("steps: 150", "steps: 1000"))
     out = tmp_path / "results.json"
     proc = subprocess.Popen([sys.executable, "-m", "stability_bench.cli", "run", str(case), "--json", str(out),
                              "--optimizer", "adam", "--no-critical-lr"],

@@ -189,3 +189,17 @@ def test_a_parity_partner_that_is_also_an_item_trains_once(pytester, monkeypatch
     result = run(pytester, "-v", "-p", "no:randomly")
     result.assert_outcomes(passed=2)
     assert count.read_text().count("built") == 1
+
+
+def test_the_heaviest_case_file_comes_first_then_the_other_tests(pytester):
+    """xdist hands out files in collection order; a long case file started last would
+    leave the other workers idle, so case files come first, heaviest first (estimated work:
+    steps × model size, partners and probes included), whatever pytest-randomly's shuffle,
+    and other tests after them."""
+    heavy = case_text("quad_pass").replace("name: quad_pass", "name: quad_heavy").replace("steps: 20", "steps: 2000")
+    write_cases(pytester, "quad_pass", a_heavy=heavy)  # 'a_heavy' sorts first, 'quad_pass' second
+    pytester.makepyfile(test_plain="def test_plain():\n    assert True\n")
+    for seed in ("1", "2", "3"):
+        result = run(pytester, "--collect-only", "-q", "-p", "randomly", "-p", "no:xdist", "--randomly-seed", seed)
+        files = list(dict.fromkeys(line.split("::")[0] for line in result.outlines if "::" in line))
+        assert files == ["cases/a_heavy.yaml", "cases/quad_pass.yaml", "test_plain.py"], (seed, result.outlines)
