@@ -7,7 +7,7 @@ shared machine; quote the ratios). Subcommands, each printing a markdown table:
     python benchmarks/orchestration.py sweep      # a 32-point lr sweep on Bai Li, jobs 1 vs 2
     python benchmarks/orchestration.py threads    # one case: torch default vs 1 thread vs harness choice,
                                                   #   idle and beside a competing 2-core load
-    python benchmarks/orchestration.py readme     # the README's two commands, default settings
+    python benchmarks/orchestration.py readme     # the README's commands (run, tests, cases), default settings
     python benchmarks/orchestration.py startup    # `pytest --collect-only` of an empty project,
                                                   #   with and without the plugin
 
@@ -141,7 +141,8 @@ def main(argv=None) -> None:
         elif args.what == "readme":
             times = measure_interleaved({
                 "stability-bench run cases/ --jobs 2": (CLI + ["run", "cases/", "--jobs", "2", "--no-triage"], REPO),
-                "python -m pytest": ([sys.executable, "-m", "pytest", "-q"], REPO)}, args.repeats)
+                "python -m pytest": ([sys.executable, "-m", "pytest", "-q"], REPO),
+                "python -m pytest cases/": ([sys.executable, "-m", "pytest", "-q", "cases/"], REPO)}, args.repeats)
             print(table(times, "stability-bench run cases/ --jobs 2"))
         else:
             empty = tmp / "project"
