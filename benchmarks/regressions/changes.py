@@ -179,19 +179,14 @@ class AdamForeach(Adam):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = self._evaluate(closure)
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
             states = [self.state[p] for p in params]
             for p, state in zip(params, states):
-                if not state:
-                    state["step"] = 0.0
-                    state["exp_avg"], state["exp_avg_sq"] = self._zeros(p), self._zeros(p)
+                self._init_state(p, state)
             beta1, beta2 = group["betas"]
             grads = [p.grad for p in params]
             if group["weight_decay"] != 0:
@@ -217,17 +212,11 @@ class AdamEpsHat(Adam):
     the step size, ε scaled by √(1−β₂ᵗ): lr·√(1−β₂ᵗ)/(1−β₁ᵗ) · m/(√v + ε·√(1−β₂ᵗ)) — the
     same number, rounded differently."""
 
-    def _update(self, p, grad, state, group):
-        if not state:
-            state["step"] = 0.0
-            state["exp_avg"], state["exp_avg_sq"] = self._zeros(p), self._zeros(p)
-        beta1, beta2 = group["betas"]
-        step = self._step_count(state)
-        grad = self._decay(p, grad, group)
-        exp_avg, exp_avg_sq = self._moments(state, grad, beta1, beta2)
-        root2 = (1 - beta2 ** step) ** 0.5
-        step_size = group["lr"] * root2 / (1 - beta1 ** step)
-        p.addcdiv_(exp_avg, exp_avg_sq.sqrt().add_(group["eps"] * root2), value=-step_size)
+    def _step_size(self, lr, bias_correction1, bias_correction2):
+        return lr * bias_correction2 ** 0.5 / bias_correction1
+
+    def _denominator(self, exp_avg_sq, bias_correction2, eps):
+        return exp_avg_sq.sqrt().add_(eps * bias_correction2 ** 0.5)
 
 
 class SGDVelocityForm(SGD):

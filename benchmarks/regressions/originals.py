@@ -21,12 +21,17 @@ class _Plain(Optimizer):
     def _zeros(self, p: torch.Tensor) -> torch.Tensor:
         return torch.zeros_like(p, dtype=self.state_dtype or p.dtype, memory_format=torch.preserve_format)
 
+    @staticmethod
+    def _evaluate(closure):
+        """The closure's loss (None without one), with gradients on inside ``step``."""
+        if closure is None:
+            return None
+        with torch.enable_grad():
+            return closure()
+
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = self._evaluate(closure)
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is not None:
@@ -68,19 +73,25 @@ class Adam(_Plain):
     def _corrections(self, step, beta1, beta2) -> tuple[float, float]:
         return 1 - beta1 ** step, 1 - beta2 ** step
 
+    def _step_size(self, lr, bias_correction1, bias_correction2) -> float:
+        return lr / bias_correction1
+
     def _denominator(self, exp_avg_sq, bias_correction2, eps):
         return (exp_avg_sq.sqrt() / bias_correction2 ** 0.5).add_(eps)
 
-    def _update(self, p, grad, state, group):
+    def _init_state(self, p, state) -> None:
         if not state:
             state["step"] = 0.0
             state["exp_avg"], state["exp_avg_sq"] = self._zeros(p), self._zeros(p)
+
+    def _update(self, p, grad, state, group):
+        self._init_state(p, state)
         beta1, beta2 = group["betas"]
         step = self._step_count(state)
         grad = self._decay(p, grad, group)
         exp_avg, exp_avg_sq = self._moments(state, grad, beta1, beta2)
         bias_correction1, bias_correction2 = self._corrections(step, beta1, beta2)
-        step_size = group["lr"] / bias_correction1
+        step_size = self._step_size(group["lr"], bias_correction1, bias_correction2)
         denom = self._denominator(exp_avg_sq, bias_correction2, group["eps"])
         p.addcdiv_(exp_avg.to(p.dtype), denom.to(p.dtype), value=-step_size)
 
