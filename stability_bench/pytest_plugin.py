@@ -69,7 +69,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "slow" in item.keywords and not run_slow:
             item.add_marker(skip)
-    work = {item.parent: item.parent.work(run_slow) for item in items if isinstance(item, CaseItem)}
+    files = dict.fromkeys(item.parent for item in items if isinstance(item, CaseItem))
+    work = {file: file.work(run_slow) for file in files}
     items.sort(key=lambda item: -work.get(item.parent, -1.0))
 
 
