@@ -8,9 +8,12 @@ Exit codes of ``run`` (each reported as a paragraph, never a traceback):
   not be set up, an unusable option or ``--json`` path;
 * 3 — a run crashed (the optimizer or model raised while training) or went past its
   case's ``timeout:``; the other runs still ran and are in ``--json``;
+* 4 — (``--baseline``) a baseline is stale: its case changed since it was recorded (the
+  message names the keys and the command that re-records); nothing else failed;
 * 130 — interrupted (Ctrl-C); ``--json`` holds the runs that finished.
 
-When several apply, the first in the order 2, 3, 1 wins.
+When several apply, the first in the order 2, 3, 1, 4 wins. ``baseline`` exits 1 when an
+expectation is fragile under a one-ulp nudge (that file's baseline is not written).
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CRASHED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CRASHED, EXIT_STALE, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 
 
 class UsageError(ValueError):
@@ -108,7 +111,7 @@ def _summary(report) -> str:
     if report.failure is not None:  # the paragraph saying why goes to stderr
         label = {"crash": "CRASH", "timeout": "TIMEOUT"}.get(report.failure.kind, "ERROR")
         return f"{label} {report.run_id}"
-    verdict = "FAIL" if report.status == "failed" else "pass"
+    verdict = {"failed": "FAIL", "stale": "STALE"}.get(report.status, "pass")
     if report.result is None:  # a critical-lr search
         found = report.found
         value = f"{found.value:.4g} (edge in [{found.lower:.4g}, {found.upper:.4g}])" if found.value is not None \
@@ -124,7 +127,8 @@ def _summary(report) -> str:
 def _exit_code(statuses: list[str]) -> int:
     """Bad input (a run that could not be set up) over a crash over a failed expectation."""
     for status, code in (("setup", EXIT_BAD_INPUT), ("missing_data", EXIT_BAD_INPUT),
-                         ("crash", EXIT_CRASHED), ("timeout", EXIT_CRASHED), ("failed", EXIT_FAILED)):
+                         ("crash", EXIT_CRASHED), ("timeout", EXIT_CRASHED), ("failed", EXIT_FAILED),
+                         ("stale", EXIT_STALE)):
         if status in statuses:
             return code
     return EXIT_OK
@@ -171,7 +175,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(_summary(report), flush=True)
             for outcome in report.outcomes if args.verbose else report.failed_outcomes:
                 print(f"    {outcome.describe()}")
-            for finding in report.findings if args.verbose else report.failed_findings:
+            for finding in report.findings if args.verbose else report.failed_findings + report.stale_findings:
                 print(f"    baseline: {finding.message}")
             if report.failure is not None:
                 print(f"stability-bench: error: {report.failure.describe()}", file=sys.stderr)
@@ -196,10 +200,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             journal.close([*plan.requested, *plan.searches])
         if client is not None:
             client.close()
-    counts = {s: statuses.count(s) for s in ("passed", "failed", "crash", "timeout", "setup", "missing_data",
-                                            "skipped")}
+    counts = {s: statuses.count(s) for s in ("passed", "failed", "stale", "crash", "timeout", "setup",
+                                            "missing_data", "skipped")}
     errors = counts["setup"] + counts["missing_data"]
     print(f"{counts['passed']} passed, {counts['failed']} failed"
+          + (f", {counts['stale']} stale (baseline recorded for another case definition)" if counts["stale"] else "")
           + (f", {counts['crash']} crashed" if counts["crash"] else "")
           + (f", {counts['timeout']} timed out" if counts["timeout"] else "")
           + (f", {errors} could not start" if errors else "")
@@ -248,15 +253,27 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
     if args.jobs < 1:
         raise UsageError(f"--jobs must be at least 1, got {args.jobs}")
+    if args.trajectory_steps is not None and args.trajectory_steps < 0:
+        raise UsageError(f"--trajectory-steps must be at least 0, got {args.trajectory_steps}")
     cases = _load(args.cases)
     client = _client(args.dask)
     try:
-        paths = record_baselines(cases, jobs=args.jobs, client=client, threads=args.threads, run_slow=args.run_slow)
+        recorded = record_baselines(cases, jobs=args.jobs, client=client, threads=args.threads,
+                                    run_slow=args.run_slow, write=not args.check,
+                                    trajectory_steps=args.trajectory_steps)
     finally:
         if client is not None:
             client.close()
-    for path in paths:
-        print(f"baseline: {path}")
+    for entry in recorded:
+        informative, figures = entry.informative
+        state = "written" if entry.written else ("checked, not written" if args.check else "NOT WRITTEN")
+        print(f"baseline: {entry.path} ({state}): {informative} of {figures} figures informative")
+        for fragile in entry.fragile:
+            print(f"    fragile: {fragile.message}")
+    if any(entry.fragile for entry in recorded):
+        print("stability-bench: error: an expectation that a one-ulp nudge flips is not a claim: widen it to "
+              "what the nudged runs show, or state a figure that holds (run more seeds)", file=sys.stderr)
+        return EXIT_FAILED
     return EXIT_OK
 
 
@@ -318,11 +335,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="figure file format (repeatable; default png and svg)")
     report.set_defaults(func=cmd_report)
     compare = sub.add_parser("compare", help="compare two results files figure by figure "
-                             "(exit 1 if one worsens past the threshold)")
+                             "(exit 1 if one worsens past its noise band)")
     compare.add_argument("old", metavar="OLD.json", help="results file of the baseline (run --json)")
     compare.add_argument("new", metavar="NEW.json", help="results file to check against it")
-    compare.add_argument("--threshold", type=float, default=1.1,
-                         help="a figure is worse when new > old x THRESHOLD (default 1.1)")
+    compare.add_argument("--threshold", type=float, default=None,
+                         help="judge figures without a noise band by ratio: worse when new > old x THRESHOLD "
+                              "(default: no verdict without a noise estimate)")
     compare.add_argument("--atol", type=float, default=0.0,
                          help="... and new - old > ATOL (default 0: from 0, any increase)")
     compare.add_argument("--metrics", action="append", metavar="NAME[,NAME...]",
@@ -338,6 +356,10 @@ def build_parser() -> argparse.ArgumentParser:
     baseline.add_argument("--dask", metavar="ADDRESS", help="record on this Dask cluster")
     baseline.add_argument("--threads", type=int, metavar="N", help="torch threads per run")
     baseline.add_argument("--run-slow", action="store_true", help="also record slow cases")
+    baseline.add_argument("--check", action="store_true", help="run and evaluate every expectation on the "
+                          "nudged runs, print informative figures and fragile expectations; write nothing")
+    baseline.add_argument("--trajectory-steps", type=int, metavar="K", help="early-trajectory steps "
+                          "recorded per run (default 20)")
     baseline.set_defaults(func=cmd_baseline)
     validate = sub.add_parser("validate", help="check case files without running them")
     validate.add_argument("cases", nargs="*")

@@ -21,13 +21,21 @@ diverged            the run diverged (no → yes is a regression, whatever the
                     threshold)
 ==================  ===========================================================
 
-A number is **worse** when ``new > old × threshold`` and ``new − old > atol``; **better**
+Without a noise estimate no figure gets a verdict: a rounding-only change of an optimizer
+moves a chaotic run's loss ×16 and its spike count 26 → 3, which no fixed ratio can tell
+from a regression. The estimate is a baseline's noise bands (``--baseline FILE``, the
+``.baseline.json`` beside the case file; a figure outside its band is **worse** or
+**better** by the figure's direction); without one the table shows ratios and differences
+marked ``unjudged``, and exit status 0. ``--threshold R`` asks for ratio verdicts anyway,
+for figures without a band, knowing they cannot tell rounding from change:
+a number is then **worse** when ``new > old × threshold`` and ``new − old > atol``; **better**
 when ``old > new × threshold`` and ``old − new > atol``. The ratio of a figure whose old
 value is 0 is infinite, so from an exact 0 any increase above ``atol`` is worse (a run
 that never spiked now spikes; one that never diverged now loses steps). A figure that
 was defined and is now undefined (``null``: e.g. no finite loss any more) is worse; one
-that becomes defined is marked "changed". Exit status: 1 if any figure is worse, 0
-otherwise, 2 on bad input (an unreadable file, not a results file, a bad option).
+that becomes defined is marked "changed". Exit status: 1 if any figure is worse or a run of
+OLD is missing from NEW, 0 otherwise, 2 on bad input (an unreadable file, not a results
+file, a bad option).
 """
 from __future__ import annotations
 
@@ -63,7 +71,7 @@ FIGURES: dict[str, Callable[[RunResult], Any]] = {
 }
 DEFAULT_FIGURES: tuple[str, ...] = tuple(FIGURES)
 
-WORSE, BETTER, CHANGED, SAME, NOISY = "WORSE", "better", "changed", "", "noisy"
+WORSE, BETTER, CHANGED, SAME, NOISY, UNJUDGED = "WORSE", "better", "changed", "", "noisy", "unjudged"
 # compare's figure → the baseline figure whose band judges it (steps lost move exactly
 # as much as the divergence step does).
 BAND_OF = {"late_instability": "late_instability", "spike_frequency": "spike_frequency",
@@ -89,7 +97,7 @@ class Row:
 @dataclass
 class Comparison:
     rows: list[Row]
-    threshold: float
+    threshold: float | None   # None: no ratio verdicts (figures without a band are unjudged)
     atol: float
     only_old: list[str] = field(default_factory=list)
     only_new: list[str] = field(default_factory=list)
@@ -191,12 +199,13 @@ def compare_in_band(figure: str, old: Any, new: Any, band: dict) -> tuple[float 
 
 
 def compare_runs(old: Sequence[RunResult], new: Sequence[RunResult], figures: Iterable[str] = DEFAULT_FIGURES,
-                 threshold: float = 1.1, atol: float = 0.0, bands: dict | None = None) -> Comparison:
+                 threshold: float | None = None, atol: float = 0.0, bands: dict | None = None) -> Comparison:
     """Rows for every run in both lists (in OLD's order) and every figure; ``bands``: a
-    baseline (``stability_bench.baseline``) whose noise bands judge the figures they cover."""
+    baseline (``stability_bench.baseline``) whose noise bands judge the figures they cover;
+    the others are judged by ``threshold`` if given, else left unjudged."""
     from stability_bench.baseline import baseline_key
     figures = check_figures(figures)
-    if not (math.isfinite(threshold) and threshold >= 1.0):
+    if threshold is not None and not (math.isfinite(threshold) and threshold >= 1.0):
         raise CompareInputError(f"--threshold must be a number >= 1 (a ratio new/old), got {threshold}")
     if not (math.isfinite(atol) and atol >= 0.0):
         raise CompareInputError(f"--atol must be a number >= 0, got {atol}")
@@ -212,7 +221,11 @@ def compare_runs(old: Sequence[RunResult], new: Sequence[RunResult], figures: It
             a, b = FIGURES[figure](run), FIGURES[figure](other)
             band = entry.get(BAND_OF.get(figure, ""))
             judged = compare_in_band(figure, a, b, band) if band else None
-            ratio, diff, verdict = judged or compare_figure(a, b, threshold, atol)
+            if judged is None and threshold is None:
+                ratio, diff, _ = compare_figure(a, b, math.inf, math.inf)
+                verdict = SAME if a == b else UNJUDGED
+            else:
+                ratio, diff, verdict = judged or compare_figure(a, b, threshold, atol)
             rows.append(Row(run.run_id, figure, a, b, ratio, diff, verdict))
     return Comparison(rows, threshold, atol,
                       only_old=[r.run_id for r in old if r.run_id not in new_by_id],
@@ -284,11 +297,18 @@ def format_table(comparison: Comparison, changed_only: bool = False) -> str:
     runs = len({r.run_id for r in comparison.rows})
     worse, better = comparison.worse, comparison.better
     noisy = sum(r.verdict == NOISY for r in comparison.rows)
-    summary = (f"{len(worse)} figure(s) worse past the threshold (ratio > {comparison.threshold:g}"
-               + (f", difference > {comparison.atol:g}" if comparison.atol else "")
-               + (", or past the noise band where the baseline has one" if comparison.banded else "")
-               + f"), {len(better)} better, {len(comparison.rows) - len(worse) - len(better) - noisy} within it"
+    unjudged = sum(r.verdict == UNJUDGED for r in comparison.rows)
+    if comparison.threshold is None:
+        past = "past the noise band" if comparison.banded else "(no noise estimate: no verdict)"
+    else:
+        past = (f"past the threshold (ratio > {comparison.threshold:g}"
+                + (f", difference > {comparison.atol:g}" if comparison.atol else "")
+                + (", or past the noise band where the baseline has one" if comparison.banded else "") + ")")
+    summary = (f"{len(worse)} figure(s) worse {past}, {len(better)} better, "
+               f"{len(comparison.rows) - len(worse) - len(better) - noisy - unjudged} within it"
                + (f", {noisy} noisy (not compared)" if noisy else "")
+               + (f", {unjudged} changed but unjudged (no noise estimate: give --baseline FILE, the case's "
+                  f".baseline.json)" if unjudged else "")
                + f"; {runs} run(s) compared")
     if comparison.only_old or comparison.only_new:
         summary += (f"; {len(comparison.only_old)} run(s) only in OLD"
@@ -319,7 +339,7 @@ def load_bands(*paths: str | Path | None) -> dict | None:
     return None
 
 
-def run_compare(old_path: str | Path, new_path: str | Path, threshold: float = 1.1, atol: float = 0.0,
+def run_compare(old_path: str | Path, new_path: str | Path, threshold: float | None = None, atol: float = 0.0,
                 figures: Iterable[str] | None = None, changed_only: bool = False,
                 baseline: str | Path | None = None) -> tuple[int, str]:
     """(exit status, report) for ``stability-bench compare``; CompareInputError on bad input.

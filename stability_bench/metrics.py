@@ -374,6 +374,41 @@ def spike_frequency(view: RunView) -> float | None:
     return 1000.0 * int(view.spike_onsets.size) / n
 
 
+def _spike_heights(view: RunView) -> list[float]:
+    """Per spike, how far it climbs in decades: log10 of the highest finite loss of its
+    excursion (from the onset until the loss is back at or below ``factor`` × its pre-spike
+    level, or the next onset) over the pre-spike level — the detector's own baseline, the
+    median of the ``window`` finite losses before the onset."""
+    cfg, x = view.spike_config, view.loss
+    onsets = [int(t) for t in view.spike_onsets]
+    heights = []
+    for i, t in enumerate(onsets):
+        before = x[:t][np.isfinite(x[:t])][-int(cfg.window):]
+        level = float(np.median(before))
+        stop = min(_excursion_end(x, t + 1, cfg.factor * level), onsets[i + 1] if i + 1 < len(onsets) else x.size)
+        segment = x[t:max(stop, t + 1)]
+        peak = float(segment[np.isfinite(segment)].max())
+        heights.append(math.log10(max(peak, LOSS_FLOOR) / max(level, LOSS_FLOOR)))
+    return heights
+
+
+@METRICS.register("spike_height_min")
+def spike_height_min(view: RunView) -> float | None:
+    """The smallest spike's height in decades over its pre-spike level (see
+    :func:`_spike_heights`); None without spikes. A per-spike claim ("every spike climbs ≥ 3
+    decades") that, unlike ``late_instability``, does not depend on where the run's lowest
+    loss happens to fall."""
+    heights = _spike_heights(view)
+    return min(heights) if heights else None
+
+
+@METRICS.register("spike_height_median")
+def spike_height_median(view: RunView) -> float | None:
+    """The median spike height in decades over its pre-spike level; None without spikes."""
+    heights = _spike_heights(view)
+    return float(np.median(heights)) if heights else None
+
+
 @METRICS.register("spike_period")
 def spike_period(view: RunView) -> int | None:
     """The dominant spacing between consecutive spike onsets, in optimizer steps (differences of

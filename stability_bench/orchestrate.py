@@ -452,12 +452,20 @@ class Report:
 
     @property
     def status(self) -> str:
-        """passed | failed | skipped | crash | timeout | setup | missing_data."""
+        """passed | failed | stale | skipped | crash | timeout | setup | missing_data. A stale
+        baseline (the case changed since it was recorded) is its own outcome, never a
+        regression; a failed expectation still fails."""
         if self.skipped is not None:
             return "skipped"
         if self.failure is not None:
             return self.failure.kind
-        return "failed" if self.failed_outcomes or self.failed_findings else "passed"
+        if self.failed_outcomes or self.failed_findings:
+            return "failed"
+        return "stale" if self.stale_findings else "passed"
+
+    @property
+    def stale_findings(self) -> list:
+        return [f for f in self.findings if f.stale]
 
     @property
     def failed_outcomes(self) -> list:
@@ -492,7 +500,7 @@ def check(plan: Plan, run_id: str, finished: Finished, baselines: Baselines | No
     partners' results from ``finished``. Pure: never trains."""
     from stability_bench.baseline import check_against_baseline
     from stability_bench.expectations import check_run
-    from stability_bench.results import RunResult
+    from stability_bench.results import RunResult, environment
 
     spec = plan.runs[run_id]
     if run_id in plan.skipped:
@@ -504,7 +512,7 @@ def check(plan: Plan, run_id: str, finished: Finished, baselines: Baselines | No
     runs = {k: v for k, v in partners.items() if isinstance(v, RunResult)}
     missing = {k: (plan.skipped.get(k) or (v.describe() if isinstance(v, RunFailure) else "not run"))
                for k, v in partners.items() if not isinstance(v, RunResult)}
-    findings = check_against_baseline(spec.case, got, baselines.of(spec.case)) if baselines else []
+    findings = check_against_baseline(spec.case, got, baselines.of(spec.case), environment()) if baselines else []
     return RunReport(spec=spec, result=got, outcomes=check_run(spec.case, got, runs, missing), findings=findings)
 
 
@@ -512,9 +520,11 @@ def check_search(search: SearchSpec, found: "CriticalLr", baselines: Baselines |
     """A finished search against its entry's ``expect:`` (and its baseline). Pure."""
     from stability_bench.baseline import check_critical_lr_against_baseline
     from stability_bench.critical_lr import check_critical_lr
+    from stability_bench.results import environment
 
     findings = (check_critical_lr_against_baseline(search.case, search.optimizer, search.seed, search.device,
-                                                   found, baselines.of(search.case)) if baselines else [])
+                                                   found, baselines.of(search.case), environment())
+                if baselines else [])
     return SearchReport(search=search, found=found, findings=findings,
                         outcomes=check_critical_lr(search.case, search.optimizer, found))
 
@@ -692,22 +702,45 @@ def find_critical_lr(case: "Case", optimizer: str, seed: int = 0, device: str = 
     return report.found
 
 
+@dataclass
+class RecordedBaseline:
+    """One case file's recorded baseline: where it goes, what it holds, and the expectations
+    a one-ulp nudge flips (a file with any is not written)."""
+
+    path: Any
+    data: dict
+    fragile: list
+    written: bool = False
+
+    @property
+    def informative(self) -> tuple[int, int]:
+        from stability_bench.baseline import informative_count
+
+        return informative_count(self.data)
+
+
 def record_baselines(cases: Iterable["Case"], jobs: int = 1, client: Any = None, threads: int | None = None,
-                     run_slow: bool = False) -> list:
-    """Record the baseline of each case file among ``cases`` and write it beside the file:
-    every run at every seed, the same runs with their initial parameters nudged by one ulp
-    (the rounding-level noise), and the critical-lr searches. Runs that cannot run here
-    (CUDA without a GPU; slow cases unless ``run_slow``) are left out. Returns the paths."""
+                     run_slow: bool = False, write: bool = True,
+                     trajectory_steps: int | None = None) -> list[RecordedBaseline]:
+    """Record the baseline of each case file among ``cases``: every run at every seed, the
+    same runs with their initial parameters nudged one ulp up and one down (the rounding
+    noise, also the runs every expectation is re-evaluated on), and the critical-lr
+    searches. A file is written beside its case file (``write``) unless one of its
+    expectations is fragile under the nudges. Runs that cannot run here (CUDA without a
+    GPU; slow cases unless ``run_slow``) are left out."""
     import dataclasses
 
-    from stability_bench.baseline import baseline_path, merge_baselines, record_baseline, write_baseline
+    from stability_bench.baseline import (NUDGES, TRAJECTORY_STEPS, baseline_path, fragile_expectations,
+                                          merge_baselines, record_baseline, unperturbed, write_baseline)
+    from stability_bench.results import environment
 
     cases = list(cases)
     plan = make_plan(cases, run_slow=run_slow)
     nudged = {}
     for run_id in plan.to_execute():
-        spec = dataclasses.replace(plan.runs[run_id], perturb=1)
-        nudged[spec.run_id] = spec
+        for nudge in NUDGES:
+            spec = dataclasses.replace(plan.runs[run_id], perturb=nudge)
+            nudged[spec.run_id] = spec
     driver = SearchDriver(plan)
     with Executor(jobs, client, threads) as executor:
         work = {**{r: plan.runs[r] for r in plan.to_execute()}, **nudged, **driver.start()}
@@ -723,16 +756,22 @@ def record_baselines(cases: Iterable["Case"], jobs: int = 1, client: Any = None,
     if failures:
         raise RunsFailed(failures, [])
     by_file: dict[str, list] = {}
+    fragile: dict[str, list] = {}
     for case in cases:
         if case.slow and not run_slow:
             continue
-        results = [r for r in finished.values() if r.case == case.name and not r.run_id.endswith("-perturb1")]
-        perturbed = [r for r in finished.values() if r.case == case.name and r.run_id.endswith("-perturb1")]
-        by_file.setdefault(case.source.file, []).append(
-            record_baseline(case, results, perturbed, critical.get(case.name)))
-    paths = []
+        mine = [r for r in finished.values() if r.case == case.name]
+        results = [r for r in mine if r.run_id == unperturbed(r.run_id)]
+        perturbed = [r for r in mine if r.run_id != unperturbed(r.run_id)]
+        part = record_baseline(case, results, perturbed, critical.get(case.name),
+                               trajectory_steps or TRAJECTORY_STEPS, environment())
+        by_file.setdefault(case.source.file, []).append(part)
+        fragile.setdefault(case.source.file, []).extend(fragile_expectations(case, part))
+    recorded = []
     for file, parts in by_file.items():
-        path = baseline_path(file)
-        write_baseline(path, merge_baselines(parts))
-        paths.append(path)
-    return paths
+        entry = RecordedBaseline(baseline_path(file), merge_baselines(parts), fragile[file])
+        if write and not entry.fragile:
+            write_baseline(entry.path, entry.data)
+            entry.written = True
+        recorded.append(entry)
+    return recorded

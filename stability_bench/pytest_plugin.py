@@ -136,6 +136,35 @@ class RunFailed(Exception):
     """A run that could not be set up or crashed while training."""
 
 
+STALE = "stability_bench_stale"   # user property of an item whose baseline is stale
+
+
+class StaleBaseline(Exception):
+    """The baseline was recorded for another definition of the case: not compared. Reported
+    as its own outcome (STALE), never as a regression."""
+
+    def __init__(self, report):
+        self.report = report
+        super().__init__(report.run_id)
+
+
+def pytest_report_teststatus(report, config):
+    """Stale baselines show as their own outcome: ``S`` / ``STALE``, counted apart (the
+    session still fails: nothing was compared)."""
+    if report.when == "call" and report.failed and any(k == STALE for k, _ in report.user_properties):
+        return "stale", "S", "STALE"
+    return None
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Say why each stale item is stale (pytest lists only failures' reasons)."""
+    stale = terminalreporter.stats.get("stale", [])
+    if stale:
+        terminalreporter.section("stale baselines (not regressions: re-record them)", sep="=")
+        for report in stale:
+            terminalreporter.line(f"{report.nodeid}: {report.longreprtext}")
+
+
 class SessionRuns:
     """The runs this session has trained (run id → result or failure), shared by items, and
     the case files whose items ran (for ``--stability-baseline-update``)."""
@@ -175,8 +204,16 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     from stability_bench.orchestrate import record_baselines
 
     cases = [case for node in runs.files.values() for case in node.cases]
-    for path in record_baselines(cases, run_slow=session.config.getoption("--run-slow")):
-        session.config.get_terminal_writer().line(f"stability-bench: baseline written: {path}")
+    writer = session.config.get_terminal_writer()
+    for entry in record_baselines(cases, run_slow=session.config.getoption("--run-slow")):
+        informative, figures = entry.informative
+        if entry.written:
+            writer.line(f"stability-bench: baseline written: {entry.path} ({informative} of {figures} "
+                        f"figures informative)")
+        for fragile in entry.fragile:
+            writer.line(f"stability-bench: baseline NOT written: {fragile.message}", red=True)
+        if entry.fragile:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 class CaseItem(pytest.Item):
@@ -222,6 +259,9 @@ class CaseItem(pytest.Item):
                 root = self.config.getoption("--triage-dir", default=None)
                 triage = triage_or_reason(self.spec, report.result, report.outcomes, root)
             raise ExpectationFailed(report, triage)
+        if report.status == "stale":
+            self.user_properties.append((STALE, [f.changed for f in report.stale_findings]))
+            raise StaleBaseline(report)
 
     def repr_failure(self, excinfo, style=None):
         error = excinfo.value
@@ -230,12 +270,16 @@ class CaseItem(pytest.Item):
             failed = report.failed_outcomes
             lines = [f"{report.run_id}: {len(failed)} expectation(s) failed, {len(report.outcomes) - len(failed)} held"
                      + (f"; {len(report.failed_findings)} figure(s) outside the baseline" if report.findings else "")]
-            lines += [o.describe() for o in failed] + [f"baseline: {f.message}" for f in report.failed_findings]
+            lines += [o.describe() for o in failed] + [f"baseline: {f.message}" for f in report.failed_findings
+                                                       + report.stale_findings]
             if report.result is not None and report.result.diverged:
                 lines.append(f"(the run diverged at step {report.result.divergence_step})")
             if error.triage:
                 lines.append(f"triage bundle: {error.triage}")
             return "\n".join(lines)
+        if isinstance(error, StaleBaseline):
+            return "\n".join(["stale baseline (not a regression; no figure was compared):"]
+                             + [f.message for f in error.report.stale_findings])
         from stability_bench.baseline import BaselineError
 
         if isinstance(error, BaselineError):

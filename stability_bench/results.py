@@ -6,6 +6,7 @@ history columns (probes) without changing its shape.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -68,12 +69,30 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+@functools.lru_cache(maxsize=1)
 def environment() -> dict[str, Any]:
+    """Where runs ran: package versions, platform, CPU model and CUDA device. Recorded in
+    results and baselines; a baseline check prints how it differs (never failing on it)."""
+    import numpy
     import torch
 
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "platform": platform.platform(), "cuda": torch.version.cuda,
-            "cuda_available": torch.cuda.is_available()}
+    import stability_bench
+
+    cuda = torch.cuda.is_available()
+    return {"stability_bench": stability_bench.__version__, "python": platform.python_version(),
+            "torch": torch.__version__, "numpy": numpy.__version__, "platform": platform.platform(),
+            "cpu": _cpu_model(), "cuda": torch.version.cuda, "cuda_available": cuda,
+            "cuda_device": torch.cuda.get_device_name(0) if cuda else None}
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def write_json_atomic(path: str | Path, payload: Any) -> None:

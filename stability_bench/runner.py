@@ -498,6 +498,7 @@ def execute(spec: RunSpec, progress: Progress | None = None) -> RunResult:
         metrics=compute_metrics(view), history=history, probes=probe_columns, theory=theory,
         evals=eval_columns,
         meta={"wall_time_s": time.perf_counter() - started, "torch": torch.__version__,
+              "threads": torch.get_num_threads(),
               "spikes": dataclasses.asdict(case.spikes),
               # probe column → {why it is NaN: first probed step}: a figure theory lacks is said to be unknown
               "probe_unknown_reasons": probes.reasons if probes is not None else {}})

@@ -3,6 +3,7 @@ failures, the file round trip, and the shipped quadratic case against its own ba
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from pathlib import Path
 
@@ -11,14 +12,19 @@ import torch
 
 from stability_bench.baseline import (
     NOISE_FACTOR,
+    BaselineError,
     baseline_key,
     baseline_path,
     check_against_baseline,
+    direction,
+    fragile_expectations,
+    informative_count,
     read_baseline,
     record_baseline,
+    run_fingerprint,
     write_baseline,
 )
-from stability_bench.results import RunResult
+from stability_bench.results import RunResult, environment
 from stability_bench.runner import execute, plan_runs, start
 from stability_bench.schema import load_case
 
@@ -58,7 +64,7 @@ def toy():
     # Nudged: seed 0's loss moves 1e-6 → 2e-6 (0.301 decades), seed 1's 1e-4 → 1.1e-4
     # (0.0414 decades); late instability moves 3.0 → 4.5 and 5.0 → 4.0 (1.5 and 1.0 decades).
     nudged = [result(0, final_loss=2e-6, late=4.5, perturb=1), result(1, final_loss=1.1e-4, late=4.0, perturb=1)]
-    return case, record_baseline(case, runs, nudged)
+    return case, record_baseline(case, runs, nudged, environment=environment())
 
 
 def test_record_noise_tolerance_and_informativeness(toy):
@@ -70,7 +76,8 @@ def test_record_noise_tolerance_and_informativeness(toy):
     assert loss["spread"] == pytest.approx(2.0) and loss["informative"]       # 0.301 < half of 2 decades
     late = figures["late_instability"]
     assert late["noise"] == pytest.approx(1.5) and late["spread"] == pytest.approx(2.0)
-    assert not late["informative"] and late["reason"].startswith("chaotic")  # 1.5 ≥ half of 2
+    # 1.5 ≥ half of 2 (chaotic), and its band 3·1.5 + 0.25 is wider than the 2-decade cap.
+    assert not late["informative"] and late["reason"] == "its band ±4.75 decades is wider than 2: it could not fail"
     assert figures["diverged"]["informative"] and figures["diverged"]["seeds"] == {"0": False, "1": False}
 
 
@@ -79,7 +86,10 @@ def test_check_inside_outside_and_uninformative(toy):
     tol = NOISE_FACTOR * math.log10(2) + 0.01  # 0.913 decades around seed 0's 1e-6
     inside = result(0, final_loss=1e-6 * 10 ** (tol * 0.99), late=9.0)
     findings = check_against_baseline(case, inside, data)
-    assert [f.status for f in findings] == ["uninformative"]  # late instability: reported, not used
+    # Late instability: reported, not used; every other figure (and the trajectory) inside.
+    assert {f.figure: f.status for f in findings if f.status != "inside"} == {"late_instability": "uninformative"}
+    assert {f.figure for f in findings} == {"diverged", "final_loss", "min_loss", "late_instability",
+                                            "spike_frequency", "early_trajectory"}
     assert not any(f.failed for f in findings)
     outside = result(0, final_loss=1e-6 * 10 ** (tol * 1.01), late=3.0)
     failed = [f for f in check_against_baseline(case, outside, data) if f.failed]
@@ -90,6 +100,10 @@ def test_check_inside_outside_and_uninformative(toy):
     assert bad.figure == "final_loss" and bad.band == pytest.approx((1e-6 / 10 ** tol, 1e-6 * 10 ** tol))
     assert bad.message.startswith(f"{DATA / 'baseline_toy.yaml'}:{line}: toy::adam-seed0-cpu: final_loss ")
     assert "outside the baseline band" in bad.message and f"{outside.metrics['final_loss']:.4g}" in bad.message
+    assert bad.direction == "less stable" and bad.message.endswith(": less stable")   # a higher loss
+    lower = [f for f in check_against_baseline(case, result(0, final_loss=1e-6 / 10 ** (tol * 1.01), late=3.0), data)
+             if f.failed and f.figure == "final_loss"]
+    assert [f.direction for f in lower] == ["more stable"]
     # A seed the baseline lacks: the seeds' range (1e-6 … 1e-4) widened by the tolerance.
     assert not [f for f in check_against_baseline(case, result(7, final_loss=1e-5, late=3.0), data) if f.failed]
     assert sorted(f.figure for f in check_against_baseline(case, result(7, final_loss=1e-3, late=3.0), data)
@@ -102,7 +116,7 @@ def test_check_inside_outside_and_uninformative(toy):
 def test_missing_run_fails_and_file_round_trip(toy, tmp_path):
     case, data = toy
     other = dataclasses.replace(result(0, final_loss=1e-6, late=3.0), run_id="toy::sgd-seed0-cpu", optimizer="adam")
-    (missing,) = check_against_baseline(case, other, data)
+    (missing,) = [f for f in check_against_baseline(case, other, data)]
     assert missing.failed and missing.status == "missing" and "no baseline for this run" in missing.message
     path = baseline_path(tmp_path / "toy.yaml")
     assert path.name == "toy.baseline.json"
@@ -125,3 +139,130 @@ def test_shipped_quadratic_case_passes_its_baseline():
     off = execute(shifted)
     off.run_id = spec.run_id
     assert "final_loss" in [f.figure for f in check_against_baseline(case, off, data) if f.failed]
+
+
+# ------------------------------------------------- bands that can fail, direction
+def test_a_band_wider_than_its_cap_is_uninformative_whatever_the_seeds_say():
+    """final_loss's cap is 2 decades: a nudge moving it 0.7 decades gives a band of
+    3·0.7 + 0.01 = 2.11 decades, which could not fail — reported, not used — though the
+    seeds are 4 decades apart (not chaotic); 0.6 decades gives 1.81, which can."""
+    case = load_case(DATA / "baseline_toy.yaml")
+    runs = [result(0, final_loss=1e-6, late=3.0), result(1, final_loss=1e-2, late=3.0)]
+    for move, informative in ((0.7, False), (0.6, True)):
+        nudged = [result(0, final_loss=1e-6 * 10 ** move, late=3.0, perturb=1),
+                  result(1, final_loss=1e-2, late=3.0, perturb=1)]
+        entry = record_baseline(case, runs, nudged)["runs"]["toy::adam-cpu"]["figures"]["final_loss"]
+        assert entry["informative"] is informative, entry
+        if not informative:
+            assert "could not fail" in entry["reason"]
+    assert informative_count(record_baseline(case, runs, nudged)) == (5, 5)
+    # Chaotic: a nudge moves late instability 0.5 decades, half the 1 decade between the seeds.
+    late = [result(0, final_loss=1e-6, late=3.0), result(1, final_loss=1e-2, late=4.0)]
+    entry = record_baseline(case, late, [result(0, final_loss=1e-6, late=3.5, perturb=1)])
+    assert entry["runs"]["toy::adam-cpu"]["figures"]["late_instability"]["reason"].startswith("chaotic")
+
+
+@pytest.mark.parametrize("figure, old, new, moved", [
+    ("spike_frequency", 1.0, 5.0, "less stable"), ("critical_lr", 0.1, 0.05, "less stable"),
+    ("critical_lr", 0.1, 0.2, "more stable"), ("diverged", False, True, "less stable"),
+    ("divergence_step", 500, 400, "less stable"), ("precond_sharpness_ratio", 1.0, 1.2, "less stable"),
+    ("min_loss", 1e-3, 1e-5, "more stable"), ("spike_height_min", 4.0, 3.0, "more stable"),
+])
+def test_every_figure_states_which_way_is_less_stable(figure, old, new, moved):
+    assert direction(figure, old, new) == moved
+    assert direction(figure, old, old) is None
+
+
+# -------------------------------------------------------------------- fingerprints
+def test_an_edited_case_is_stale_naming_the_keys_and_the_command(toy):
+    _, data = toy
+    edited = load_case(DATA / "baseline" / "toy_edited.yaml")
+    findings = check_against_baseline(edited, result(0, final_loss=1e-6, late=3.0), data)
+    assert [f.status for f in findings] == ["stale"] and not findings[0].failed
+    assert findings[0].changed == ["optimizer.lr", "seeds", "steps"]
+    assert "stability-bench baseline " + str(DATA / "baseline" / "toy_edited.yaml") in findings[0].message
+    # An unedited case after an environment change: compared, and a failure names the difference.
+    case, _ = toy
+    here = {**data["environment"], "torch": "9.9.9"}
+    failed = [f for f in check_against_baseline(case, result(0, final_loss=1.0, late=3.0), data, here) if f.failed]
+    assert failed and all("recorded elsewhere: torch 2" in f.message and "→ 9.9.9" in f.message for f in failed)
+    assert not [f for f in check_against_baseline(case, result(0, final_loss=1e-6, late=3.0), data, here) if f.failed]
+
+
+def test_the_fingerprint_ignores_what_decides_nothing():
+    base = load_case(DATA / "baseline_toy.yaml")
+    assert run_fingerprint(base, "adam") == run_fingerprint(dataclasses.replace(base, expectations=[],
+                                                                                description="x"), "adam")
+    assert run_fingerprint(base, "adam") != run_fingerprint(dataclasses.replace(base, dtype="float64"), "adam")
+
+
+# ------------------------------------------------------- expectations under rounding
+def test_an_expectation_a_nudge_flips_is_fragile_naming_line_and_values(toy):
+    case, data = toy   # expect final_loss below 1.5e-6: seed 0 holds at 1e-6, its nudged twin 2e-6 fails
+    (fragile,) = fragile_expectations(case, data)
+    line = next(i for i, t in enumerate((DATA / "baseline_toy.yaml").read_text().splitlines(), 1)
+                if "final_loss: {below" in t)
+    assert fragile.message.startswith(f"{DATA / 'baseline_toy.yaml'}:{line}: toy::adam-seed0-cpu: expectation on final_loss")
+    assert "run: 1e-06 (holds)" in fragile.message and "nudged +1: 2e-06 (fails)" in fragile.message
+    # seed 1 fails on the run and its nudge alike: a failing expectation, not a fragile one.
+
+
+# ------------------------------------------------------------ the early trajectory
+def traced(seed: int, scale: float = 1.0, perturb: int = 0, at: int | None = None) -> RunResult:
+    """A run whose first 20 steps of loss, grad norm and update norm are smooth, × ``scale``
+    from step ``at`` on (or everywhere)."""
+    run = result(seed, final_loss=1e-6, late=3.0, perturb=perturb)
+    k = range(20)
+    factor = [scale if at is None or i >= at else 1.0 for i in k]
+    run.history = {"step": list(k), "loss": [f / (1 + i) for i, f in zip(k, factor)],
+                   "grad_norm": [f * 2.0 for f in factor], "update_norm": [1e-3 * f for f in factor]}
+    return run
+
+
+def test_the_early_trajectory_band_comes_from_the_nudges_and_names_the_first_departure():
+    case = load_case(DATA / "baseline_toy.yaml")
+    # Nudged: 1e-6 relative from step 5 on, so the band is 3e-6 (+16 ε) from step 5, 16 ε before.
+    data = record_baseline(case, [traced(0)], [traced(0, 1 + 1e-6, perturb=1, at=5)])
+    rtol = data["runs"]["toy::adam-cpu"]["trajectory"]["seeds"]["0"]["rtol"]["loss"]
+    assert rtol[4] == pytest.approx(16 * 1.1920929e-07) and rtol[5] == pytest.approx(3e-6 + 16 * 1.1920929e-07)
+
+    def trajectory(run):
+        return next(f for f in check_against_baseline(case, run, data) if f.figure == "early_trajectory")
+
+    assert trajectory(traced(0, 1 + 2e-6, at=5)).status == "inside"
+    departs = trajectory(traced(0, 1 + 2e-6, at=3))   # before the nudge moved anything
+    assert departs.status == "outside" and departs.value == 3
+    assert "early trajectory departs first at step 3: loss" in departs.message
+    assert trajectory(traced(0, 1 + 1e-5, at=7)).value == 7
+
+
+# ----------------------------------------------------------------- bad baseline files
+def test_a_hand_broken_or_newer_baseline_file_is_one_located_line(toy, tmp_path):
+    _, data = toy
+    path = tmp_path / "toy.baseline.json"
+    newer = {**data, "version": 99}
+    write_baseline(path, newer)
+    with pytest.raises(BaselineError, match=rf"^{path}:\d+: version: baseline format 99 is newer"):
+        read_baseline(path)
+    broken = json.loads(json.dumps(data))
+    del broken["runs"]["toy::adam-cpu"]["fingerprint"]
+    write_baseline(path, broken)
+    line = next(i for i, t in enumerate(path.read_text().splitlines(), 1) if '"toy::adam-cpu"' in t)
+    with pytest.raises(BaselineError) as error:
+        read_baseline(path)
+    assert str(error.value) == (f"{path}:{line}: runs.toy::adam-cpu: missing key 'fingerprint' "
+                                f"(edited by hand? re-record: stability-bench baseline)")
+    broken = json.loads(json.dumps(data))
+    del broken["runs"]["toy::adam-cpu"]["figures"]["min_loss"]["seeds"]
+    write_baseline(path, broken)
+    with pytest.raises(BaselineError, match=r"runs.toy::adam-cpu.figures.min_loss: missing key 'seeds'"):
+        read_baseline(path)
+    path.write_text('{"format": "stability-bench-baseline",\n "version": 2,\n "runs": [}')
+    with pytest.raises(BaselineError, match=rf"^{path}:3: not valid JSON"):
+        read_baseline(path)
+
+
+def test_a_baseline_from_before_fingerprints_is_stale_not_compared(toy):
+    case, data = toy
+    (finding,) = check_against_baseline(case, result(0, final_loss=1.0, late=3.0), {**data, "outdated": 1})
+    assert finding.stale and "recorded in format 1, before fingerprints" in finding.message

@@ -1,30 +1,46 @@
 """The baseline workflow end to end, as the README gives it: record, check (CLI and
-pytest), update after an intended change. The change is Adam's betas: an optimizer that
-trains differently must leave its bands; the unchanged one must not."""
+pytest), update after an intended change. The change is in the optimizer's code (its β₁,
+a constant of the user's module beside the case): an optimizer that trains differently
+must leave its bands; the unchanged one must not. An edit of the case itself makes the
+baseline stale (its own outcome and exit code), never a regression."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 
 from stability_bench.cli import main
 
-CASE = Path(__file__).parent / "data" / "baseline" / "teacher.yaml"
+DATA = Path(__file__).parent / "data" / "baseline"
+CASE = DATA / "teacher.yaml"
 
 
 @pytest.fixture
-def guard(tmp_path) -> Path:
+def guard(tmp_path, monkeypatch) -> Path:
     path = tmp_path / "cases" / "guard.yaml"
     path.parent.mkdir()
     shutil.copy(CASE, path)
+    shutil.copy(DATA / "guard_optimizer.py", tmp_path / "guard_optimizer.py")
+    monkeypatch.syspath_prepend(str(tmp_path))   # this process; pytester's subprocesses read PYTHONPATH
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])))
+    monkeypatch.delitem(sys.modules, "guard_optimizer", raising=False)
     return path
 
 
 def changed(path: Path) -> None:
-    """An edit a user would make to their optimizer: Adam's β₁ 0.9 → 0.5."""
-    path.write_text(path.read_text().replace("lr: 0.01}", "lr: 0.01, betas: [0.5, 0.999]}"))
+    """A commit to the user's optimizer: its β₁ 0.9 → 0.5 (the case file is untouched)."""
+    module = path.parent.parent / "guard_optimizer.py"
+    module.write_text(module.read_text().replace("BETA1 = 0.9", "BETA1 = 0.5"))
+    sys.modules.pop("guard_optimizer", None)
+
+
+def edited(path: Path) -> None:
+    """An edit of the case: fewer steps and another seed (no optimizer changed)."""
+    path.write_text(path.read_text().replace("steps: 100", "steps: 80").replace("seeds: [0, 1]", "seeds: [0, 1, 2]"))
 
 
 def line_of(path: Path, text: str) -> int:
@@ -46,6 +62,33 @@ def test_record_then_check_passes_and_a_change_fails_naming_file_line_figure_and
     assert all(f"{guard}:{line_of(guard, 'adam:')}" in line for line in located)
     assert any("final_loss" in line or "min_loss" in line for line in located)
     assert "FAIL guard::adam-seed0-cpu" in out and "FAIL guard::adam-seed1-cpu" in out
+    assert "less stable" in out or "more stable" in out   # every finding says which way it moved
+
+
+def test_an_edited_case_is_stale_not_a_regression(guard, capsys, tmp_path):
+    assert main(["baseline", str(guard)]) == 0
+    edited(guard)
+    capsys.readouterr()
+    assert main(["run", str(guard), "--baseline", "--no-triage", "--no-critical-lr",
+                 "--json", str(tmp_path / "r.json")]) == 4
+    out = capsys.readouterr().out
+    assert "FAIL" not in out and "outside the baseline band" not in out, out
+    assert "STALE guard::adam-seed0-cpu" in out and "3 stale" in out
+    stale = [line for line in out.splitlines() if "baseline is stale" in line]
+    assert stale and all("seeds" in line and "steps" in line and "stability-bench baseline" in line for line in stale)
+    entries = json.loads((tmp_path / "r.json").read_text())["runs"]
+    assert {f["status"] for e in entries for f in e["baseline"]} == {"stale"}
+
+
+def test_the_results_file_records_every_figure_checked_with_band_and_value(guard, capsys, tmp_path):
+    assert main(["baseline", str(guard)]) == 0
+    assert main(["run", str(guard), "--baseline", "--no-critical-lr", "--json", str(tmp_path / "r.json")]) == 0
+    entry = json.loads((tmp_path / "r.json").read_text())["runs"][0]
+    checked = {f["figure"]: f for f in entry["baseline"]}
+    assert {"min_loss", "final_loss", "diverged", "early_trajectory"} <= set(checked)
+    assert all(f["status"] == "inside" for f in checked.values())
+    assert checked["min_loss"]["band"][0] <= checked["min_loss"]["value"] <= checked["min_loss"]["band"][1]
+    assert checked["min_loss"]["value"] == entry["metrics"]["min_loss"]
 
 
 def test_a_case_without_a_baseline_is_bad_input_before_training(guard, capsys):
@@ -64,13 +107,19 @@ def test_pytest_checks_the_baseline_and_update_rewrites_it(guard, pytester, caps
     args = ["-p", "no:cacheprovider", "-p", "no:randomly", "--stability-baseline"]
     result = pytester.runpytest(*args)
     result.assert_outcomes(passed=4)  # two seeds, each with its critical-lr search
-    changed(project / "cases" / "guard.yaml")
+    changed(guard)   # the module on sys.path is the one beside the fixture's case
     result = pytester.runpytest(*args)
     assert result.parseoutcomes()["failed"] >= 2
     result.stdout.fnmatch_lines(["*baseline: *guard.yaml:*outside the baseline band*"])
     before = (project / "cases" / "guard.baseline.json").read_text()
     result = pytester.runpytest(*args, "--stability-baseline-update")
     result.assert_outcomes(passed=4)
-    result.stdout.fnmatch_lines(["*baseline written: *guard.baseline.json"])
+    result.stdout.fnmatch_lines(["*baseline written: *guard.baseline.json (* of * figures informative)"])
     assert (project / "cases" / "guard.baseline.json").read_text() != before
     pytester.runpytest(*args).assert_outcomes(passed=4)
+    edited(project / "cases" / "guard.yaml")   # the case itself: stale, its own outcome
+    result = pytester.runpytest(*args, "-rA")
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("stale") == 6 and "failed" not in outcomes, outcomes   # 3 seeds × (run, critical lr)
+    result.stdout.fnmatch_lines(["*stale baseline (not a regression*", "*baseline is stale*seeds*steps*"])
+    assert result.ret == pytest.ExitCode.TESTS_FAILED

@@ -79,7 +79,7 @@ def test_compare_figure(old, new, threshold, atol, expected):
 # ---------------------------------------------------------------------------- the table
 def test_table_and_exit_status(files, capsys):
     old, new = files
-    assert main(["compare", old, new]) == 1
+    assert main(["compare", old, new, "--threshold", "1.1"]) == 1
     out = capsys.readouterr().out
     # Worked out by hand from the fixture: a: late_instability 2 -> 3 (ratio 1.5, +1) worse,
     # spike_frequency 10 -> 10.5 (1.05) inside 1.1; b: divergence 0 -> 1000 - 400 = 600
@@ -109,7 +109,7 @@ toy::b-seed0-cpu  diverged             no     yes      -        -  WORSE
 def test_changed_only_and_metric_selection(files, capsys):
     old, new = files
     assert main(["compare", old, new, "--changed", "--metrics", "spike_frequency,final_loss",
-                 "--metrics", "late_instability"]) == 1
+                 "--metrics", "late_instability", "--threshold", "1.1"]) == 1
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[:2] for line in lines[2:] if line] == [
         ["toy::a-seed0-cpu", "spike_frequency"], ["toy::a-seed0-cpu", "late_instability"],
@@ -121,7 +121,7 @@ def test_threshold_decides(files, capsys):
     # Only the spike frequency (×1.05) and late instability (×1.5): inside ×1.6, worse past ×1.04.
     assert main(["compare", old, new, "--metrics", "spike_frequency,late_instability", "--threshold", "1.6"]) == 0
     assert main(["compare", old, new, "--metrics", "spike_frequency", "--threshold", "1.04"]) == 1
-    assert main(["compare", old, new, "--metrics", "late_instability", "--atol", "1.5"]) == 0
+    assert main(["compare", old, new, "--metrics", "late_instability", "--threshold", "1.1", "--atol", "1.5"]) == 0
     capsys.readouterr()
 
 
@@ -129,13 +129,13 @@ def test_no_change_exits_zero(files, capsys):
     old, _ = files
     assert main(["compare", old, old]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == \
-        "0 figure(s) worse past the threshold (ratio > 1.1), 0 better, 14 within it; 2 run(s) compared"
+        "0 figure(s) worse (no noise estimate: no verdict), 0 better, 14 within it; 2 run(s) compared"
 
 
 def test_runs_matched_by_id(tmp_path, capsys):
     old = write(tmp_path / "old.json", [run("toy::a-seed0-cpu"), run("toy::gone-seed0-cpu")])
     new = write(tmp_path / "new.json", [run("toy::added-seed0-cpu"), run("toy::a-seed0-cpu", spike_count=1)])
-    assert main(["compare", old, new, "--metrics", "spike_count"]) == 1
+    assert main(["compare", old, new, "--metrics", "spike_count", "--threshold", "1.1"]) == 1
     out = capsys.readouterr().out.splitlines()
     assert out[2].split() == ["toy::a-seed0-cpu", "spike_count", "0", "1", "inf", "+1", "WORSE"]
     assert out[3:5] == ["only in OLD: toy::gone-seed0-cpu", "only in NEW: toy::added-seed0-cpu"]
@@ -144,7 +144,7 @@ def test_runs_matched_by_id(tmp_path, capsys):
 def test_compare_runs_api():
     old = [run("x::a-seed0-cpu", steps=2000, diverged=True, divergence_step=150)]
     new = [run("x::a-seed0-cpu", steps=2000, diverged=True, divergence_step=1900)]
-    (row,) = compare_runs(old, new, ["divergence"]).rows
+    (row,) = compare_runs(old, new, ["divergence"], threshold=1.1).rows
     assert (row.old, row.new, row.verdict) == (1850, 100, BETTER)
     assert row.ratio == pytest.approx(100 / 1850)
 
@@ -210,7 +210,7 @@ def test_bands_judge_the_figures_they_cover(tmp_path, capsys):
         final_loss={"scale": "log", "tolerance": 0.5, "informative": True},
         min_loss={"scale": "log", "tolerance": 0.5, "informative": True},
         late_instability={"scale": "linear", "informative": False, "reason": "chaotic"}))
-    assert main(["compare", old, new, "--metrics", "final_loss,late_instability"]) == 1  # no bands: ratios
+    assert main(["compare", old, new, "--metrics", "final_loss,late_instability", "--threshold", "1.1"]) == 1
     capsys.readouterr()
     from stability_bench.compare import run_compare
     status, table = run_compare(old, new, figures=["final_loss", "late_instability", "min_loss"], baseline=baseline)
@@ -218,9 +218,8 @@ def test_bands_judge_the_figures_they_cover(tmp_path, capsys):
     # the last column: the verdict, or the difference where the verdict is empty (within)
     assert rows == {"final_loss": "+1e-06", "late_instability": "noisy", "min_loss": "WORSE"}
     assert status == 1
-    assert table.splitlines()[-1] == ("1 figure(s) worse past the threshold (ratio > 1.1, or past the noise band "
-                                      "where the baseline has one), 0 better, 1 within it, 1 noisy (not compared); "
-                                      "1 run(s) compared")
+    assert table.splitlines()[-1] == ("1 figure(s) worse past the noise band, 0 better, 1 within it, 1 noisy "
+                                      "(not compared); 1 run(s) compared")
     status, _ = run_compare(old, new, figures=["final_loss", "late_instability"], baseline=baseline)
     assert status == 0
 
@@ -236,3 +235,19 @@ def test_a_run_missing_from_new_is_reported_and_fails(tmp_path, capsys):
     assert main(["compare", old, write(tmp_path / "more.json", [run("toy::a-seed0-cpu"), run("toy::gone-seed0-cpu"),
                                                                   run("toy::x-seed0-cpu")])]) == 0  # only added runs
     capsys.readouterr()
+
+
+def test_without_a_noise_estimate_there_is_no_verdict(files, capsys):
+    """The fixture's changes (late instability ×1.5, a run that now diverges) are what a
+    rounding-only rewrite can do to a chaotic run: without bands they are shown, unjudged,
+    and the exit status is 0."""
+    old, new = files
+    assert main(["compare", old, new]) == 0
+    out = capsys.readouterr().out
+    rows = {tuple(line.split()[:2]): line.split()[-1] for line in out.splitlines()[2:] if line.startswith("toy::")}
+    assert rows[("toy::a-seed0-cpu", "late_instability")] == "unjudged"
+    assert rows[("toy::b-seed0-cpu", "diverged")] == "unjudged"
+    assert "WORSE" not in rows.values() and "better" not in rows.values()
+    assert out.splitlines()[-1] == ("0 figure(s) worse (no noise estimate: no verdict), 0 better, 9 within it, "
+                                    "5 changed but unjudged (no noise estimate: give --baseline FILE, the case's "
+                                    ".baseline.json); 2 run(s) compared")
