@@ -342,6 +342,8 @@ def render(report: dict) -> str:
             else:
                 detail = a["message"]
             lines.append(f"{'':<{width}}    ALARM {detail} — {a['classification'].upper()}: {a['reason']}")
+    if len(lines) == 3:
+        lines.append("(no run differs and none alarms)")
     s = report["summary"]
     lines += ["", f"{s['runs_identical']} of {s['runs_compared']} runs and searches bit-identical; alarms under {oth}: "
                   f"{s['alarms']['documented']} documented, {s['alarms']['also-current']} also raised under {cur}, "
