@@ -372,8 +372,11 @@ class StepRecorder:
         self.losses.append(loss.detach())
         try:
             torch._foreach_copy_(row, [*[p.grad for p in self.params], *self.flat_params])
-        except TypeError:  # a parameter without a gradient this step (p.grad is None)
-            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        except (TypeError, RuntimeError):
+            # a parameter without a gradient this step (p.grad is None: TypeError), or a sparse
+            # gradient (nn.Embedding(sparse=True), for SparseAdam: no dense copy_, RuntimeError)
+            grads = [torch.zeros_like(p) if p.grad is None else p.grad.to_dense() if p.grad.is_sparse
+                     else p.grad for p in self.params]
             torch._foreach_copy_(row, grads + self.flat_params)
 
     @property
