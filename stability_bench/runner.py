@@ -102,6 +102,7 @@ class Session:
     scheduler: Any = None     # the case's ``schedule:``, stepped after every optimizer step
     contract: frozenset = frozenset()   # the optimizer's step contract (stability_bench.contracts)
     heldout: TensorData | None = None   # ``eval: {split: heldout}``: the examples training never sees
+    negate: bool = False                # ``loss: {negate: true}``: the optimizer is handed −loss
 
     @property
     def dtype(self) -> torch.dtype:
@@ -144,7 +145,8 @@ def start(spec: RunSpec) -> Session:
         optimizer.train()
     scheduler = None if case.schedule is None else _located(
         case, ("schedule",), lambda: build_schedule(case.schedule, optimizer, case.steps))
-    return Session(spec, model, params, loss_fn, data, batches, optimizer, scheduler, contract, heldout)
+    return Session(spec, model, params, loss_fn, data, batches, optimizer, scheduler, contract, heldout,
+                   negate=bool(case.loss.get("negate", False)))
 
 
 def _split(case: Case, data: TensorData) -> tuple[TensorData, TensorData | None]:
@@ -167,14 +169,20 @@ def train_step(session: Session, x: torch.Tensor, y: torch.Tensor,
     gradient at x_t), clipping, the optimizer step (``step(closure)`` for closure
     optimizers: the closure repeats the above and only its first evaluation is observed),
     then the schedule's step. Returns the Euclidean norm of the clipped gradient of the
-    (first) evaluation, or None without clipping."""
+    (first) evaluation, or None without clipping.
+
+    With ``loss: {negate: true}`` the optimizer is handed −loss: backward runs on it (the
+    gradient is exactly −∇loss) and a closure returns it, while ``observe`` — the history,
+    metrics, probes — still gets the loss itself. An optimizer run with ``maximize=True``
+    ascends what it is handed, so it then descends the loss."""
     model, loss_fn, optimizer = session.model, session.loss_fn, session.optimizer
     create_graph = "create_graph" in session.contract
     clip = session.spec.case.clip
+    negate = session.negate
     if "closure" not in session.contract:
         optimizer.zero_grad()
         loss = loss_fn(model(x), y)
-        _backward(loss, create_graph)
+        _backward(-loss if negate else loss, create_graph)
         if observe is not None:
             observe(loss)
         clipped = _clip(session.params, clip) if clip is not None else None
@@ -185,13 +193,14 @@ def train_step(session: Session, x: torch.Tensor, y: torch.Tensor,
         def closure():
             optimizer.zero_grad()
             loss = loss_fn(model(x), y)
-            _backward(loss, create_graph)
+            objective = -loss if negate else loss
+            _backward(objective, create_graph)
             if not first and observe is not None:
                 observe(loss)
             norm = _clip(session.params, clip) if clip is not None else None
             if not first:
                 first.append(norm)
-            return loss
+            return objective
 
         optimizer.step(closure)
         clipped = first[0] if first else None
@@ -363,8 +372,11 @@ class StepRecorder:
         self.losses.append(loss.detach())
         try:
             torch._foreach_copy_(row, [*[p.grad for p in self.params], *self.flat_params])
-        except TypeError:  # a parameter without a gradient this step (p.grad is None)
-            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        except (TypeError, RuntimeError):
+            # a parameter without a gradient this step (p.grad is None: TypeError), or a sparse
+            # gradient (nn.Embedding(sparse=True), for SparseAdam: no dense copy_, RuntimeError)
+            grads = [torch.zeros_like(p) if p.grad is None else p.grad.to_dense() if p.grad.is_sparse
+                     else p.grad for p in self.params]
             torch._foreach_copy_(row, grads + self.flat_params)
 
     @property

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping, Union
 
 from stability_bench.components import Count
-from stability_bench.components.building import takes_context
+from stability_bench.components.building import HARNESS_KEYS, takes_context
 from stability_bench.components.data import DATA
 from stability_bench.components.losses import LOSSES
 from stability_bench.components.models import MODELS
@@ -112,12 +112,14 @@ def _check_component(spec: Any, registry: Registry, path: KeyPath, problems: lis
         return
     factory = registry.get(kind)
     allowed, required, _ = _signature_params(factory, skip=1 if takes_context(factory) else 0)
+    own = HARNESS_KEYS.get(registry.kind, {})  # keys the harness applies itself (loss: negate)
     params = {k: v for k, v in spec.items() if k != "kind"}
     n = len(problems)
-    _check_mapping(params, allowed, required, path, problems, f"{registry.kind} {kind!r}", finite=True)
+    _check_mapping(params, {**allowed, **own}, required, path, problems, f"{registry.kind} {kind!r}", finite=True)
     check = getattr(factory, "check", None)
     if check is not None and len(problems) == n:  # cross-parameter checks need well-typed values
-        problems.extend(Problem(path + (key,), message) for key, message in check(params))
+        factory_params = {k: v for k, v in params.items() if k not in own}
+        problems.extend(Problem(path + (key,), message) for key, message in check(factory_params))
 
 
 def _check_targets(raw: dict, problems: list[Problem]) -> None:

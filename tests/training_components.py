@@ -76,3 +76,23 @@ class NeedsLoss(torch.optim.SGD):
 
 class TypoContract(torch.optim.SGD):
     stability_bench_contract = "creat_graph"
+
+
+class ClosureGD(torch.optim.Optimizer):
+    """Gradient descent through step(closure) that keeps what each closure call returned and
+    the gradient it left (tests/test_loss_negate.py: with ``loss: {negate: true}`` both are
+    of −loss)."""
+
+    def __init__(self, params, lr: float = 0.1):
+        super().__init__(params, {"lr": lr})
+        self.returned: list[float] = []
+        self.grads: list[torch.Tensor] = []
+
+    @torch.no_grad()
+    def step(self, closure):
+        with torch.enable_grad():
+            self.returned.append(float(closure().detach()))
+        params = [p for group in self.param_groups for p in group["params"]]
+        self.grads.append(torch.cat([p.grad.reshape(-1) for p in params]).clone())
+        for p in params:
+            p.sub_(self.param_groups[0]["lr"] * p.grad)

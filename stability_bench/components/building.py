@@ -29,10 +29,18 @@ def takes_context(factory: Any) -> bool:
         inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 
 
+# Keys of a section that the harness applies itself and never passes to the factory, with
+# their types (the schema validates them beside the factory's own parameters):
+# ``loss: {negate: true}`` hands the optimizer −loss (see ``runner.train_step``).
+HARNESS_KEYS: dict[str, dict[str, Any]] = {"loss": {"negate": bool}}
+
+
 def build_component(registry: Registry, section: dict, ctx: BuildContext) -> Any:
-    """Call the factory ``section['kind']`` names with the section's other keys."""
+    """Call the factory ``section['kind']`` names with the section's other keys (less the
+    harness's own, ``HARNESS_KEYS``)."""
     factory = registry.get(section["kind"])
-    params = {k: v for k, v in section.items() if k != "kind"}
+    own = HARNESS_KEYS.get(registry.kind, {})
+    params = {k: v for k, v in section.items() if k != "kind" and k not in own}
     built = factory(ctx, **params) if takes_context(factory) else factory(**params)
     if registry.kind == "data":
         return as_tensor_data(built, section["kind"])
