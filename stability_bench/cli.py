@@ -4,13 +4,16 @@ Exit codes of ``run`` (each reported as a paragraph, never a traceback):
 
 * 0 — every run finished and every expectation held;
 * 1 — an expectation failed;
-* 2 — bad input: a malformed case, an unknown optimizer, missing data, a run that could
-  not be set up, an unusable option or ``--json`` path;
-* 3 — a run crashed (the optimizer or model raised while training) or went past its
-  case's ``timeout:``; the other runs still ran and are in ``--json``;
-* 130 — interrupted (Ctrl-C); ``--json`` holds the runs that finished.
+* 2 — bad input: a malformed case, an unknown optimizer, hyperparameters its constructor
+  refuses, more runs than ``--max-runs``, missing data, a run that could not be set up
+  (its model, data or optimizer raised while being built, whatever the exception), filters
+  that leave nothing to run, an unusable option or ``--json`` path;
+* 3 — a run crashed (the optimizer or model raised while training, from the first step
+  on) or went past its case's ``timeout:``; the other runs still ran and are in ``--json``;
+* 130, 143, 129 — interrupted by SIGINT (Ctrl-C), SIGTERM (a CI timeout, ``docker stop``)
+  or SIGHUP: 128 + the signal's number; ``--json`` holds the runs that finished.
 
-When several apply, the first in the order 2, 3, 1 wins.
+When several of 1–3 apply, the first in the order 2, 3, 1 wins; a stop signal wins over all.
 """
 from __future__ import annotations
 

@@ -19,7 +19,9 @@ through here and only render what comes back.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import gc
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -198,15 +200,47 @@ def make_plan(cases: Iterable["Case"], devices: Iterable[str] | None = None,
     entry, seed and device.
 
     More than ``max_runs`` runs (None: no limit) is a :class:`PlanTooLarge`, found from the
-    sweep sizes before anything is expanded. ``cuda_available`` None asks torch (importing
-    it); pass a bool to keep planning torch-free."""
+    sweep sizes before anything is expanded; planning is linear in the runs.
+    ``cuda_available`` None asks torch (importing it); pass a bool to keep planning
+    torch-free."""
+    cases = list(cases)
+    devices, seeds, optimizers = (None if x is None else list(x) for x in (devices, seeds, optimizers))
+    check_run_limit(cases, max_runs, devices, seeds, optimizers)
+    with _no_cyclic_gc():
+        plan = _expand(cases, devices, seeds, optimizers, searches)
+    for key, item in [*plan.runs.items(), *plan.searches.items()]:
+        if item.case.slow and not run_slow:
+            plan.skipped[key] = SLOW
+        elif item.device.startswith("cuda"):
+            if cuda_available is None:
+                import torch
+
+                cuda_available = torch.cuda.is_available()
+            if not cuda_available:
+                plan.skipped[key] = CUDA_MISSING
+    return plan
+
+
+@contextlib.contextmanager
+def _no_cyclic_gc() -> Iterator[None]:
+    """The cyclic garbage collector paused: expanding a plan allocates a few objects per
+    run and frees none, and no cycles, so the collector's full passes over a growing heap
+    only cost time (30–40 % of planning 100,000 runs)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _expand(cases: list["Case"], devices, seeds, optimizers, searches: bool) -> Plan:
+    """The runs, partners and searches of :func:`make_plan` (nothing skipped yet)."""
     from stability_bench.critical_lr import specs
     from stability_bench.expectations import PARITY
     from stability_bench.runner import plan_runs
 
-    cases = list(cases)
-    devices, seeds, optimizers = (None if x is None else list(x) for x in (devices, seeds, optimizers))
-    check_run_limit(cases, max_runs, devices, seeds, optimizers)
     plan = Plan()
     for case in cases:
         chosen = None if optimizers is None else [k for k in optimizers if k in case.optimizers]
@@ -225,16 +259,6 @@ def make_plan(cases: Iterable["Case"], devices: Iterable[str] | None = None,
                         for device in (case.devices if devices is None else devices):
                             search = SearchSpec(case, key, seed, device)
                             plan.searches[search.search_id] = search
-    for key, item in [*plan.runs.items(), *plan.searches.items()]:
-        if item.case.slow and not run_slow:
-            plan.skipped[key] = SLOW
-        elif item.device.startswith("cuda"):
-            if cuda_available is None:
-                import torch
-
-                cuda_available = torch.cuda.is_available()
-            if not cuda_available:
-                plan.skipped[key] = CUDA_MISSING
     return plan
 
 
