@@ -352,12 +352,12 @@ def _check_optimizer_filter(cases: list, names: list[str] | None) -> None:
     from stability_bench.registry import nearest
 
     known = list(dict.fromkeys(k for case in cases for k in case.optimizers))
-    unknown = [name for name in names or [] if name not in known]
-    for name in unknown:
-        guess = nearest(name, known)
-        raise UsageError(f"--optimizer {name}: no case given has an optimizer entry of that name"
-                         + (f"; did you mean {guess!r}?" if guess else "")
-                         + f" Their optimizers: {', '.join(known)}.")
+    unknown = [name for name in dict.fromkeys(names or []) if name not in known]
+    if unknown:
+        raise UsageError("\n".join(
+            f"--optimizer {name}: no case given has an optimizer entry of that name"
+            + (f"; did you mean {guess!r}?" if (guess := nearest(name, known)) else "")
+            + f" Their optimizers: {', '.join(known)}." for name in unknown))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -136,6 +136,8 @@ def _session_run_limit(session: pytest.Session, cases: list) -> None:
     from stability_bench.orchestrate import MAX_RUNS, check_run_limit
 
     limit = session.config.getoption("--stability-max-runs")
+    if limit is not None and limit < 0:
+        raise pytest.UsageError(f"--stability-max-runs must be at least 0 (0: no limit), got {limit}")
     limit = MAX_RUNS if limit is None else (limit or None)
     before = getattr(session, "_stability_bench_planned", 0)
     session._stability_bench_planned = check_run_limit(cases, limit, already=before)
