@@ -4,20 +4,25 @@ Exit codes of ``run`` (each reported as a paragraph, never a traceback):
 
 * 0 — every run finished and every expectation held;
 * 1 — an expectation failed;
-* 2 — bad input: a malformed case, an unknown optimizer, missing data, a run that could
-  not be set up, an unusable option or ``--json`` path;
-* 3 — a run crashed (the optimizer or model raised while training) or went past its
-  case's ``timeout:``; the other runs still ran and are in ``--json``;
+* 2 — bad input: a malformed case, an unknown optimizer, hyperparameters its constructor
+  refuses, more runs than ``--max-runs``, missing data, a run that could not be set up
+  (its model, data or optimizer raised while being built, whatever the exception), filters
+  that leave nothing to run, an unusable option or ``--json`` path;
+* 3 — a run crashed (the optimizer or model raised while training, from the first step
+  on) or went past its case's ``timeout:``; the other runs still ran and are in ``--json``;
 * 4 — (``--baseline``) a baseline is stale: its case changed since it was recorded (the
   message names the keys and the command that re-records); nothing else failed;
-* 130 — interrupted (Ctrl-C); ``--json`` holds the runs that finished.
+* 130, 143, 129 — interrupted by SIGINT (Ctrl-C), SIGTERM (a CI timeout, ``docker stop``)
+  or SIGHUP: 128 + the signal's number; ``--json`` holds the runs that finished.
 
-When several apply, the first in the order 2, 3, 1, 4 wins. ``baseline`` exits 1 when an
-expectation is fragile under a one-ulp nudge (that file's baseline is not written).
+When several of 1–4 apply, the first in the order 2, 3, 1, 4 wins; a stop signal wins over
+all. ``baseline`` exits 1 when an expectation is fragile under a one-ulp nudge (that file's
+baseline is not written).
 """
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from pathlib import Path
@@ -54,15 +59,24 @@ def _load(paths: Sequence[str], variant: str | None = None, errors: list | None 
     from stability_bench.unknown_theory import case_warnings
 
     cases, bad = [], [] if errors is None else errors
-    for file in _case_files(paths):
+    files = _case_files(paths)
+    if not files:
+        raise UsageError(f"no case files in {', '.join(paths or ['cases'])} (a case file is a *.yaml "
+                         f"carrying the line 'stability-bench: 1')")
+    variants: list[str] = []
+    for file in files:
         try:
             found = load_cases(file)
         except CaseError as exc:
             bad.append(exc)
             continue
         if variant is not None:
+            variants += [c.name.rsplit("/", 1)[-1] for c in found[1:]]
             found = [c for c in found if c.name.rsplit("/", 1)[-1] == variant or c.name == variant]
         cases.extend(found)
+    if variant is not None and not cases and not bad:
+        raise UsageError(f"--variant {variant}: no case has a variant of that name; their variants: "
+                         + (", ".join(dict.fromkeys(variants)) if variants else "none"))
     for warning in dict.fromkeys(w for case in cases for w in case_warnings(case)):
         print(f"stability-bench: warning: {warning}", file=sys.stderr)
     if bad and errors is None:
@@ -151,6 +165,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from stability_bench.orchestrate import Baselines, make_plan, run_plan
     from stability_bench.orchestrate import report_entry
     from stability_bench.results import ResultsJournal
+    from stability_bench.signals import StopSignals
 
     if args.report:  # before the runs: a missing extra should not cost a long run
         from stability_bench.reports import require_matplotlib
@@ -158,18 +173,29 @@ def cmd_run(args: argparse.Namespace) -> int:
         require_matplotlib()
     if args.jobs < 1:
         raise UsageError(f"--jobs must be at least 1, got {args.jobs}")
+    signals = args.signals if getattr(args, "signals", None) is not None else StopSignals()
     cases = _load(args.cases, args.variant)
+    _check_optimizer_filter(cases, args.optimizer)
     plan = make_plan(cases, devices=args.device or None, seeds=args.seed or None,
                      optimizers=args.optimizer or None, run_slow=args.run_slow,
-                     searches=not args.no_critical_lr)
+                     searches=not args.no_critical_lr, max_runs=_max_runs(args))
+    if not plan.requested and not plan.searches:
+        raise UsageError("nothing to run: the cases and filters given leave no run")
     baselines = Baselines(cases) if args.baseline else None  # a missing baseline fails before training
-    journal = ResultsJournal(args.json) if args.json else None  # so does a bad --json path
     client = _client(args.dask)
+    try:
+        journal = ResultsJournal(args.json) if args.json else None  # so does a bad --json path
+    except BaseException:
+        if client is not None:
+            client.close()
+        raise
+    reports = None
     progress = ProgressLine(total=len(plan.requested) + len(plan.searches))  # one tick per report
     collected, statuses = [], []
-    try:
-        for report in run_plan(plan, jobs=args.jobs, client=client, threads=args.threads, baselines=baselines,
-                               progress=progress if args.jobs == 1 and client is None else None):
+    try:  # from the journal's opening on, FILE is written whatever ends the invocation
+        reports = run_plan(plan, jobs=args.jobs, client=client, threads=args.threads, baselines=baselines,
+                           progress=progress if args.jobs == 1 and client is None else None)
+        for report in reports:
             progress.end()
             statuses.append(report.status)
             print(_summary(report), flush=True)
@@ -192,14 +218,20 @@ def cmd_run(args: argparse.Namespace) -> int:
             if report.result is not None:
                 collected.append((report.result, report.outcomes))
             if journal is not None and report.skipped is None:
-                journal.append(report_entry(report))
+                entry = report_entry(report)
+                with signals.held():  # a journal line is written whole
+                    journal.append(entry)
             progress.finished(report.run_id)
+            signals.check()  # a stop signal whose exception was lost where it landed ends the run here
     finally:
-        progress.end()
-        if journal is not None:  # also on Ctrl-C: the file holds every run that finished
-            journal.close([*plan.requested, *plan.searches])
-        if client is not None:
-            client.close()
+        with signals.held():  # also on a stop signal: the file holds every run that finished
+            progress.end()
+            if reports is not None:
+                reports.close()  # the runs in flight are abandoned (worker processes stopped)
+            if journal is not None:
+                journal.close([*plan.requested, *plan.searches])
+            if client is not None:
+                client.close()
     counts = {s: statuses.count(s) for s in ("passed", "failed", "stale", "crash", "timeout", "setup",
                                             "missing_data", "skipped")}
     errors = counts["setup"] + counts["missing_data"]
@@ -278,21 +310,41 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from stability_bench.runner import plan_runs
+    """Every file read, every problem reported; what ``run`` would refuse before training
+    (a malformed case, hyperparameters the optimizer's constructor refuses, more runs than
+    the limit) is refused here. Runs are counted from the sweep sizes, never expanded."""
+    from stability_bench.orchestrate import PlanTooLarge, check_run_limit, run_count
 
     errors: list = []
-    for case in _load(args.cases, errors=errors):
-        print(f"ok {case.where()}: {case.name} — {len(plan_runs(case))} runs, "
+    cases = _load(args.cases, errors=errors)
+    fine = []
+    for case in cases:
+        try:
+            check_run_limit([case], _max_runs(args))
+        except PlanTooLarge as exc:
+            errors.append(exc)
+            continue
+        fine.append(case)
+        print(f"ok {case.where()}: {case.name} — {run_count(case):,} runs, "
               f"{len(case.expectations)} expectations")
+    if len(fine) == len(cases):  # each is within the limit: are they together (as `run` would plan them)?
+        try:
+            check_run_limit(cases, _max_runs(args))
+        except PlanTooLarge as exc:
+            errors.append(exc)
     for error in errors:
         print(f"stability-bench: error: {error}", file=sys.stderr)
     return EXIT_BAD_INPUT if errors else EXIT_OK
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from stability_bench.orchestrate import check_run_limit
     from stability_bench.runner import plan_runs
 
-    for case in _load(args.cases):
+    cases = _load(args.cases)
+    if args.runs:
+        check_run_limit(cases, _max_runs(args))
+    for case in cases:
         flags = " (slow)" if case.slow else ""
         print(f"{case.name}{flags}: {case.description.splitlines()[0] if case.description else ''}")
         if args.runs:
@@ -301,7 +353,36 @@ def cmd_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _max_runs(args: argparse.Namespace) -> int | None:
+    """``--max-runs N`` (0: no limit), else the default limit."""
+    from stability_bench.orchestrate import MAX_RUNS
+
+    value = getattr(args, "max_runs", None)
+    if value is None:
+        return MAX_RUNS
+    if value < 0:
+        raise UsageError(f"--max-runs must be at least 0 (0: no limit), got {value}")
+    return value or None
+
+
+def _check_optimizer_filter(cases: list, names: list[str] | None) -> None:
+    """``--optimizer NAME`` that no case has is a typo, not an empty selection."""
+    from stability_bench.registry import nearest
+
+    known = list(dict.fromkeys(k for case in cases for k in case.optimizers))
+    unknown = [name for name in dict.fromkeys(names or []) if name not in known]
+    if unknown:
+        raise UsageError("\n".join(
+            f"--optimizer {name}: no case given has an optimizer entry of that name"
+            + (f"; did you mean {guess!r}?" if (guess := nearest(name, known)) else "")
+            + f" Their optimizers: {', '.join(known)}." for name in unknown))
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from stability_bench.orchestrate import MAX_RUNS
+
+    MAX_RUNS_HELP = (f"the most runs one invocation plans (default {MAX_RUNS:,}; 0: no limit), counted from "
+                     f"the sweep sizes before any run is expanded")
     parser = argparse.ArgumentParser(prog="stability-bench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run cases and check their expectations")
@@ -322,6 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--baseline", action="store_true", help="also compare every run with the baseline "
                      "beside its case file (stability-bench baseline records it)")
     run.add_argument("--no-critical-lr", action="store_true", help="skip the cases' critical-lr searches")
+    run.add_argument("--max-runs", type=int, metavar="N", help=MAX_RUNS_HELP)
     run.add_argument("-v", "--verbose", action="store_true", help="print every expectation")
     run.add_argument("--report", metavar="DIR", help="also write figures and an HTML report to DIR")
     run.add_argument("--triage-dir", metavar="DIR", help="where failed runs' triage bundles go "
@@ -363,34 +445,53 @@ def build_parser() -> argparse.ArgumentParser:
     baseline.set_defaults(func=cmd_baseline)
     validate = sub.add_parser("validate", help="check case files without running them")
     validate.add_argument("cases", nargs="*")
+    validate.add_argument("--max-runs", type=int, metavar="N", help=MAX_RUNS_HELP)
     validate.set_defaults(func=cmd_validate)
     listing = sub.add_parser("list", help="list cases (and with --runs, their runs)")
     listing.add_argument("cases", nargs="*")
     listing.add_argument("--runs", action="store_true")
+    listing.add_argument("--max-runs", type=int, metavar="N", help=MAX_RUNS_HELP)
     listing.set_defaults(func=cmd_list)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; its exit code. SIGINT, SIGTERM and SIGHUP end any command alike
+    (:mod:`stability_bench.signals`): ``run`` writes its ``--json`` file from the runs that
+    finished, and the exit code is 128 + the signal's number (130, 143, 129)."""
+    from stability_bench.signals import StopSignals, exit_code, signal_name
+
+    with StopSignals() as signals:  # first: a signal while torch imports is handled too
+        try:
+            code: int | None = _main(argv, signals)
+        except KeyboardInterrupt:
+            code = None
+        signals.hold_from_now()  # the command has ended: a late signal only counts
+        if code is None or signals.signum is not None:
+            signum = signals.signum or signal.SIGINT
+            print(f"stability-bench: interrupted ({signal_name(signum)})", file=sys.stderr)
+            return exit_code(signum)
+        return code
+
+
+def _main(argv: Sequence[str] | None, signals) -> int:
     from stability_bench.components.cifar10 import CIFAR10FormatError, DataNotFoundError
     from stability_bench.baseline import BaselineError
-    from stability_bench.orchestrate import RunsFailed
+    from stability_bench.orchestrate import PlanTooLarge, RunsFailed
     from stability_bench.runner import RunSetupError
     from stability_bench.schema import CaseError
 
     args = build_parser().parse_args(argv)
+    args.signals = signals
     try:
         return args.func(args)
     except (CaseError, RunSetupError, DataNotFoundError, CIFAR10FormatError, UsageError, BaselineError,
-            OSError) as exc:
+            PlanTooLarge, OSError) as exc:
         print(f"stability-bench: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except RunsFailed as exc:  # `baseline`: a run that did not finish leaves no baseline
         print(f"stability-bench: error: no baseline written:\n{exc}", file=sys.stderr)
         return EXIT_CRASHED
-    except KeyboardInterrupt:
-        print("stability-bench: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
     except ImportError as exc:  # an optional extra (reports: matplotlib) is missing
         from stability_bench.reports import ReportDependencyError
 

@@ -144,13 +144,11 @@ def partner_point(case: "Case", params: dict, partner: str) -> dict:
     """The sweep point of ``partner`` that a run with hyperparameters ``params`` compares
     with: the one whose swept values equal this run's values of those hyperparameters (the
     schema has checked that there is one)."""
-    def same(a: Any, b: Any) -> bool:  # YAML lists and coerced tuples (betas) compare equal
-        return (tuple(a) if isinstance(a, (list, tuple)) else a) == (tuple(b) if isinstance(b, (list, tuple)) else b)
-
     spec = case.optimizers[partner]
-    for point in spec.points():
-        if all(k in params and same(point[k], params[k]) for k in spec.sweeps):
-            return point
+    try:  # the partner's own value of each hyperparameter it sweeps, by lookup: no scan of its points
+        return {**spec.fixed, **{name: spec.sweep_value(name, params[name]) for name in spec.sweeps}}
+    except (KeyError, StopIteration):
+        pass
     raise ValueError(f"{case.where()}: no run of {partner!r} matches hyperparameters {params} "
                      f"(its sweeps: {spec.sweeps})")
 

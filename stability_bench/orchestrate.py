@@ -19,7 +19,9 @@ through here and only render what comes back.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import gc
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -33,6 +35,12 @@ if TYPE_CHECKING:
 
 CUDA_MISSING = "CUDA is not available on this machine"
 SLOW = "slow: run it with --run-slow"
+# The most runs one invocation plans (the CLI's --max-runs, pytest's --stability-max-runs,
+# make_plan's max_runs). The shipped cases plan ~300; 10,000 runs is hours of CPU even for
+# toy models and a results file of gigabytes (every step of every run is kept), and planning
+# them takes ~0.1 s. Counted from the sweep sizes before anything is expanded.
+MAX_RUNS = 10_000
+MAX_RUNS_HOW = "--max-runs N on the command line, --stability-max-runs N for pytest, max_runs= in Python"
 
 
 # ----------------------------------------------------------------------------- plan
@@ -46,11 +54,17 @@ class Plan:
     needs: dict[str, tuple[str, ...]] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)   # run or search id → why it cannot run here
     searches: dict[str, "SearchSpec"] = field(default_factory=dict)  # critical-lr searches, by id
+    _requested: set = field(default_factory=set, init=False, repr=False, compare=False)  # ``requested``, as a set
+
+    def __post_init__(self) -> None:
+        self._requested.update(self.requested)
 
     def add(self, spec: "RunSpec", requested: bool) -> str:
+        """Add a run once (constant time: planning is linear in the number of runs)."""
         run_id = spec.run_id
         self.runs.setdefault(run_id, spec)
-        if requested and run_id not in self.requested:
+        if requested and run_id not in self._requested:
+            self._requested.add(run_id)
             self.requested.append(run_id)
         return run_id
 
@@ -111,34 +125,89 @@ def partner_spec(spec: "RunSpec", partner: str) -> "RunSpec":
     return RunSpec(spec.case, spec.case.optimizers[partner], point, spec.seed, spec.device, spec.perturb)
 
 
+class PlanTooLarge(ValueError):
+    """More runs than one invocation may plan (:data:`MAX_RUNS`); the message names the case
+    file and line, and the product of the sweep sizes that makes the number."""
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n:,} {word}" + ("" if n == 1 else "s")
+
+
+def _optimizer_keys(case: "Case", optimizers: list[str] | None) -> list[str]:
+    """The optimizer entries of ``case`` a plan runs: those asked for (all by default) that
+    the case has, and the parity partners they compare with."""
+    from stability_bench.expectations import PARITY
+
+    chosen = list(case.optimizers) if optimizers is None else [k for k in optimizers if k in case.optimizers]
+    partners = [e.bound["with"] for e in case.expectations if e.metric == PARITY and e.optimizer in chosen]
+    return list(dict.fromkeys([*chosen, *partners]))
+
+
+def run_count(case: "Case", devices: list[str] | None = None, seeds: list[int] | None = None,
+              optimizers: list[str] | None = None) -> int:
+    """How many runs the plan of ``case`` lists (an upper bound where a filter leaves out a
+    parity partner), computed from the sweep sizes: nothing is expanded."""
+    n_seeds = len(case.seeds if seeds is None else seeds)
+    n_devices = len(case.devices if devices is None else devices)
+    return sum(case.optimizers[k].count() for k in _optimizer_keys(case, optimizers)) * n_seeds * n_devices
+
+
+def _over_limit(case: "Case", runs: int, max_runs: int, devices, seeds, optimizers) -> str:
+    """``file:line: optimizers.KEY: ...``: the case's runs as the product that makes them."""
+    keys = _optimizer_keys(case, optimizers)
+    key = max(keys, key=lambda k: case.optimizers[k].count())
+    spec = case.optimizers[key]
+    sweeps = " × ".join(f"{name} ({len(values):,})" for name, values in spec.sweeps.items())
+    n_seeds = len(case.seeds if seeds is None else seeds)
+    n_devices = len(case.devices if devices is None else devices)
+    product = (f"sweeps {sweeps} = {_plural(spec.count(), 'point')}" if spec.sweeps else "1 point (no sweep)")
+    others = runs - spec.count() * n_seeds * n_devices
+    return (f"{case.where(('optimizers', key))}: optimizers.{key}: the case plans {_plural(runs, 'run')}, over "
+            f"the limit of {max_runs:,} runs per invocation: {key} {product} × {_plural(n_seeds, 'seed')} × "
+            f"{_plural(n_devices, 'device')}" + (f", and its other optimizers add {others:,}" if others else "")
+            + f"; narrow the sweeps, or raise the limit ({MAX_RUNS_HOW})")
+
+
+def check_run_limit(cases: Iterable["Case"], max_runs: int | None = MAX_RUNS, devices=None, seeds=None,
+                    optimizers=None, already: int = 0) -> int:
+    """The number of runs the plan of ``cases`` lists (plus ``already``, runs planned
+    before in the same invocation), counted from the sweep sizes; :class:`PlanTooLarge` if
+    it is over ``max_runs`` (None: no limit) — one case over it named at its largest
+    optimizer with the product of its sweep sizes, else the total with each case's share."""
+    devices, seeds, optimizers = (None if x is None else list(x) for x in (devices, seeds, optimizers))
+    counts = [(case, run_count(case, devices, seeds, optimizers)) for case in cases]
+    total = already + sum(n for _, n in counts)
+    if max_runs is None or total <= max_runs:
+        return total
+    for case, n in counts:
+        if n > max_runs:
+            raise PlanTooLarge(_over_limit(case, n, max_runs, devices, seeds, optimizers))
+    shares = ", ".join(f"{case.where()} {case.name}: {n:,}" for case, n in sorted(counts, key=lambda c: -c[1])[:5])
+    more = f", and {len(counts) - 5} more cases" if len(counts) > 5 else ""
+    before = f" (after {already:,} planned before)" if already else ""
+    raise PlanTooLarge(f"{total:,} runs planned{before}, over the limit of {max_runs:,} runs per invocation "
+                       f"({shares}{more}); run fewer case files at a time, or raise the limit ({MAX_RUNS_HOW})")
+
+
 def make_plan(cases: Iterable["Case"], devices: Iterable[str] | None = None,
               seeds: Iterable[int] | None = None, optimizers: Iterable[str] | None = None,
-              run_slow: bool = True, cuda_available: bool | None = None, searches: bool = True) -> Plan:
-    """The plan of ``cases`` (optionally narrowed to some devices, seeds or optimizers):
-    their runs, parity partners as dependencies, and (``searches``) a critical-lr search
-    per declared ``critical_lr:`` entry, seed and device.
+              run_slow: bool = True, cuda_available: bool | None = None, searches: bool = True,
+              max_runs: int | None = MAX_RUNS) -> Plan:
+    """The plan of ``cases`` (optionally narrowed to some devices, seeds or optimizers; an
+    optimizer a case does not have is no run of it): their runs, parity partners as
+    dependencies, and (``searches``) a critical-lr search per declared ``critical_lr:``
+    entry, seed and device.
 
+    More than ``max_runs`` runs (None: no limit) is a :class:`PlanTooLarge`, found from the
+    sweep sizes before anything is expanded; planning is linear in the runs.
     ``cuda_available`` None asks torch (importing it); pass a bool to keep planning
     torch-free."""
-    from stability_bench.critical_lr import specs
-    from stability_bench.expectations import PARITY
-    from stability_bench.runner import plan_runs
-
+    cases = list(cases)
     devices, seeds, optimizers = (None if x is None else list(x) for x in (devices, seeds, optimizers))
-    plan = Plan()
-    for case in cases:
-        for spec in plan_runs(case, devices, seeds, optimizers):
-            run_id = plan.add(spec, requested=True)
-            partners = [e.bound["with"] for e in case.expectations
-                        if e.metric == PARITY and e.optimizer == spec.optimizer.key]
-            plan.needs[run_id] = tuple(plan.add(partner_spec(spec, p), requested=False) for p in partners)
-        if searches:
-            for key in specs(case):
-                if optimizers is None or key in optimizers:
-                    for seed in (case.seeds if seeds is None else seeds):
-                        for device in (case.devices if devices is None else devices):
-                            search = SearchSpec(case, key, seed, device)
-                            plan.searches[search.search_id] = search
+    check_run_limit(cases, max_runs, devices, seeds, optimizers)
+    with _no_cyclic_gc():
+        plan = _expand(cases, devices, seeds, optimizers, searches)
     for key, item in [*plan.runs.items(), *plan.searches.items()]:
         if item.case.slow and not run_slow:
             plan.skipped[key] = SLOW
@@ -149,6 +218,47 @@ def make_plan(cases: Iterable["Case"], devices: Iterable[str] | None = None,
                 cuda_available = torch.cuda.is_available()
             if not cuda_available:
                 plan.skipped[key] = CUDA_MISSING
+    return plan
+
+
+@contextlib.contextmanager
+def _no_cyclic_gc() -> Iterator[None]:
+    """The cyclic garbage collector paused: expanding a plan allocates a few objects per
+    run and frees none, and no cycles, so the collector's full passes over a growing heap
+    only cost time (30–40 % of planning 100,000 runs)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _expand(cases: list["Case"], devices, seeds, optimizers, searches: bool) -> Plan:
+    """The runs, partners and searches of :func:`make_plan` (nothing skipped yet)."""
+    from stability_bench.critical_lr import specs
+    from stability_bench.expectations import PARITY
+    from stability_bench.runner import plan_runs
+
+    plan = Plan()
+    for case in cases:
+        chosen = None if optimizers is None else [k for k in optimizers if k in case.optimizers]
+        partners: dict[str, list[str]] = {}
+        for e in case.expectations:
+            if e.metric == PARITY:
+                partners.setdefault(e.optimizer, []).append(e.bound["with"])
+        for spec in plan_runs(case, devices, seeds, chosen):
+            run_id = plan.add(spec, requested=True)
+            plan.needs[run_id] = tuple(plan.add(partner_spec(spec, p), requested=False)
+                                       for p in partners.get(spec.optimizer.key, ()))
+        if searches:
+            for key in specs(case):
+                if optimizers is None or key in optimizers:
+                    for seed in (case.seeds if seeds is None else seeds):
+                        for device in (case.devices if devices is None else devices):
+                            search = SearchSpec(case, key, seed, device)
+                            plan.searches[search.search_id] = search
     return plan
 
 
@@ -268,8 +378,10 @@ def run_one(spec: "RunSpec", threads: int | None = None,
         return RunFailure(spec.run_id, "timeout", str(exc), getattr(exc, "step", None))
     except MissingDataError as exc:
         return RunFailure(spec.run_id, "missing_data", str(exc))
-    except RunSetupError as exc:
-        return RunFailure(spec.run_id, "setup", str(exc))
+    except RunSetupError as exc:  # the user's code raised while being built: its traceback for -v
+        cause = exc.__cause__ if isinstance(exc.__cause__, Exception) else None
+        return RunFailure(spec.run_id, "setup", str(exc),
+                          traceback="".join(traceback.format_exception(cause)) if cause is not None else "")
     except Exception as exc:  # a user's optimizer or model raised: report it, go on
         return RunFailure(spec.run_id, "crash", f"{type(exc).__name__}: {exc}",
                           getattr(exc, "step", None), traceback.format_exc())
@@ -327,6 +439,10 @@ class Executor:
 
     def __exit__(self, *exc) -> None:
         if self._pool is not None:
+            if exc[0] is not None:  # interrupted (a stop signal) or abandoned: the runs in flight are
+                # dropped, not waited for (concurrent.futures would otherwise join them at exit)
+                for process in list((getattr(self._pool, "_processes", None) or {}).values()):
+                    process.terminate()
             self._pool.shutdown(wait=exc[0] is None, cancel_futures=True)
             self._pool = None
         if self._own_client:

@@ -33,6 +33,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--stability-baseline-update", action="store_true", default=False,
                     help="after the session, re-record the baseline of every case file whose items ran "
                          "(after an intended change; review the diff)")
+    group.addoption("--stability-max-runs", type=int, default=None, metavar="N",
+                    help="the most runs the session's case files plan (default 10,000; 0: no limit), "
+                         "counted from the sweep sizes before any item is made")
     parser.addini("stability_cases_dirs", type="paths", default=[],
                   help="folders (relative to the rootdir or the ini file) whose case files (marked "
                        "'stability-bench: 1') are collected; default: <rootdir>/cases")
@@ -86,7 +89,8 @@ class CaseFile(pytest.File):
         for warning in dict.fromkeys(w for case in cases for w in case_warnings(case)):
             self.warn(CaseWarning(warning))
         self.cases = cases
-        self.plan = plan = make_plan(cases, cuda_available=True)  # CUDA is checked per item
+        self.plan = plan = make_plan(cases, cuda_available=True,  # CUDA is checked per item
+                                     max_runs=_session_run_limit(self.session, cases))
         self.items = []
         items = [(run_id, plan.runs[run_id]) for run_id in plan.requested] + list(plan.searches.items())
         for name, what in items:
@@ -115,11 +119,29 @@ class CaseFile(pytest.File):
         return self._baselines
 
     def repr_failure(self, excinfo):
+        from stability_bench.orchestrate import PlanTooLarge
         from stability_bench.schema import CaseError
 
         if isinstance(excinfo.value, CaseError):
             return f"malformed case file:\n{excinfo.value}"
+        if isinstance(excinfo.value, PlanTooLarge):
+            return f"too many runs:\n{excinfo.value}"
         return f"{self.path}: could not read the case file: {type(excinfo.value).__name__}: {excinfo.value}"
+
+
+def _session_run_limit(session: pytest.Session, cases: list) -> None:
+    """Count ``cases``' runs (from the sweep sizes) into the session's total and raise
+    :class:`~stability_bench.orchestrate.PlanTooLarge` past ``--stability-max-runs``; None,
+    for make_plan: the limit is checked here, over every case file of the session."""
+    from stability_bench.orchestrate import MAX_RUNS, check_run_limit
+
+    limit = session.config.getoption("--stability-max-runs")
+    if limit is not None and limit < 0:
+        raise pytest.UsageError(f"--stability-max-runs must be at least 0 (0: no limit), got {limit}")
+    limit = MAX_RUNS if limit is None else (limit or None)
+    before = getattr(session, "_stability_bench_planned", 0)
+    session._stability_bench_planned = check_run_limit(cases, limit, already=before)
+    return None
 
 
 class CaseWarning(UserWarning):

@@ -30,13 +30,26 @@ class UnknownNameError(KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         hint = f"; did you mean {' or '.join(map(repr, self.suggestions))}?" if self.suggestions else ""
+        known = f" Known: {', '.join(sorted(self.known))}." if self.known else f" No {self.kind} is registered."
         failed = f" Entry points that failed to load: {'; '.join(self.broken)}." if self.broken else ""
-        return f"unknown {self.kind} {self.name!r}{hint} Known: {', '.join(sorted(self.known))}.{failed}"
+        return f"unknown {self.kind} {self.name!r}{hint}{known}{failed}"
 
 
 class ImportPathError(ValueError):
     """``package.module:name`` that does not import; the message names the module and the
     exception, so a case error can say why."""
+
+
+def describe_exception(exc: BaseException) -> str:
+    """``Type: first line of the message`` — how a user's code failing is named in one line
+    (messages are one line per problem)."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
+def a_or_an(noun: str) -> str:
+    """``an int``, ``a float``: the indefinite article a type name takes."""
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
 
 
 def nearest(name: str, known: list[str]) -> str | None:
@@ -115,9 +128,14 @@ def import_object(spec: str, what: str) -> Any:
         raise ImportPathError(f"{spec!r} is not an import path: write 'package.module:name'")
     try:
         module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
+            # the module (or a package above it) is nowhere on sys.path
+            raise ImportPathError(f"cannot import module {module_name!r} for {what} {spec!r}: module "
+                                  f"{exc.name!r} was not found; is it installed, or on PYTHONPATH?") from None
+        raise ImportPathError(_raised_while_importing(module_name, what, spec, exc)) from None
     except Exception as exc:  # any import-time failure of user code is a case error
-        raise ImportPathError(f"cannot import module {module_name!r} for {what} {spec!r}: "
-                              f"{type(exc).__name__}: {exc}. Is it installed or on PYTHONPATH?") from None
+        raise ImportPathError(_raised_while_importing(module_name, what, spec, exc)) from None
     try:
         obj = module
         for part in attr.split("."):
@@ -128,6 +146,12 @@ def import_object(spec: str, what: str) -> Any:
         raise ImportPathError(f"module {module_name!r} has no attribute {attr!r} (for {what} {spec!r})"
                               + (f"; did you mean {guess!r}?" if guess else "")) from None
     return obj
+
+
+def _raised_while_importing(module_name: str, what: str, spec: str, exc: Exception) -> str:
+    """The module was found, and its code (or a module it imports) raised."""
+    return (f"cannot import module {module_name!r} for {what} {spec!r}: it was found but raised while "
+            f"importing: {describe_exception(exc)}")
 
 
 ENTRY_POINT_GROUP = "stability_bench.components"

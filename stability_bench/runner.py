@@ -28,6 +28,7 @@ from stability_bench.eval_metrics import EVAL_METRICS  # noqa: F401  (registers 
 from stability_bench.metrics import RunView, compute_metrics
 from stability_bench.optimizers.thresholds import threshold_and_reason
 from stability_bench.probes.registry import ProbePlan
+from stability_bench.registry import describe_exception
 from stability_bench.results import RunResult, format_run_id
 from stability_bench.schedules import build_schedule
 from stability_bench.schema import Case, OptimizerSpec
@@ -79,13 +80,19 @@ class MissingDataError(RunSetupError, FileNotFoundError):
 
 
 def _located(case: Case, path: tuple, build: Callable):
-    """Call ``build``; re-raise what it rejects with the case location of ``path``."""
+    """Call ``build`` (a component's or the optimizer's construction); whatever it raises,
+    of any type, is a :class:`RunSetupError` at the case location of ``path`` naming the
+    exception (a missing file: :class:`MissingDataError`). One rule for user code: failing
+    to build is "could not be set up" (exit 2), failing while training is a crash (exit 3)."""
     try:
         return build()
+    except RunSetupError:
+        raise
     except FileNotFoundError as exc:
         raise MissingDataError(f"{case.where(path)}: {'.'.join(map(str, path))}: {exc}") from exc
-    except (ValueError, TypeError, KeyError) as exc:
-        raise RunSetupError(f"{case.where(path)}: {'.'.join(map(str, path))}: {exc}") from exc
+    except Exception as exc:
+        raise RunSetupError(f"{case.where(path)}: {'.'.join(map(str, path))}: raised while being built: "
+                            f"{describe_exception(exc)}") from exc
 
 
 @dataclass
@@ -273,7 +280,10 @@ def check_one_batch(case: Case, model: torch.nn.Module, loss_fn: Callable, data:
             loss = loss_fn(out, y)
         if loss.numel() != 1:
             raise ValueError(f"the loss has shape {tuple(loss.shape)}, not a single number")
-    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+    except Exception as exc:
+        if not isinstance(exc, (RuntimeError, ValueError, TypeError, IndexError)):  # the model's own failure
+            raise RunSetupError(f"{case.where(('model',))}: model: model {case.model['kind']!r} raised on its "
+                                f"first two examples: {describe_exception(exc)}") from exc
         shapes = (f"inputs {tuple(x.shape[1:])} and targets {tuple(y.shape[1:])} ({y.dtype}) per example"
                   + (f", model output {tuple(out.shape[1:])}" if isinstance(out, torch.Tensor) else ""))
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -418,9 +428,15 @@ class StepRecorder:
 def execute(spec: RunSpec, progress: Progress | None = None) -> RunResult:
     """Train one run and return its result; divergence ends the run, it is not an error."""
     case = spec.case
-    session = start(spec)
+    try:  # set-up: anything raised before the first step is "could not be set up", whatever its type
+        session = start(spec)
+        theory = _theory(session.model, session.optimizer, session.batches)  # at step 0's lr
+    except RunSetupError:
+        raise
+    except Exception as exc:
+        raise RunSetupError(f"{case.where(('optimizers', spec.optimizer.key))}: optimizers.{spec.optimizer.key}: "
+                            f"set-up failed before the first step: {describe_exception(exc)}") from exc
     model, params, optimizer = session.model, session.params, session.optimizer
-    theory = _theory(model, optimizer, session.batches)  # at step 0's lr (after the schedule's start)
 
     clipping = case.clip is not None
     recorder = StepRecorder(params, session.dtype, spec.device,

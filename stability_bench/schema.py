@@ -7,6 +7,7 @@ metrics and comparators against their registries. Every problem is reported as
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import itertools
@@ -15,7 +16,7 @@ import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, Mapping, Union
+from typing import Annotated, Any, Iterator, Literal, Mapping, Union
 
 from stability_bench.components import Count
 from stability_bench.components.building import HARNESS_KEYS, takes_context
@@ -28,7 +29,8 @@ from stability_bench.eval_metrics import EVAL_METRICS  # noqa: F401  (registers 
 from stability_bench.expectations import COMPARATORS, PARITY, PARITY_KEYS, THEORY_REFERENCES
 from stability_bench.metrics import METRICS, SpikeConfig
 from stability_bench.optimizers.resolve import OptimizerResolveError, resolve_optimizer_class
-from stability_bench.registry import ImportPathError, Registry, UnknownNameError, load_entry_points, nearest
+from stability_bench.registry import ImportPathError, Registry, UnknownNameError, describe_exception
+from stability_bench.registry import a_or_an, load_entry_points, nearest
 from stability_bench.typecheck import NUMBER_STRING as _NUMBER_STRING
 from stability_bench.typecheck import PLAIN as _PLAIN
 from stability_bench.typecheck import check_mapping as _check_mapping
@@ -54,11 +56,15 @@ class CaseError(ValueError):
         super().__init__(str(self))
 
     def __str__(self) -> str:
-        shown = [f"{self.source.where(p.path)}: {_dotted(p.path) or '(case)'}: {p.message}"
-                 for p in self.problems[:MAX_PROBLEMS]]
+        shown = [f"{self._where(p)}: {_dotted(p.path) or '(case)'}: {p.message}" for p in self.problems[:MAX_PROBLEMS]]
         if len(self.problems) > MAX_PROBLEMS:
             shown.append(f"… and {len(self.problems) - MAX_PROBLEMS} more problems")
         return "\n".join(shown)
+
+    def _where(self, problem: Problem) -> str:
+        if problem.line is not None and self.source.file is not None:
+            return f"{self.source.file}:{problem.line}"
+        return self.source.where(problem.path)
 
 
 # ----------------------------------------------------------------------- components
@@ -96,7 +102,7 @@ def _resolve(registry: Registry, name: Any, path: KeyPath, problems: list[Proble
                                 + " Or name one by import path: 'package.module:name'."))
         return None
     if not callable(obj):
-        problems.append(Problem(path, f"{name!r} is a {type(obj).__name__}, not a callable {what}"))
+        problems.append(Problem(path, f"{name!r} is {a_or_an(type(obj).__name__)}, not a callable {what}"))
         return None
     return obj
 
@@ -147,11 +153,55 @@ class OptimizerSpec:
     fixed: dict[str, Any]
     sweeps: dict[str, list[Any]]
 
+    _index: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # see sweep_value
+
+    def count(self) -> int:
+        """The number of sweep points: the product of the sweep sizes (nothing expanded)."""
+        return math.prod(len(values) for values in self.sweeps.values())
+
+    def iter_points(self) -> Iterator[dict[str, Any]]:
+        """Every hyperparameter combination (the Cartesian product of the sweeps), lazily."""
+        names = list(self.sweeps)
+        for combo in itertools.product(*(self.sweeps[n] for n in names)):
+            yield {**self.fixed, **dict(zip(names, combo))}
+
     def points(self) -> list[dict[str, Any]]:
         """Every hyperparameter combination (the Cartesian product of the sweeps)."""
-        names = list(self.sweeps)
-        return [{**self.fixed, **dict(zip(names, combo))}
-                for combo in itertools.product(*(self.sweeps[n] for n in names))]
+        return list(self.iter_points())
+
+    def each_value(self) -> Iterator[tuple[tuple, dict[str, Any]]]:
+        """Every swept value once, the others fixed: first ``((), point)`` with each sweep at
+        its first value, then ``((name, i), point)`` for each other value ``i`` of each sweep
+        — the sum of the sweep sizes, not their product."""
+        first = {**self.fixed, **{name: values[0] for name, values in self.sweeps.items()}}
+        yield (), first
+        for name, values in self.sweeps.items():
+            for i, value in enumerate(values[1:], start=1):
+                yield (name, i), {**first, name: value}
+
+    def points_to_check(self, exhaustive: int = 4096) -> Iterator[dict[str, Any]]:
+        """The points a validation check visits: all of them up to ``exhaustive``, else each
+        swept value once (:meth:`each_value`), so a huge sweep is never expanded."""
+        if self.count() <= exhaustive:
+            return self.iter_points()
+        return (point for _, point in self.each_value())
+
+    def sweep_value(self, name: str, value: Any) -> Any:
+        """The value of sweep ``name`` equal to ``value`` (YAML lists and tuples compare
+        equal), found by hashing (so matching every run with its parity partner is linear);
+        ``KeyError`` if the sweep has none."""
+        def key(v: Any) -> Any:
+            return tuple(v) if isinstance(v, (list, tuple)) else v
+
+        if name not in self._index:
+            try:
+                self._index[name] = {key(v): v for v in reversed(self.sweeps[name])}  # the first of equal ones
+            except TypeError:  # unhashable values: compare one by one
+                self._index[name] = None
+        index = self._index[name]
+        if index is None:
+            return next(v for v in self.sweeps[name] if key(v) == key(value))
+        return index[key(value)]
 
     def label(self, point: Mapping[str, Any]) -> str:
         """``lr=38.1`` — the swept values of a point, used in run ids."""
@@ -191,7 +241,9 @@ def _check_hparam(value: Any, hint: Any, path: KeyPath, problems: list[Problem])
         problems.append(problem)
 
 
-def _optimizer_spec(key: str, spec: Any, path: KeyPath, problems: list[Problem]) -> OptimizerSpec | None:
+def _optimizer_spec(key: str, spec: Any, path: KeyPath, problems: list[Problem],
+                    dtype: str = "float32") -> OptimizerSpec | None:
+    n_before = len(problems)
     if not isinstance(spec, dict) or "class" not in spec:
         problems.append(Problem(path, f"optimizer {key!r} must be a mapping with a 'class' "
                                       f"(e.g. torch.optim.Adam), got {spec!r}"))
@@ -255,7 +307,101 @@ def _optimizer_spec(key: str, spec: Any, path: KeyPath, problems: list[Problem])
         else:
             _check_hparam(value, hint, hp_path, problems)
             fixed[name] = _coerce(value, hint)
-    return OptimizerSpec(key, spec["class"], cls, fixed, sweeps)
+    parsed = OptimizerSpec(key, spec["class"], cls, fixed, sweeps)
+    if len(problems) == n_before:  # well-typed: does the class accept them?
+        defaults = {n for n, d in accepted.items() if d is not inspect.Parameter.empty}
+        problems.extend(_construction_problems(parsed, defaults, dtype, path))
+    return parsed
+
+
+@contextlib.contextmanager
+def _no_dynamo_import() -> Iterator[None]:
+    """``Optimizer.__init__`` calls ``add_param_group``, which torch wraps in
+    ``torch._disable_dynamo``: its first call imports torch._dynamo (~1 s) only to mark the
+    method uncompilable. Building an optimizer at validation compiles nothing, so while this
+    is active the wrapper calls the plain method (the wrapper's own cache attribute), unless
+    torch._dynamo is already imported. Restored on exit."""
+    import sys
+
+    import torch
+
+    plain = getattr(torch.optim.Optimizer.add_param_group, "__wrapped__", None)
+    if "torch._dynamo" in sys.modules or plain is None or hasattr(plain, "__dynamo_disable"):
+        yield
+        return
+    setattr(plain, "__dynamo_disable", plain)
+    try:
+        yield
+    finally:
+        if getattr(plain, "__dynamo_disable", None) is plain:
+            delattr(plain, "__dynamo_disable")
+
+
+DUMMY_SHAPE = (2, 2)  # a matrix: optimizers for matrices (Muon) accept it, and so does every other
+
+
+def _refusal(cls: type, params: dict[str, Any], dtype: str) -> str | None:
+    """None if ``cls`` can be built with ``params`` on a dummy parameter, else what it
+    raised (``Type: message``): the constructor is the optimizer's own check of its
+    hyperparameters. Nothing trains; warnings it gives are the run's to show."""
+    import warnings
+
+    import torch
+
+    dummy = torch.nn.Parameter(torch.zeros(DUMMY_SHAPE, dtype=getattr(torch, dtype)))
+    try:
+        with warnings.catch_warnings(), _no_dynamo_import():
+            warnings.simplefilter("ignore")
+            cls([dummy], **params)
+    except Exception as exc:  # any type: the user's constructor refusing is one outcome
+        return describe_exception(exc)
+    return None
+
+
+def _names(message: str, name: str, value: Any) -> bool:
+    """Whether an exception's message names hyperparameter ``name`` or quotes its value."""
+    if re.search(rf"(?<![\w]){re.escape(name)}(?![\w])", message):
+        return True
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)) or str(value) in ("0", "1", ""):
+        return False
+    return re.search(rf"(?<![\w.]){re.escape(str(value))}(?![\w.])", message) is not None
+
+
+def _construction_problems(spec: OptimizerSpec, defaults: set[str], dtype: str, path: KeyPath) -> list[Problem]:
+    """Build the optimizer as a run would, on a dummy parameter, with each swept value once
+    (:meth:`OptimizerSpec.each_value`: the sum of the sweep sizes, not their product): what
+    its constructor refuses is a problem at the key responsible — the one whose removal
+    (back to its default) lets it build — or at the entry when no single key is."""
+    problems: list[Problem] = []
+
+    def at(name: str, where: tuple) -> KeyPath:
+        return path + (name, "sweep", where[1]) if where else path + (name,)
+
+    for where, point in spec.each_value():
+        refused = _refusal(spec.cls, point, dtype)
+        if refused is None:
+            continue
+        if where:  # the first point builds: this swept value is what it refuses
+            name = where[0]
+            problems.append(Problem(at(name, where), f"{spec.class_name} refuses {name}={point[name]!r}: {refused}"))
+            continue
+        culprits = [name for name in point if name in defaults
+                    and _refusal(spec.cls, {k: v for k, v in point.items() if k != name}, dtype) is None]
+        if not culprits:  # e.g. a hyperparameter without a default: the one the message names, if one is
+            named = [name for name in point if _names(refused, name, point[name])]
+            culprits = named if len(named) == 1 else []
+        if len(culprits) == 1:
+            name = culprits[0]
+            place = at(name, (name, 0) if name in spec.sweeps else ())
+            problems.append(Problem(place, f"{spec.class_name} refuses {name}={point[name]!r}: {refused}"))
+        else:
+            given = ", ".join(f"{k}={v!r}" for k, v in point.items())
+            what = (f"the combination {', '.join(f'{k}={point[k]!r}' for k in culprits)}" if culprits
+                    else f"to be built with {given or 'no hyperparameters'}")
+            problems.append(Problem(path, f"{spec.class_name} refuses {what}: {refused} (built on a dummy "
+                                          f"parameter at validation, as a run builds it, without training)"))
+        break  # the first point does not build: each other value would only repeat it
+    return problems
 
 
 # ---------------------------------------------------------------------- expectations
@@ -312,7 +458,8 @@ def _expectations(expect: Any, optimizers: Mapping[str, Any], path: KeyPath,
             guess = nearest(str(opt_key), list(optimizers))
             problems.append(Problem(opt_path, f"expectation for unknown optimizer {opt_key!r}"
                                     + (f"; did you mean {guess!r}?" if guess else
-                                       f"; the case's optimizers are {', '.join(optimizers)}")))
+                                       f"; the case's optimizers are {', '.join(map(str, optimizers))}"
+                                       if optimizers else "; the case declares no optimizers")))
             continue
         if not isinstance(metrics, dict):
             problems.append(Problem(opt_path, f"expected metric: {{comparator: bound}}, got {metrics!r}"))
@@ -400,7 +547,9 @@ def _parity(opt_key: str, checks: Any, optimizers: Mapping[str, Any], path: KeyP
         problems.append(Problem(path + ("with",), f"{opt_key!r} cannot be its own parity partner"))
     elif not isinstance(partner, str) or partner not in optimizers:
         others = [str(k) for k in optimizers if k != opt_key]
-        problems.append(Problem(path + ("with",), _unknown("parity partner", partner, others)))
+        problems.append(Problem(path + ("with",), _unknown("parity partner", partner, others) if others else
+                                f"unknown parity partner {partner!r}: the case has no optimizer besides "
+                                f"{opt_key!r} to compare it with; add the reference under optimizers:"))
     elif isinstance(optimizers.get(opt_key), dict) and isinstance(optimizers[partner], dict):
         mine, theirs = optimizers[opt_key], optimizers[partner]
         for name, value in theirs.items():
@@ -592,6 +741,10 @@ def _validate(raw: Any, source: Source) -> Case:
         if isinstance(raw.get(key), dict):
             _check_component(raw[key], registry, (key,), problems)
     _check_targets(raw, problems)
+    for key, example in (("seeds", "[0]"), ("devices", "[cpu]")):
+        if raw.get(key) == []:  # no seed or no device: no runs at all, which must not pass silently
+            problems.append(Problem((key,), f"{key} is empty, so the case has no runs; give at least one, "
+                                            f"e.g. {key}: {example} (the default), or delete the key"))
     devices = raw.get("devices", [])
     for i, device in enumerate(devices if isinstance(devices, list) else []):
         if isinstance(device, str) and not _DEVICE.match(device):
@@ -624,7 +777,8 @@ def _validate(raw: Any, source: Source) -> Case:
         if not raw["optimizers"]:
             problems.append(Problem(("optimizers",), "a case needs at least one optimizer"))
         for key, spec in raw["optimizers"].items():
-            parsed = _optimizer_spec(str(key), spec, ("optimizers", key), problems)
+            parsed = _optimizer_spec(str(key), spec, ("optimizers", key), problems,
+                                     raw["dtype"] if raw.get("dtype") in ("float32", "float64") else "float32")
             if parsed:
                 optimizers[str(key)] = parsed
     declared = raw["optimizers"] if isinstance(raw.get("optimizers"), dict) else {}  # else already a problem
@@ -685,9 +839,9 @@ def _read(path_or_dict: str | Path | Mapping) -> tuple[Any, Source]:
         raise CaseError(Source(str(path)), [Problem((), "no such case file")])
     try:
         return read_yaml(path)
-    except SourceError as exc:  # keep the line for Source.where
+    except SourceError as exc:  # each problem keeps its line
         lines = {(): exc.line} if exc.line is not None else {}
-        raise CaseError(Source(str(path), lines), [Problem(exc.path, exc.message)]) from None
+        raise CaseError(Source(str(path), lines), exc.problems) from None
 
 
 def _in_variant(problem: Problem, name: str, source: Source, base: list[Problem]) -> Problem | None:

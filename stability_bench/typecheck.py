@@ -22,7 +22,7 @@ def unknown_message(what: str, name: Any, known: list[str]) -> str:
     """``unknown metric 'x'; did you mean 'y'? Known: ...`` for any registry-like name."""
     guess = nearest(str(name), known)
     return (f"unknown {what} {name!r}" + (f"; did you mean {guess!r}?" if guess else "")
-            + f" Known: {', '.join(known)}.")
+            + (f" Known: {', '.join(known)}." if known else f" There is no {what} to name here."))
 
 
 _NAMES = {int: ("an integer", "integers"), float: ("a number", "numbers"), bool: ("true/false", "true/false values"),

@@ -69,8 +69,9 @@ def _refers_to_theory(bound: Any) -> str | None:
 
 def _unknown_at(spec: "OptimizerSpec", status: Callable[[type, dict], str | None]) -> str | None:
     """The first reason ``status`` gives over the optimizer's sweep points, naming the point
-    when the optimizer sweeps (the reason may hold at some points only)."""
-    for point in spec.points():
+    when the optimizer sweeps (the reason may hold at some points only). A sweep of more
+    than a few thousand points is not expanded: each swept value is checked once."""
+    for point in spec.points_to_check():
         reason = status(spec.cls, point)
         if reason:
             label = spec.label(point)

@@ -32,19 +32,30 @@ _MARKER_LINE = re.compile(rb"^(?:" + MARKER.encode() + rb"|'" + MARKER.encode() 
 
 
 class SourceError(ValueError):
-    """The file cannot be read as a case's YAML; names file and (where known) line and key path."""
+    """The file cannot be read as a case's YAML; names file and (where known) line and key
+    path. ``more`` holds further problems of the same read (each duplicate key, each
+    disallowed tag), as :class:`Problem` with their own lines."""
 
-    def __init__(self, file: str, line: int | None, message: str, path: KeyPath = ()):
+    def __init__(self, file: str, line: int | None, message: str, path: KeyPath = (),
+                 more: list["Problem"] | None = None):
         self.file, self.line, self.message, self.path = file, line, message, tuple(path)
+        self.more = list(more or [])
         super().__init__(f"{file}:{line}: {message}" if line is not None else f"{file}: {message}")
+
+    @property
+    def problems(self) -> list["Problem"]:
+        """Every problem found, this one first, each with its line."""
+        return [Problem(self.path, self.message, self.line), *self.more]
 
 
 @dataclass
 class Problem:
-    """One thing wrong with a case: the key path it is about, and what is wrong."""
+    """One thing wrong with a case: the key path it is about, and what is wrong; ``line``
+    where it is not the line of the key path (a duplicate key's second occurrence)."""
 
     path: KeyPath
     message: str
+    line: int | None = None
 
 
 def dotted(path: KeyPath) -> str:
@@ -112,14 +123,34 @@ class _Builder:
     def __init__(self, loader: _Loader, file: str):
         self.loader, self.file, self.count = loader, file, 0
         self.lines: dict[KeyPath, int] = {}
+        self.problems: list[Problem] = []   # reported together after the whole file is read
+        self.shadow = 0   # > 0 while reading a duplicate key's value: its problems count, its lines do not
 
     def fail(self, node: yaml.Node, message: str, path: KeyPath) -> SourceError:
         return SourceError(self.file, node.start_mark.line + 1, message, path)
 
+    def note(self, node: yaml.Node, message: str, path: KeyPath) -> None:
+        """A problem that does not stop the reading (every one of them is reported)."""
+        self.problems.append(Problem(tuple(path), message, node.start_mark.line + 1))
+
+    def error(self) -> SourceError | None:
+        """The problems noted while reading, as one error (None if there were none)."""
+        if not self.problems:
+            return None
+        first, *more = self.problems
+        return SourceError(self.file, first.line, first.message, first.path, more)
+
+    def disallowed(self, node: yaml.Node) -> bool:
+        """A tag a case file may not use: any but YAML's plain types (a Python object, a
+        local ``!tag``)."""
+        if isinstance(node, yaml.ScalarNode):
+            return node.tag not in self.loader.yaml_constructors
+        return node.tag not in _PLAIN_COLLECTIONS
+
     def scalar(self, node: yaml.Node, path: KeyPath) -> Any:
         try:
             return self.loader.construct_object(node, deep=True)
-        except yaml.MarkedYAMLError as exc:  # e.g. a !!python/... tag
+        except yaml.MarkedYAMLError as exc:
             raise self.fail(node, f"not valid YAML: {exc.problem}", path) from None
         except Exception as exc:  # e.g. !!int abc, a date like 2024-13-45
             raise self.fail(node, f"cannot read {node.value!r} as {node.tag.rsplit(':', 1)[-1]}: {exc}",
@@ -131,9 +162,11 @@ class _Builder:
             line = self.lines.get(path[:1]) or node.start_mark.line + 1
             raise SourceError(self.file, line, f"expands to more than {MAX_VALUES:,} values (aliases "
                               f"counted each time they are used); a case has a few hundred", path[:1])
-        self.lines.setdefault(path, node.start_mark.line + 1)
-        if not isinstance(node, yaml.ScalarNode) and node.tag not in _PLAIN_COLLECTIONS:
-            raise self.fail(node, f"the tag {node.tag!r} is not allowed in a case file", path)
+        if not self.shadow:
+            self.lines.setdefault(path, node.start_mark.line + 1)
+        if self.disallowed(node):  # noted, and read as null: the rest of the file is still checked
+            self.note(node, f"the tag {node.tag!r} is not allowed in a case file", path)
+            return None
         if isinstance(node, yaml.MappingNode):
             out: dict[Any, Any] = {}
             for key_node, value_node in node.value:
@@ -142,13 +175,22 @@ class _Builder:
                                               "states shared settings once and uses variants:", path)
                 if not isinstance(key_node, yaml.ScalarNode):
                     raise self.fail(key_node, "a key must be a plain name, not a list or mapping", path)
+                if self.disallowed(key_node):
+                    self.note(key_node, f"the tag {key_node.tag!r} is not allowed in a case file", path)
+                    continue
                 key = self.scalar(key_node, path)
-                if key in out:
-                    raise self.fail(key_node, f"duplicate key {key!r} in "
-                                              f"{'.'.join(map(str, path)) or 'the top level'}",
-                                    path + (key,))
                 child = path + (key,)
-                self.lines[child] = key_node.start_mark.line + 1
+                if key in out:  # noted (each one), and the first value kept; the duplicate is still read
+                    self.note(key_node, f"duplicate key {key!r} in {'.'.join(map(str, path)) or 'the top level'}"
+                                        f" (first at line {self.lines.get(child, '?')})", child)
+                    self.shadow += 1
+                    try:
+                        self.build(value_node, child)
+                    finally:
+                        self.shadow -= 1
+                    continue
+                if not self.shadow:
+                    self.lines[child] = key_node.start_mark.line + 1
                 out[key] = self.build(value_node, child)
             return out
         if isinstance(node, yaml.SequenceNode):
@@ -196,6 +238,9 @@ def read_yaml(path: str | Path) -> tuple[Any, Source]:
         node = loader.get_single_node()
         builder = _Builder(loader, file)
         data = builder.build(node, ()) if node is not None else None
+        error = builder.error()
+        if error is not None:
+            raise error
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         context = (f" ({exc.context} at line {exc.context_mark.line + 1})"  # where the construct began

@@ -321,3 +321,98 @@ def test_console_script_end_to_end(case_file, tmp_path):
     assert done.stderr == ""  # stderr is a pipe, not a terminal: no progress line
     assert "quad_fail" in done.stdout
     assert strict_json(target)["runs"][0]["expectations"][0]["passed"] is False
+
+
+# ------------------------------------------------------------ what run would refuse
+HOSTILE = Path(__file__).parent / "data" / "hostile"
+ORCHESTRATE = Path(__file__).parent / "data" / "orchestrate"
+
+
+@pytest.fixture
+def no_expansion(monkeypatch):
+    """Expanding a sweep into its points is an error here: counting must use the sizes."""
+    from stability_bench.schema import OptimizerSpec
+
+    monkeypatch.setattr(OptimizerSpec, "iter_points", lambda self: pytest.fail("a sweep was expanded"))
+
+
+@pytest.mark.parametrize("command", ["validate", "run", "list --runs"])
+def test_a_sweep_over_the_run_limit_is_refused_before_anything_is_expanded(command, no_expansion, capsys):
+    """100,000,000 runs in a 5 KB file: a located error naming the product of the sweep sizes,
+    at once, from every command that would plan it."""
+    import time
+
+    file = HOSTILE / "sweep_over_limit.yaml"
+    started = time.perf_counter()
+    assert main([*command.split(), str(file)]) == 2
+    assert time.perf_counter() - started < 30
+    err = capsys.readouterr().err
+    assert (f"{file}:8: optimizers.adam: the case plans 100,000,000 runs, over the limit of 10,000 runs per "
+            "invocation: adam sweeps lr (100) × eps (100) × weight_decay (100) × betas (100) = 100,000,000 "
+            "points × 1 seed × 1 device") in err
+    assert "--max-runs N" in err and "Traceback" not in err
+
+
+def test_validate_counts_a_huge_sweep_without_expanding_it_when_the_limit_is_raised(no_expansion, capsys):
+    file = HOSTILE / "sweep_over_limit.yaml"
+    assert main(["validate", str(file), "--max-runs", "0"]) == 0  # 0: no limit
+    assert capsys.readouterr().out == f"ok {file}:2: huge_sweep — 100,000,000 runs, 0 expectations\n"
+
+
+def test_the_run_limit_is_over_the_whole_invocation(capsys):
+    """Two files of 8 runs each, under a limit of 10 alone, over it together — as `run`
+    would plan them; the message names each case's share."""
+    sweep, quad = ORCHESTRATE / "sweep.yaml", HOSTILE.parent / "plugin" / "quad_pass.yaml"
+    for command in (["validate"], ["run", "--no-critical-lr"]):
+        assert main([*command, str(sweep), str(quad), "--max-runs", "10"]) == 2
+        err = capsys.readouterr().err
+        assert "16 runs planned, over the limit of 10 runs per invocation" in err
+        assert f"{sweep}:2 sweep: 8" in err and f"{quad}:1 quad_pass: 8" in err
+    assert main(["validate", str(sweep), "--max-runs", "8"]) == 0
+
+
+def test_validate_refuses_what_the_optimizer_refuses_at_set_up(capsys):
+    """lr: -1 used to validate and then fail at run start: now both refuse it, at the key."""
+    file = HOSTILE / "lr_negative.yaml"
+    message = f"{file}:8: optimizers.sgd.lr: torch.optim.SGD refuses lr=-1.0: ValueError: Invalid learning rate: -1.0"
+    for command in ("validate", "run"):
+        assert main([command, str(file)]) == 2
+        assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_a_case_without_seeds_is_refused_naming_file_and_key(command, capsys):
+    file = HOSTILE / "seeds_empty.yaml"
+    assert main([command, str(file)]) == 2
+    out, err = capsys.readouterr()
+    assert f"{file}:4: seeds: seeds is empty, so the case has no runs" in err
+    assert "0 passed" not in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--optimizer", "adamm"], "--optimizer adamm: no case given has an optimizer entry of that name; "
+                               "did you mean 'adam'? Their optimizers: adam, ref."),
+    (["--variant", "fast"], "--variant fast: no case has a variant of that name; their variants: none"),
+])
+def test_run_with_filters_that_leave_nothing_says_so(args, message, capsys):
+    assert main(["run", str(ORCHESTRATE / "sweep.yaml"), *args]) == 2
+    out, err = capsys.readouterr()
+    assert message in err and "passed" not in out
+
+
+@pytest.mark.parametrize("command", ["validate", "run", "list"])
+def test_a_folder_without_case_files_is_an_error_not_an_empty_success(command, tmp_path, capsys):
+    (tmp_path / "ci.yaml").write_text("jobs: {build: {steps: [checkout]}}\n")  # not marked: not a case
+    assert main([command, str(tmp_path)]) == 2
+    assert f"no case files in {tmp_path}" in capsys.readouterr().err
+
+
+def test_validate_builds_optimizers_without_importing_torch_dynamo():
+    """Building each optimizer at validation must not import torch._dynamo (~1 s): torch
+    wraps Optimizer.add_param_group to import it on first use."""
+    code = ("import sys; from stability_bench.cli import main; code = main(['validate', 'cases/']); "
+            "assert code == 0, code; assert 'torch._dynamo' not in sys.modules, 'torch._dynamo imported'")
+    root = Path(__file__).parent.parent
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 0, done.stderr

@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import hostile_cases as hostile
+from stability_bench.orchestrate import PlanTooLarge, check_run_limit
 from stability_bench.runner import RunSetupError, plan_runs, start
 from stability_bench.schema import MAX_PROBLEMS, CaseError, load_case, load_cases
 from stability_bench.yamlsource import MAX_BYTES, has_case_marker
@@ -51,7 +52,7 @@ def assert_reported(message: str, file: Path, line: int | None, path: str, fragm
 
 @pytest.fixture
 def scaled_model():
-    with hostile.scaled_model():
+    with hostile.scaled_model(), hostile.user_code():
         yield
 
 
@@ -59,11 +60,16 @@ def scaled_model():
 def test_committed_hostile_file_gets_exactly_its_marked_problems(file, scaled_model):
     expected = hostile.expected(file)
     assert expected, f"{file.name} marks no expected problem"
-    setup = [e for e in expected if e.kind == "SETUP-ERROR"]
-    if setup:
-        (case,) = load_cases(file)  # valid as a case: the problem shows when the run is built
-        with pytest.raises(RunSetupError) as info:
-            start(plan_runs(case)[0])
+    kinds = {e.kind for e in expected}
+    if kinds & {"SETUP-ERROR", "PLAN-ERROR"}:
+        assert len(expected) == 1, f"{file.name}: a setup or plan error is the file's only problem"
+        (case,) = load_cases(file)  # valid as a case: the problem shows when it is planned or built
+        if "PLAN-ERROR" in kinds:
+            with pytest.raises(PlanTooLarge) as info:
+                check_run_limit([case])
+        else:
+            with pytest.raises(RunSetupError) as info:
+                start(plan_runs(case)[0])
         message = str(info.value)
         assert "\n" not in message
     else:
@@ -75,6 +81,27 @@ def test_committed_hostile_file_gets_exactly_its_marked_problems(file, scaled_mo
     assert "Traceback" not in message
     for e in expected:
         assert_reported(message, file, e.line, e.path, e.fragments)
+
+
+@pytest.mark.parametrize("file", COMMITTED, ids=[f.stem for f in COMMITTED])
+def test_validate_refuses_what_run_refuses(file, scaled_model, capsys):
+    """`validate` and `run` give a file the same verdict and the same lines, exit 2 — except
+    a model or data factory that fails to build (SETUP-ERROR): validation builds optimizers,
+    not models or data, so only the run finds it (still exit 2, "could not be set up")."""
+    from stability_bench.cli import main
+
+    kinds = {e.kind for e in hostile.expected(file)}
+    validated = main(["validate", str(file)])
+    _, validate_err = capsys.readouterr()
+    ran = main(["run", str(file), "--no-triage"])
+    run_out, run_err = capsys.readouterr()
+    assert ran == 2, run_out + run_err
+    if kinds == {"SETUP-ERROR"}:
+        assert validated == 0 and "could not be set up" in run_err and "ERROR " in run_out
+    else:
+        assert validated == 2
+        assert run_err == validate_err, "validate and run tell the same problems alike"
+        assert "passed" not in run_out  # refused before any run
 
 
 @pytest.mark.parametrize("gen", hostile.GENERATED, ids=[g.name for g in hostile.GENERATED])
@@ -280,3 +307,12 @@ def test_docs_table_is_current():
     doc = hostile.ROOT / "docs" / "hostile-input.md"
     assert doc.read_text() == hostile.markdown(), \
         "docs/hostile-input.md is out of date: python tests/hostile_cases.py > docs/hostile-input.md"
+
+
+def test_every_test_the_docs_name_exists():
+    """Each row of the runs table names the tests that assert it: they must exist."""
+    import re
+
+    named = set(re.findall(r"`(test_\w+)`", hostile.markdown()))
+    sources = "".join(path.read_text() for path in (hostile.ROOT / "tests").glob("test_*.py"))
+    assert named and not [t for t in sorted(named) if f"def {t}(" not in sources]

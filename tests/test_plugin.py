@@ -118,6 +118,39 @@ def test_malformed_case_is_a_collection_error_naming_file_line_and_key(pytester)
     assert "schema.py" not in out and "pytest_plugin.py" not in out  # no traceback frames either
 
 
+def test_a_case_with_no_runs_is_a_collection_error_naming_file_and_key(pytester):
+    """seeds: [] would be an empty file of items (pytest's exit 5, "no tests ran", naming
+    nothing): it is a collection error at the key."""
+    write_cases(pytester, "quad_no_seeds", "quad_fail")
+    result = run(pytester)
+    result.assert_outcomes(errors=1)
+    out = result.stdout.str()
+    assert f"quad_no_seeds.yaml:{line_of('quad_no_seeds', 'seeds:')}: seeds: seeds is empty" in out
+
+
+def test_the_session_plans_at_most_stability_max_runs_counted_before_expanding(pytester, monkeypatch):
+    """Each case file's runs are counted from its sweep sizes into the session's total; the
+    file that takes it past the limit is a collection error naming the numbers, and nothing
+    of a sweep over the limit is expanded."""
+    from stability_bench.schema import OptimizerSpec
+
+    write_cases(pytester, "quad_pass", "quad_fail")  # 8 runs and 1
+    result = run(pytester, "--stability-max-runs", "8", "--collect-only")
+    result.assert_outcomes(errors=1)
+    assert re.search(r"9 runs planned \(after [18] planned before\), over the limit of 8 runs per invocation",
+                     result.stdout.str())
+    result = run(pytester, "--stability-max-runs", "9", "--collect-only")
+    result.assert_outcomes(errors=0)
+
+    (pytester.path / "cases" / "quad_fail.yaml").unlink()
+    huge = Path(__file__).parent / "data" / "hostile" / "sweep_over_limit.yaml"
+    (pytester.path / "cases" / huge.name).write_bytes(huge.read_bytes())
+    monkeypatch.setattr(OptimizerSpec, "iter_points", lambda self: pytest.fail("a sweep was expanded"))
+    result = run(pytester, "--collect-only")
+    result.assert_outcomes(errors=1)
+    assert "sweep_over_limit.yaml:8: optimizers.adam: the case plans 100,000,000 runs" in result.stdout.str()
+
+
 def test_missing_data_skips_the_item_with_a_located_reason(pytester, tmp_path, monkeypatch):
     empty = tmp_path / "no_data_here"
     empty.mkdir()
@@ -188,7 +221,7 @@ def test_a_parity_partner_that_is_also_an_item_trains_once(pytester, monkeypatch
     write_cases(pytester, parity_pair="".join(lines))
     result = run(pytester, "-v", "-p", "no:randomly")
     result.assert_outcomes(passed=2)
-    assert count.read_text().count("built") == 1
+    assert count.read_text().count("trained") == 1
 
 
 def test_the_heaviest_case_file_comes_first_then_the_other_tests(pytester):

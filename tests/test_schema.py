@@ -12,6 +12,7 @@ import re
 import sys
 import textwrap
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -121,9 +122,12 @@ BAD_CASES = [
         "optimizers.gd.class", ("reference.GD",)),
     Bad("class-missing", with_optimizer("{lr: 0.1}"), 6, "optimizers.gd", ("'class'",)),
     Bad("unimportable-user-module", with_optimizer("{class: 'no_such_module:Opt', lr: 0.1}"), 6,
-        "optimizers.gd.class", ("no_such_module", "import")),
+        "optimizers.gd.class", ("module 'no_such_module' was not found", "PYTHONPATH")),
     Bad("user-module-fails-on-import", with_optimizer("{class: 'sb_user_broken:Opt', lr: 0.1}"), 6,
-        "optimizers.gd.class", ("sb_user_broken", "boom at import")),
+        "optimizers.gd.class", ("sb_user_broken", "found but raised while importing: RuntimeError: boom at import")),
+    Bad("user-module-imports-a-missing-module", with_optimizer("{class: 'sb_user_needs_dep:Opt', lr: 0.1}"), 6,
+        "optimizers.gd.class", ("'sb_user_needs_dep'", "found but raised while importing: ModuleNotFoundError: "
+                                "No module named 'sb_no_such_dependency'")),
         # modules are written by the test; the row names them:
     Bad("user-module-lacks-attribute", with_optimizer("{class: 'sb_user_noattr:Optt', lr: 0.1}"), 6,
         "optimizers.gd.class", ("'Optt'", "'Opt'")),
@@ -211,6 +215,7 @@ BAD_CASES = [
 # User modules the user-optimizer rows name (written to a folder on sys.path by a fixture).
 USER_MODULES = {
     "sb_user_broken": "raise RuntimeError('boom at import')\n",
+    "sb_user_needs_dep": "import sb_no_such_dependency\n",
     "sb_user_noattr": "import torch\n\nclass Opt(torch.optim.SGD):\n    pass\n",
     "sb_user_notopt": "class Thing:\n    def __init__(self, params, lr=0.1):\n        pass\n",
 }
@@ -342,10 +347,11 @@ def test_dict_case_with_a_string_number_is_rejected():
 def test_yaml12_floats_are_numbers(tmp_path, text, value):
     """YAML 1.2: an exponent makes a number without a dot, and its sign is optional
     (PyYAML's YAML 1.1 rules read all but the last as text)."""
-    path = tmp_path / "case.yaml"
-    path.write_text(with_optimizer(f"{{class: reference.GD, lr: {text}}}"))
-    lr = load_case(path).optimizers["gd"].fixed["lr"]
-    assert isinstance(lr, float) and lr == value
+    path = tmp_path / "case.yaml"  # x0: any real number (a learning rate must be > 0: validation builds the optimizer)
+    path.write_text(edit("model: {kind: quadratic, eigenvalues: [1.0, 4.0], x0: 1.0}",
+                         f"model: {{kind: quadratic, eigenvalues: [1.0, 4.0], x0: {text}}}"))
+    x0 = load_case(path).model["x0"]
+    assert isinstance(x0, float) and x0 == value
 
 
 def test_integers_and_version_like_text_stay_what_they_were(tmp_path):
@@ -519,3 +525,33 @@ def test_user_plain_optimizer_by_import_path_runs(user_optimizer_module):
 def test_user_optimizer_hyperparameters_are_checked_against_its_signature(user_optimizer_module):
     with pytest.raises(CaseError, match=r"did you mean 'lr'"):
         load_case(_user_case(f"{user_optimizer_module}:PlainGD", lrate=0.1))
+
+
+def test_validation_builds_each_optimizer_once_per_swept_value_not_per_point(monkeypatch):
+    """Every swept value is offered to the optimizer's constructor, the other
+    hyperparameters at their first values: 1 + 3 × 9 builds for 1000 points."""
+    import stability_bench.schema as schema
+
+    built = []
+    real = schema._refusal
+
+    def counting(cls, params, dtype):
+        built.append(dict(params))
+        return real(cls, params, dtype)
+
+    monkeypatch.setattr(schema, "_refusal", counting)
+    case = load_case(Path(__file__).parent / "data" / "schema" / "sweep_cube.yaml")
+    adam = case.optimizers["adam"]
+    assert adam.count() == 1000 and len(built) == 1 + 3 * 9
+    for name, values in adam.sweeps.items():
+        assert sorted({b[name] for b in built}) == sorted(values)
+
+
+def test_a_sweep_point_is_matched_with_its_parity_partner_by_lookup():
+    """Planning is linear: a run's parity partner is found by hashing its swept values."""
+    from stability_bench.expectations import partner_point
+    from stability_bench.runner import plan_runs
+
+    case = load_case(Path(__file__).parent / "data" / "orchestrate" / "sweep.yaml")
+    for spec in plan_runs(case, optimizers=["adam"]):
+        assert partner_point(case, spec.params, "ref") == {"lr": spec.params["lr"]}

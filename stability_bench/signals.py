@@ -1,0 +1,102 @@
+"""Stop signals: SIGINT, SIGTERM and SIGHUP end an invocation the same way.
+
+A CI timeout and ``docker stop`` send SIGTERM, a closed terminal SIGHUP, Ctrl-C SIGINT;
+each must leave the results that finished. :class:`StopSignals` makes all three raise
+:class:`Interrupted` (a ``KeyboardInterrupt``) in the main thread, as Python does for
+SIGINT alone, and the command line ends with ``128 + signal number`` (130 for SIGINT,
+143 for SIGTERM, 129 for SIGHUP: what a shell reports for a process the signal ended).
+
+Where a signal can land, and what the handler does about it:
+
+* anywhere in ordinary code (training a run, between runs, loading): :class:`Interrupted`
+  unwinds to the command, whose ``finally`` writes the results file;
+* in code where Python discards exceptions (a ``__del__``, a weakref callback, a generator
+  being closed: "Exception ignored in ..."): the exception is lost, but the signal is
+  remembered and :meth:`StopSignals.check` — called after every finished run — raises it;
+* inside :meth:`StopSignals.held` (a journal line being written, the results file being
+  compacted): only remembered, so the file is never left half-written, and checked after.
+
+A signal the process was *started* ignoring stays ignored — ``nohup`` ignores SIGHUP, a
+background job of a non-interactive shell ignores SIGINT — exactly as Python leaves an
+ignored SIGINT alone. (Such a job cannot be stopped with that signal; send SIGTERM.)
+"""
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from typing import Iterator
+
+STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")   # SIGHUP does not exist on Windows: skipped there
+
+
+class Interrupted(KeyboardInterrupt):
+    """A stop signal arrived; ``signum`` says which."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def exit_code(signum: int) -> int:
+    """``128 + signum``: 130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP."""
+    return 128 + int(signum)
+
+
+def signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+class StopSignals:
+    """Install the stop-signal handler for the ``with`` block (main thread only; elsewhere,
+    and for signals the process was started ignoring, the dispositions stay as they are).
+    ``signum`` is the first stop signal that arrived, None if none did."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._holding = 0
+        self._saved: dict[int, object] = {}
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is not threading.main_thread():
+            return self   # only the main thread may set handlers; a caller in a thread keeps Python's
+        for name in STOP_SIGNALS:
+            number = getattr(signal, name, None)
+            if number is None or signal.getsignal(number) is signal.SIG_IGN:
+                continue
+            self._saved[number] = signal.signal(number, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for number, previous in self._saved.items():
+            signal.signal(number, previous)
+        self._saved.clear()
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.signum is None:
+            self.signum = signum
+        if not self._holding:
+            raise Interrupted(signum)
+
+    def check(self) -> None:
+        """Raise :class:`Interrupted` if a stop signal arrived (one whose exception was
+        lost where it landed, or held)."""
+        if self.signum is not None:
+            raise Interrupted(self.signum)
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Inside: a stop signal is remembered, not raised (a write that must be whole)."""
+        self._holding += 1
+        try:
+            yield
+        finally:
+            self._holding -= 1
+
+    def hold_from_now(self) -> None:
+        """From here to the end of the ``with`` block signals are only remembered (the
+        command has ended; its exit code is being decided)."""
+        self._holding += 1

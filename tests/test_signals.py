@@ -1,0 +1,67 @@
+"""Stop signals in the process itself: what the handler does wherever a signal lands (the
+real command line, signalled from outside, is tested in tests/test_orchestrate.py)."""
+from __future__ import annotations
+
+import signal
+import threading
+
+import pytest
+
+from stability_bench.signals import Interrupted, StopSignals, exit_code
+
+pytestmark = pytest.mark.skipif(threading.current_thread() is not threading.main_thread(),
+                                reason="signal handlers are set in the main thread only")
+NAMES = ("SIGINT", "SIGTERM", "SIGHUP")
+
+
+@pytest.mark.parametrize("name, code", [("SIGINT", 130), ("SIGTERM", 143), ("SIGHUP", 129)])
+def test_each_stop_signal_raises_interrupted_and_is_remembered(name, code):
+    number = getattr(signal, name)
+    with StopSignals() as signals:
+        with pytest.raises(Interrupted) as info:
+            signal.raise_signal(number)
+            for _ in range(1000):  # the handler runs at the next bytecode
+                pass
+        assert info.value.signum == number and signals.signum == number
+        assert isinstance(info.value, KeyboardInterrupt)  # handled wherever Ctrl-C is
+    assert exit_code(number) == code
+
+
+def test_a_held_signal_is_remembered_and_raised_by_check():
+    with StopSignals() as signals:
+        with signals.held():
+            signal.raise_signal(signal.SIGTERM)
+            total = sum(range(1000))  # not interrupted: a write in here is whole
+        assert total == 499500 and signals.signum == signal.SIGTERM
+        with pytest.raises(Interrupted):
+            signals.check()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the lost exception, on purpose
+def test_a_signal_lost_in_a_finaliser_is_raised_by_check():
+    """Python discards an exception raised in ``__del__`` ("Exception ignored"): the handler's
+    exception is lost there, the signal is not."""
+    class Finaliser:
+        def __del__(self):
+            signal.raise_signal(signal.SIGTERM)
+            sum(range(1000))
+
+    with StopSignals() as signals:
+        Finaliser()  # freed at once: __del__ runs here, and its exception is dropped
+        sum(range(1000))
+        assert signals.signum == signal.SIGTERM
+        with pytest.raises(Interrupted):
+            signals.check()
+
+
+def test_handlers_are_restored_and_ignored_signals_stay_ignored():
+    """A signal the process was started ignoring (nohup: SIGHUP) stays ignored."""
+    before = {name: signal.getsignal(getattr(signal, name)) for name in NAMES}
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with StopSignals():
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN)
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    assert {name: signal.getsignal(getattr(signal, name)) for name in NAMES} == before
