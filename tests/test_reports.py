@@ -102,7 +102,8 @@ def swept_pairs(results) -> set[tuple[str, str]]:
                     continue
                 others_a = {k: v for k, v in a.params.items() if k != p}
                 others_b = {k: v for k, v in b.params.items() if k != p}
-                if others_a == others_b and b.params.get(p) != value:
+                other = b.params.get(p)   # a hyperparameter one run leaves at its default is not swept
+                if others_a == others_b and isinstance(other, (int, float)) and other != value:
                     pairs.add((a.optimizer_class, p))
     return pairs
 

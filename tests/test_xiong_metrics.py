@@ -237,13 +237,17 @@ def xiong_like(lam=above((36, 120)), curvature=above((68, 120)), g2v=1e-9, beta2
 
 def test_the_xiong_case_passes_the_papers_sequence():
     assert xiong_like() == dict.fromkeys(["min_g2_over_v", "v_decay_rate", "threshold_crossings",
-                                          "spike_count", "spikes_led_by_crossing", "spike_lead_time"], True)
+                                          "spike_count", "spike_lead_time"], True)
 
 
+# The case no longer claims spikes_led_by_crossing (every spike led by both crossings): a
+# one-ulp nudge flips it (cases/xiong_adam_spike.yaml says why), so a run whose directional
+# curvature never crosses fails nothing there; the metric itself still sees it
+# (the metric tests above).
 @pytest.mark.parametrize("change, failing", [
-    ({"lam": above((0, 120))}, {"threshold_crossings", "spikes_led_by_crossing", "spike_lead_time"}),
-    ({"lam": above((10, 120))}, {"spikes_led_by_crossing", "spike_lead_time"}),  # a 60-step lead
-    ({"curvature": above()}, {"spikes_led_by_crossing"}),
+    ({"lam": above((0, 120))}, {"threshold_crossings", "spike_lead_time"}),
+    ({"lam": above((10, 120))}, {"spike_lead_time"}),  # a 60-step lead
+    ({"curvature": above()}, set()),
     ({"g2v": 1e-3}, {"min_g2_over_v"}),
     ({"beta2": 0.99}, {"v_decay_rate"}),
 ])
