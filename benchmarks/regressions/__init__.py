@@ -150,7 +150,7 @@ def _read_as_replaced() -> None:
             fact, reason = table.lookup(replaced)
             if fact is not None:
                 table.register(cls, fact)
-            elif reason is not None:
+            elif any(base in table for base in replaced.__mro__):   # explicitly unknown there
                 table.register_unknown(cls, reason)
 
 
