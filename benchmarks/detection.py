@@ -263,14 +263,21 @@ def main(argv=None) -> int:
     if left_out:
         print("Left out: " + "; ".join(left_out) + ".")
     started = time.perf_counter()
+    def done(o: dict) -> dict:
+        hits = sorted({c for e in o["cases"].values() for c in e["channels"]}, key=CHANNELS.index)
+        print(f"  {o['change']}: {', '.join(hits) or 'quiet'} ({o['seconds']:.0f} s)", file=sys.stderr, flush=True)
+        return o
+
     if args.jobs > 1:
         import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures import ProcessPoolExecutor, as_completed
 
         with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            outcomes = list(pool.map(evaluate, changes, [args.cases] * len(changes)))
+            futures = {pool.submit(evaluate, c, args.cases): c.name for c in changes}
+            finished = {futures[f]: done(f.result()) for f in as_completed(futures)}
+        outcomes = [finished[c.name] for c in changes]
     else:
-        outcomes = [evaluate(c, args.cases) for c in changes]
+        outcomes = [done(evaluate(c, args.cases)) for c in changes]
     wall = time.perf_counter() - started
     for o in outcomes:
         o["summary"] = summarise(o)

@@ -43,7 +43,7 @@ class Change:
 
     @property
     def what(self) -> str:
-        return (self.cls.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+        return " ".join((self.cls.__doc__ or "").strip().split("\n\n")[0].split())
 
     @property
     def family(self) -> str:
@@ -84,14 +84,14 @@ _R = [
     ("adam_no_bias_correction2", ADAM, c.AdamNoBiasCorrection2, "", ()),
     ("adam_no_bias_correction1", ADAM, c.AdamNoBiasCorrection1, "", ()),
     ("adam_bias_corrections_swapped", ADAM, c.AdamBiasCorrectionSwapped, "", ()),
-    ("adam_step_off_by_one", ADAM, c.AdamStepOffByOne, "", ()),
+    ("adam_step_off_by_one", ADAM, c.AdamStepOffByOne, "pytorch/torchtitan#4382", ()),
     ("adam_beta2_default_0.99", ADAM, c.AdamBeta2Default, "", ()),
     ("adam_eps_default_1e-7", ADAM, c.AdamEpsDefault, "", ()),
     ("adam_state_bf16", ADAM, c.AdamStateBf16, "", ()),
     ("adam_stale_momentum", ADAM, c.AdamStaleMomentum, "", ()),
-    ("adamw_coupled_decay", ADAMW, c.AdamWCoupledDecay, "", ()),
+    ("adamw_coupled_decay", ADAMW, c.AdamWCoupledDecay, "bitsandbytes-foundation/bitsandbytes#1992", ()),
     ("adamw_decay_not_scaled_by_lr", ADAMW, c.AdamWDecayNotScaledByLr, "", ()),
-    ("adamw_decay_default_0", ADAMW, c.AdamWDecayDefault, "", ()),
+    ("adamw_decay_default_0", ADAMW, c.AdamWDecayDefault, "huggingface/transformers#18946", ()),
     ("sgd_dampening_is_momentum", SGD, c.SGDDampeningIsMomentum, "", MOMENTUM),
     ("sgd_stale_momentum", SGD, c.SGDStaleMomentum, "", MOMENTUM),
     ("sgd_nesterov_ignored", SGD, c.SGDNesterovIgnored, "", NESTEROV),

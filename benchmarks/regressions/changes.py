@@ -39,7 +39,11 @@ class AdamBiasCorrectionSwapped(Adam):
 
 
 class AdamStepOffByOne(Adam):
-    """The step counter incremented after its use: the corrections see t + 1."""
+    """The step counter incremented after its use: the corrections see t + 1.
+
+    PyTorch, pytorch/torchtitan#4382: ``init_optim_state()`` materialised Adam's state
+    with a zero-lr step that still advanced ``state['step']`` from 0 to 1, so the first
+    real update used step 2's bias corrections. Here every step's corrections see t + 1."""
 
     def _step_count(self, state):
         state["step"] += 1.0
@@ -80,7 +84,12 @@ class AdamStaleMomentum(Adam):
 
 # ----------------------------------------------------------------------------- AdamW
 class AdamWCoupledDecay(AdamW):
-    """AdamW's decay coupled into the gradient (L2, as in Adam) instead of decoupled."""
+    """AdamW's decay coupled into the gradient (L2, as in Adam) instead of decoupled.
+
+    bitsandbytes, bitsandbytes-foundation/bitsandbytes#1992: the 32-bit Lion kernels folded
+    ``weight_decay * p`` into the gradient where Lion (like AdamW) needs the decoupled
+    ``p *= 1 - lr*wd``. Here AdamW's decoupled flag is off, so its decay goes through the
+    gradient as Adam's L2 does."""
 
     decoupled = False
 
@@ -94,7 +103,11 @@ class AdamWDecayNotScaledByLr(AdamW):
 
 
 class AdamWDecayDefault(AdamW):
-    """A default changed: weight_decay 0 instead of 1e-2 (AdamW silently becomes Adam)."""
+    """A default changed: weight_decay 0 instead of 1e-2 (AdamW silently becomes Adam).
+
+    transformers, huggingface/transformers#18946: ``adamw_bnb_8bit`` built bitsandbytes'
+    ``Adam8bit`` without the weight decay, so TrainingArguments' ``weight_decay`` was not
+    respected. Here the decay an entry does not set is 0 instead of AdamW's 1e-2."""
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, **flags):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, **flags)
