@@ -117,7 +117,8 @@ def classify(report) -> list[tuple[str, str]]:
         if finding.status in ("stale", "missing"):
             out.append(("error", f"[{finding.status}] {finding.message}"))
         elif finding.failed:
-            channel = "critical lr" if search else ("early trajectory" if finding.figure == EARLY else "baseline figure")
+            figure = "early trajectory" if finding.figure == EARLY else "baseline figure"
+            channel = "critical lr" if search else figure
             out.append((channel, finding.message))
     return out
 

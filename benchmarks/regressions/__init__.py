@@ -75,7 +75,8 @@ ORIGINALS = {"torch.optim.Adam": originals.Adam, "torch.optim.AdamW": originals.
              "torch.optim.Adagrad": originals.Adagrad, "torch.optim.Adafactor": originals.Adafactor}
 
 ADAM, ADAMW, SGD, RMSPROP = "torch.optim.Adam", "torch.optim.AdamW", "torch.optim.SGD", "torch.optim.RMSprop"
-NADAM, RADAM, ADAGRAD, ADAFACTOR = "torch.optim.NAdam", "torch.optim.RAdam", "torch.optim.Adagrad", "torch.optim.Adafactor"
+NADAM, RADAM = "torch.optim.NAdam", "torch.optim.RAdam"
+ADAGRAD, ADAFACTOR = "torch.optim.Adagrad", "torch.optim.Adafactor"
 MOMENTUM, NESTEROV, AMSGRAD = ("momentum",), ("momentum", "nesterov"), ("amsgrad",)
 
 _R = [
