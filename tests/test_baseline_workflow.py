@@ -123,3 +123,22 @@ def test_pytest_checks_the_baseline_and_update_rewrites_it(guard, pytester, caps
     assert outcomes.get("stale") == 6 and "failed" not in outcomes, outcomes   # 3 seeds × (run, critical lr)
     result.stdout.fnmatch_lines(["*stale baseline (not a regression*", "*baseline is stale*seeds*steps*"])
     assert result.ret == pytest.ExitCode.TESTS_FAILED
+
+
+def test_a_fragile_expectation_is_refused_and_check_writes_nothing(guard, capsys):
+    """An expectation pinned to seed 0's final loss to 1e-9 holds on the run and fails on its
+    nudged twins (they move it ~1e-7): fragile. `baseline --check` says so (exit 1) and,
+    like `baseline`, leaves the recorded file as it was."""
+    assert main(["baseline", str(guard)]) == 0
+    path = guard.with_name("guard.baseline.json")
+    recorded = path.read_text()
+    value = json.loads(recorded)["runs"]["guard::adam-cpu"]["figures"]["final_loss"]["seeds"]["0"]
+    guard.write_text(guard.read_text() + f"expect:\n  adam: {{final_loss: {{equals: {value!r}}}}}\n")
+    capsys.readouterr()
+    assert main(["baseline", str(guard), "--check"]) == 1
+    out = capsys.readouterr().out
+    line = line_of(guard, "final_loss: {equals")
+    assert f"fragile: {guard}:{line}: guard::adam-seed0-cpu: expectation on final_loss is fragile" in out
+    assert "(checked, not written)" in out and "guard::adam-seed1-cpu" not in out   # seed 1 fails alike: not fragile
+    assert main(["baseline", str(guard)]) == 1 and "NOT WRITTEN" in capsys.readouterr().out
+    assert path.read_text() == recorded
