@@ -252,6 +252,8 @@ def _figure_entry(figure: str, seeds: dict[int, Any], nudged: dict[int, list[Any
 def _floor(figure: str, steps: int, rtol: float | None = None) -> float:
     if figure == "divergence_step":
         return 0.02 * steps
+    if figure == "spike_frequency":   # spikes are counted: one spike more or less per run is the least change
+        return max(FIGURES[figure].floor, 1000.0 / max(1, steps))
     if figure == "critical_lr":
         return 2 * math.log10(1 + (rtol or 0.0))
     return FIGURES[figure].floor
@@ -489,7 +491,8 @@ def _check_figure(where: str, run_id: str, figure: str, entry: dict, seed: int, 
     xs = [_scaled(figure, v) for v in ([base] if seed in seeds else seeds.values())]
     low, high = min(xs) - tolerance, max(xs) + tolerance
     band = (_unscaled(figure, low), _unscaled(figure, high))
-    if x is not None and low <= x <= high:
+    edge = 1e-9 * max(1.0, abs(low), abs(high))   # a value on the edge is inside: the edge itself was rounded
+    if x is not None and low - edge <= x <= high + edge:
         return Finding(where, run_id, figure, "inside", band, base, value,
                        f"{where}: {run_id}: {figure} {_fmt(value)} inside [{_fmt(band[0])}, {_fmt(band[1])}]")
     moved = direction(figure, base if seed in seeds else (_unscaled(figure, (low + high) / 2)), value)

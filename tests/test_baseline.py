@@ -266,3 +266,22 @@ def test_a_baseline_from_before_fingerprints_is_stale_not_compared(toy):
     case, data = toy
     (finding,) = check_against_baseline(case, result(0, final_loss=1.0, late=3.0), {**data, "outdated": 1})
     assert finding.stale and "recorded in format 1, before fingerprints" in finding.message
+
+
+def test_one_spike_more_or_less_per_run_is_inside_the_spike_frequency_band():
+    """Spikes are counted: in a 300-step run one spike is 3.33 per 1000 steps, so a run with
+    1 spike where the recording had 2 (nudges moving nothing) is inside; 0 is outside."""
+    case = load_case(DATA / "baseline_toy.yaml")
+
+    def spiky(spikes: int, perturb: int = 0) -> RunResult:
+        run = result(0, final_loss=1e-6, late=3.0, perturb=perturb)
+        run.steps, run.metrics = 300, {**run.metrics, "spike_frequency": 1000.0 * spikes / 300}
+        return run
+
+    data = record_baseline(case, [spiky(2)], [spiky(2, perturb=1), spiky(2, perturb=-1)])
+    assert data["runs"]["toy::adam-cpu"]["figures"]["spike_frequency"]["tolerance"] == pytest.approx(1000 / 300)
+
+    def status(spikes):
+        return next(f.status for f in check_against_baseline(case, spiky(spikes), data) if f.figure == "spike_frequency")
+
+    assert [status(n) for n in (1, 2, 3, 0, 4)] == ["inside", "inside", "inside", "outside", "outside"]
