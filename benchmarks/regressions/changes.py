@@ -4,7 +4,6 @@ the algorithm; equivalents rewrite it without changing it (only rounding moves).
 from __future__ import annotations
 
 import torch
-from torch.optim.optimizer import _get_scalar_dtype
 
 from .originals import SGD, Adafactor, Adagrad, Adam, AdamW, NAdam, RAdam, RMSprop
 
@@ -499,29 +498,9 @@ class NAdamSingleAddcdiv(NAdam):
     """NAdam's two ``addcdiv`` terms, (1−μₜ)/(1−Π)·g and μₜ₊₁/(1−Π·μₜ₊₁)·m over the same
     denominator, summed first and divided once (one ``addcdiv`` of their sum)."""
 
-    def _update(self, p, grad, state, group):
-        if not state:
-            state["step"] = 0.0
-            state["mu_product"] = torch.ones((), dtype=_get_scalar_dtype())
-            state["exp_avg"], state["exp_avg_sq"] = self._zeros(p), self._zeros(p)
-        lr, eps, (beta1, beta2) = group["lr"], group["eps"], group["betas"]
-        step = self._step_count(state)
-        bias_correction2 = 1 - beta2 ** step
-        if group["weight_decay"] != 0:
-            if group["decoupled_weight_decay"]:
-                p.mul_(1 - lr * group["weight_decay"])
-            else:
-                grad = grad.add(p, alpha=group["weight_decay"])
-        mu, mu_next = self._momentum_cache(step, beta1, group["momentum_decay"])
-        state["mu_product"] *= mu
-        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-        exp_avg.lerp_(grad, 1 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        denom = exp_avg_sq.div(bias_correction2).sqrt().add(eps)
-        mu_product = state["mu_product"].item()
-        mu_product_next = self._mu_product_next(mu_product, mu, mu_next)
-        numerator = grad.mul((-lr * (1.0 - mu)) / (1.0 - mu_product))
-        numerator.add_(exp_avg, alpha=(-lr * mu_next) / (1.0 - mu_product_next))
+    def _apply(self, p, grad, exp_avg, denom, grad_scale: float, avg_scale: float):
+        numerator = grad.mul(grad_scale)
+        numerator.add_(exp_avg, alpha=avg_scale)
         p.addcdiv_(numerator, denom)
 
 

@@ -267,8 +267,13 @@ class NAdam(_Plain):
         mu_product = state["mu_product"].item()
         mu_product_next = self._mu_product_next(mu_product, mu, mu_next)
         denom.add_(eps)
-        p.addcdiv_(grad, denom, value=(-lr * (1.0 - mu) / (1.0 - mu_product)))
-        p.addcdiv_(exp_avg, denom, value=(-lr * mu_next) / (1.0 - mu_product_next))
+        self._apply(p, grad, exp_avg, denom, -lr * (1.0 - mu) / (1.0 - mu_product),
+                    (-lr * mu_next) / (1.0 - mu_product_next))
+
+    def _apply(self, p, grad, exp_avg, denom, grad_scale: float, avg_scale: float):
+        """p ← p + grad_scale·g/denom + avg_scale·m/denom, as torch's two ``addcdiv_``."""
+        p.addcdiv_(grad, denom, value=grad_scale)
+        p.addcdiv_(exp_avg, denom, value=avg_scale)
 
 
 # ----------------------------------------------------------------------------- RAdam
