@@ -508,28 +508,9 @@ class RAdamCapturableForm(RAdam):
     """RAdam's rectified step as torch's capturable branch writes it: r·adaptive_lr formed
     first, then m̂·lr·(that), instead of ((m̂·lr)·adaptive_lr)·r."""
 
-    def _update(self, p, grad, state, group):
-        if not state:
-            state["step"] = 0.0
-            state["exp_avg"], state["exp_avg_sq"] = self._zeros(p), self._zeros(p)
-        lr, (beta1, beta2) = group["lr"], group["betas"]
-        step = self._step_count(state)
-        if group["weight_decay"] != 0:
-            if group["decoupled_weight_decay"]:
-                p.mul_(1 - lr * group["weight_decay"])
-            else:
-                grad = grad.add(p, alpha=group["weight_decay"])
-        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-        exp_avg.lerp_(grad, 1 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        bias_correction1, bias_correction2 = 1 - beta1 ** step, 1 - beta2 ** step
-        rho_inf = 2 / (1 - beta2) - 1
-        rho_t = rho_inf - 2 * step * (beta2 ** step) / bias_correction2
-        if rho_t > 5.0:
-            update = self._adaptive_lr(exp_avg_sq, bias_correction2, group["eps"]).mul_(self._rect(rho_t, rho_inf))
-            p.add_(exp_avg / bias_correction1 * lr * update, alpha=-1.0)
-        else:
-            p.add_(exp_avg / bias_correction1 * lr, alpha=-1.0)
+    @staticmethod
+    def _rectified(exp_avg_hat, lr: float, adaptive_lr, rect: float):
+        return exp_avg_hat * lr * adaptive_lr.mul_(rect)
 
 
 class AdagradDivideThenScale(Adagrad):

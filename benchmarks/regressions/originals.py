@@ -295,6 +295,11 @@ class RAdam(_Plain):
     def _rect(rho_t, rho_inf) -> float:
         return ((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5
 
+    @staticmethod
+    def _rectified(exp_avg_hat, lr: float, adaptive_lr, rect: float):
+        """The rectified step m̂·lr·adaptive_lr·r, in torch's single-tensor order."""
+        return exp_avg_hat * lr * adaptive_lr * rect
+
     def _update(self, p, grad, state, group):
         if not state:
             state["step"] = 0.0
@@ -314,8 +319,9 @@ class RAdam(_Plain):
         rho_inf = 2 / (1 - beta2) - 1
         rho_t = rho_inf - 2 * step * (beta2 ** step) / bias_correction2
         if rho_t > 5.0:
-            p.add_(bias_corrected_exp_avg * lr * self._adaptive_lr(exp_avg_sq, bias_correction2, group["eps"])
-                   * self._rect(rho_t, rho_inf), alpha=-1.0)
+            p.add_(self._rectified(bias_corrected_exp_avg, lr,
+                                   self._adaptive_lr(exp_avg_sq, bias_correction2, group["eps"]),
+                                   self._rect(rho_t, rho_inf)), alpha=-1.0)
         else:
             p.add_(bias_corrected_exp_avg * lr, alpha=-1.0)
 
