@@ -517,16 +517,8 @@ class AdagradDivideThenScale(Adagrad):
     """g/(√G + ε) formed first, then scaled by the decayed learning rate and subtracted
     (three roundings instead of one ``addcdiv``)."""
 
-    def _update(self, p, grad, state, group):
-        if not state:
-            state["step"] = 0.0
-            state["sum"] = torch.full_like(p, group["initial_accumulator_value"], memory_format=torch.preserve_format)
-        step = self._step_count(state)
-        if group["weight_decay"] != 0:
-            grad = grad.add(p, alpha=group["weight_decay"])
-        clr = self._clr(group["lr"], group["lr_decay"], step)
-        state["sum"].addcmul_(grad, grad, value=1)
-        p.sub_(grad.div(self._std(state["sum"], group["eps"])).mul_(clr))
+    def _apply(self, p, grad, std, clr: float):
+        p.sub_(grad.div(std).mul_(clr))
 
 
 class RMSpropSquareAverageLerp(RMSprop):

@@ -352,7 +352,11 @@ class Adagrad(_Plain):
             grad = grad.add(p, alpha=group["weight_decay"])
         clr = self._clr(group["lr"], group["lr_decay"], step)
         state["sum"].addcmul_(grad, grad, value=1)
-        p.addcdiv_(grad, self._std(state["sum"], group["eps"]), value=-clr)
+        self._apply(p, grad, self._std(state["sum"], group["eps"]), clr)
+
+    def _apply(self, p, grad, std, clr: float):
+        """p ← p − clr·g/std, as torch's one ``addcdiv_``."""
+        p.addcdiv_(grad, std, value=-clr)
 
 
 # ------------------------------------------------------------------------- Adafactor
