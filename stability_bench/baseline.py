@@ -275,10 +275,10 @@ def _trajectory(original: "RunResult", nudged: Sequence["RunResult"], steps: int
     values, bands = {}, {}
     for column in TRAJECTORY_COLUMNS:
         ref = _head(original.history, column, steps)
+        others = [_head(run.history, column, steps) for run in nudged]
         envelope, band = 0.0, []
         for k, x in enumerate(ref):
-            for run in nudged:
-                other = _head(run.history, column, steps)
+            for other in others:
                 y = other[k] if k < len(other) else None
                 if x is not None and y is not None and x != 0:
                     envelope = max(envelope, abs(y - x) / abs(x))
