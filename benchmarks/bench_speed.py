@@ -64,9 +64,10 @@ def _hessian(session, LossHessian):
 
 class TimeStep:
     """Time per training step of each shipped case (its first optimizer entry and sweep
-    point, seed 0), as ``runner.execute`` trains it without probes: next batch,
-    zero_grad, forward, loss, backward, the step recorder's copies, ``optimizer.step()``,
-    and the recorder's flush (norms, host copy) at the end of each block.
+    point, seed 0), as ``runner.execute`` trains it without probes: next batch, then
+    ``runner.train_step`` (forward, backward, the step recorder's copies, clipping,
+    ``optimizer.step()`` — with a closure for LBFGS — and the schedule's step), and the
+    recorder's flush (norms, host copy) at the end of each block.
 
     One timed call is one recorder block — ``StepRecorder.size`` steps (128, fewer for
     a large model: 10 for cifar_fc), the last of which flushes — on a run built afresh by
@@ -81,7 +82,7 @@ class TimeStep:
     timeout = 300
 
     def setup(self, cases, case, device):
-        from stability_bench.runner import StepRecorder
+        from stability_bench.runner import StepRecorder, train_step
 
         if case not in cases:
             raise NotImplementedError(f"no case {case!r} in this checkout")
@@ -90,6 +91,7 @@ class TimeStep:
         self.session = s = start_session(cases[case], device)
         self.recorder = StepRecorder(s.params, s.dtype, device)
         self.batches = iter(s.batches)
+        self.train_step = train_step
         for _ in range(2):  # optimizer state allocated, caches warm
             self._step()
         self.recorder.flush()  # a partial block: the timed call starts an empty one
@@ -98,13 +100,8 @@ class TimeStep:
         self.timer = lambda: time.perf_counter() / steps  # asv reports time per step
 
     def _step(self):
-        s, recorder = self.session, self.recorder
         x, y = next(self.batches)
-        s.optimizer.zero_grad()
-        loss = s.loss_fn(s.model(x), y)
-        loss.backward()
-        recorder.before_step(loss)
-        s.optimizer.step()
+        self.train_step(self.session, x, y, observe=self.recorder.before_step)
 
     def time_step(self, cases, case, device):
         for _ in range(self.recorder.size):
