@@ -17,7 +17,10 @@ those it derives the band a new measurement must stay in:
 * a figure is **uninformative**, reported and not used, when its noise exceeds ``cap``
   (rounding scrambles it), when its band is wider than ``cap`` (a band that cannot fail),
   or, with two or more seeds, when a nudge moves it by half as much as another seed does
-  (chaotic: its value is the trajectory's accident).
+  (chaotic: its value is the trajectory's accident), or, with one seed, when a nudge moves
+  it by more than its floor (chaotic too, and two samples of the noise are no bound on it:
+  a rewrite that rounds differently at every step moved such a figure 7× further than the
+  nudges did, cohen_fig7_warmup's final loss; docs/regressions.md).
 
 Three more things make a verdict trustworthy:
 
@@ -244,6 +247,10 @@ def _figure_entry(figure: str, seeds: dict[int, Any], nudged: dict[int, list[Any
     elif len(xs) >= 2 and noise > floor and noise >= 0.5 * spread:
         reason = (f"chaotic: a one-ulp nudge moves it by {noise:.3g}, half or more of the "
                   f"{spread:.3g} between seeds")
+    elif len(xs) == 1 and noise > floor:
+        reason = (f"chaotic with one seed: a one-ulp nudge moves it by {noise:.3g}{unit}, more than "
+                  f"its floor {floor:.3g}; two nudges cannot bound how far rounding moves it — "
+                  f"declare 3 or more seeds to band it")
     entry.update(noise=noise, tolerance=tolerance if math.isfinite(tolerance) else None,
                  spread=spread, informative=reason is None, reason=reason)
     return entry

@@ -162,6 +162,20 @@ def test_a_band_wider_than_its_cap_is_uninformative_whatever_the_seeds_say():
     assert entry["runs"]["toy::adam-cpu"]["figures"]["late_instability"]["reason"].startswith("chaotic")
 
 
+def test_with_one_seed_a_figure_a_nudge_moves_past_its_floor_is_chaotic():
+    """One seed gives no spread to compare the noise with: a figure a one-ulp nudge moves by
+    more than its floor (0.01 decade for losses) has amplified the nudge ~10⁵-fold, and two
+    samples of that are no bound (cohen_fig7_warmup: nudges 0.1 decade, a rewrite 0.66).
+    One that a nudge moves less stays banded."""
+    case = load_case(DATA / "baseline_toy.yaml")
+    runs = [result(0, final_loss=1e-3, late=3.0)]
+    for move, informative in ((0.02, False), (0.005, True)):
+        nudged = [result(0, final_loss=1e-3 * 10 ** move, late=3.0, perturb=1)]
+        entry = record_baseline(case, runs, nudged)["runs"]["toy::adam-cpu"]["figures"]["final_loss"]
+        assert entry["informative"] is informative, entry
+        assert informative or entry["reason"].startswith("chaotic with one seed")
+
+
 @pytest.mark.parametrize("figure, old, new, moved", [
     ("spike_frequency", 1.0, 5.0, "less stable"), ("critical_lr", 0.1, 0.05, "less stable"),
     ("critical_lr", 0.1, 0.2, "more stable"), ("diverged", False, True, "less stable"),
