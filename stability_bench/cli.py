@@ -327,6 +327,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
         fine.append(case)
         print(f"ok {case.where()}: {case.name} — {run_count(case):,} runs, "
               f"{len(case.expectations)} expectations")
+        for key, entry in case.optimizers.items():
+            if entry.unavailable is not None:
+                print(f"   {case.where(('optimizers', key))}: optimizers.{key} skipped here: {entry.unavailable}")
     if len(fine) == len(cases):  # each is within the limit: are they together (as `run` would plan them)?
         try:
             check_run_limit(cases, _max_runs(args))

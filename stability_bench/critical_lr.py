@@ -252,6 +252,8 @@ def _param_problems(param: Any, optimizer: "OptimizerSpec", at: tuple) -> list[P
     """The searched hyperparameter exists; no other one is swept (one critical lr per entry)."""
     import inspect
 
+    if optimizer.cls is None:   # not in this torch (``min_torch``): the search is skipped
+        return []
     accepted = [n for n in list(inspect.signature(optimizer.cls.__init__).parameters)[2:]]
     if param not in accepted and param not in optimizer.fixed:
         guess = nearest(str(param), accepted)

@@ -209,8 +209,11 @@ def make_plan(cases: Iterable["Case"], devices: Iterable[str] | None = None,
     with _no_cyclic_gc():
         plan = _expand(cases, devices, seeds, optimizers, searches)
     for key, item in [*plan.runs.items(), *plan.searches.items()]:
+        entry = item.case.optimizers[item.optimizer if isinstance(item.optimizer, str) else item.optimizer.key]
         if item.case.slow and not run_slow:
             plan.skipped[key] = SLOW
+        elif entry.unavailable is not None:
+            plan.skipped[key] = entry.unavailable
         elif item.device.startswith("cuda"):
             if cuda_available is None:
                 import torch

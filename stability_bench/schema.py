@@ -149,9 +149,10 @@ class OptimizerSpec:
 
     key: str
     class_name: str
-    cls: type
+    cls: type | None   # None when ``unavailable``
     fixed: dict[str, Any]
     sweeps: dict[str, list[Any]]
+    unavailable: str | None = None   # why this torch cannot run it (``min_torch``); its runs are skipped
 
     _index: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # see sweep_value
 
@@ -241,6 +242,37 @@ def _check_hparam(value: Any, hint: Any, path: KeyPath, problems: list[Problem])
         problems.append(problem)
 
 
+MIN_TORCH = "min_torch"
+
+
+def _torch_version() -> tuple[int, ...]:
+    import torch
+
+    return _version_tuple(torch.__version__)
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    """'2.13.0+cpu' → (2, 13, 0); a pre-release ('2.9.0a0') counts as its release."""
+    return tuple(int(x) for x in re.match(r"\d+(?:\.\d+)*", text).group(0).split("."))
+
+
+def _unmet_torch_requirement(spec: dict, path: KeyPath, problems: list[Problem]) -> str | None:
+    """Why this torch cannot run the entry (``min_torch: "2.9"``: an optimizer or a
+    hyperparameter that older releases lack), or None. The version is a quoted string:
+    YAML reads 2.10 as the number 2.1."""
+    if MIN_TORCH not in spec:
+        return None
+    wanted = spec[MIN_TORCH]
+    if not isinstance(wanted, str) or not re.fullmatch(r"\d+(\.\d+){0,2}", wanted):
+        problems.append(Problem(path + (MIN_TORCH,), f"min_torch is a quoted release such as '2.9' "
+                                f"(YAML reads 2.10 unquoted as 2.1), got {wanted!r}"))
+        return None
+    have = _torch_version()
+    if have >= _version_tuple(wanted):
+        return None
+    return f"needs torch >= {wanted} (min_torch); this is torch {'.'.join(map(str, have))}"
+
+
 def _optimizer_spec(key: str, spec: Any, path: KeyPath, problems: list[Problem],
                     dtype: str = "float32") -> OptimizerSpec | None:
     n_before = len(problems)
@@ -248,6 +280,13 @@ def _optimizer_spec(key: str, spec: Any, path: KeyPath, problems: list[Problem],
         problems.append(Problem(path, f"optimizer {key!r} must be a mapping with a 'class' "
                                       f"(e.g. torch.optim.Adam), got {spec!r}"))
         return None
+    unmet = _unmet_torch_requirement(spec, path, problems)
+    if unmet is not None:   # nothing about the class can be checked here; run ids still need the sweeps
+        given = {k: v for k, v in spec.items() if k not in ("class", MIN_TORCH)}
+        sweeps = {k: list(v["sweep"]) for k, v in given.items() if isinstance(v, dict) and isinstance(v.get("sweep"), list)}
+        fixed = {k: v for k, v in given.items() if k not in sweeps}
+        return OptimizerSpec(key, spec["class"], None, fixed, sweeps, unavailable=unmet)
+    spec = {k: v for k, v in spec.items() if k != MIN_TORCH}
     try:
         cls = resolve_optimizer_class(spec["class"])
     except OptimizerResolveError as exc:
@@ -640,7 +679,7 @@ def _check_clip(raw: dict, optimizers: Mapping[str, OptimizerSpec], problems: li
         if _matches(value, float) and not value > 0:
             problems.append(Problem((key, bound), f"{bound} must be > 0, got {value}"))
     for opt_key, spec in optimizers.items():
-        if "create_graph" in step_contract(spec.cls):
+        if spec.cls is not None and "create_graph" in step_contract(spec.cls):
             problems.append(Problem(("optimizers", opt_key, "class"),
                                     f"{spec.class_name} needs create_graph (it differentiates p.grad), and "
                                     f"{key} rewrites p.grad in place, cutting that graph: drop {key}"))

@@ -71,6 +71,8 @@ def _unknown_at(spec: "OptimizerSpec", status: Callable[[type, dict], str | None
     """The first reason ``status`` gives over the optimizer's sweep points, naming the point
     when the optimizer sweeps (the reason may hold at some points only). A sweep of more
     than a few thousand points is not expanded: each swept value is checked once."""
+    if spec.cls is None:   # not in this torch (``min_torch``): its runs are skipped, nothing to read
+        return None
     for point in spec.points_to_check():
         reason = status(spec.cls, point)
         if reason:
