@@ -4,7 +4,10 @@ Installed with the package, this plugin loads in every project's pytest, so it s
 of their way: loading it imports neither torch nor the case schema, and it collects only
 what is clearly a stability-bench case — a ``*.yaml``/``*.yml`` file below one of the
 ``stability_cases_dirs`` folders (relative to the rootdir; default ``cases``) that carries
-the top-level marker ``stability-bench: 1``. Other YAML files are left alone.
+the top-level marker ``stability-bench: 1``. Other YAML files below those folders are not
+collected; each is listed once with a warning saying how to mark it (YAML elsewhere is left
+alone). From a subdirectory of the rootdir, the case folders a run from the rootdir would
+collect are added to what pytest collects.
 
 Items — one per run, and one per critical-lr search — run through the library's
 orchestrator (:mod:`stability_bench.orchestrate`): each run, parity partners included,
