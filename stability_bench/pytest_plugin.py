@@ -5,9 +5,10 @@ of their way: loading it imports neither torch nor the case schema, and it colle
 what is clearly a stability-bench case — a ``*.yaml``/``*.yml`` file below one of the
 ``stability_cases_dirs`` folders (relative to the rootdir; default ``cases``) that carries
 the top-level marker ``stability-bench: 1``. Other YAML files below those folders are not
-collected; each is listed once with a warning saying how to mark it (YAML elsewhere is left
-alone). From a subdirectory of the rootdir, the case folders a run from the rootdir would
-collect are added to what pytest collects.
+collected; each is listed once with a warning saying how to mark it, when the folder is
+stability-bench's (named in ``stability_cases_dirs``, or holding a marked case) or the file
+misspells the marker. From a subdirectory of the rootdir, such case folders a run from the
+rootdir would collect are added to what pytest collects. YAML elsewhere is left alone.
 
 Items — one per run, and one per critical-lr search — run through the library's
 orchestrator (:mod:`stability_bench.orchestrate`): each run, parity partners included,
@@ -56,6 +57,22 @@ def _case_dirs(config: pytest.Config) -> list[Path]:
     return [Path(p) for p in config.getini("stability_cases_dirs")] or [config.rootpath / "cases"]
 
 
+def _ours(config: pytest.Config, folder: Path) -> bool:
+    """Whether a case folder is stability-bench's: named by ``stability_cases_dirs``, or
+    holding a marked case file. A project that merely has a ``cases/`` folder of its own
+    YAML gets neither warnings nor extra collection from this plugin."""
+    known = config.stash.setdefault(_OURS, {})
+    if folder not in known:
+        from stability_bench.yamlsource import has_case_marker
+
+        known[folder] = bool(config.getini("stability_cases_dirs")) or any(
+            has_case_marker(p) for p in folder.rglob("*.y*ml") if p.suffix in (".yaml", ".yml"))
+    return known[folder]
+
+
+_OURS = pytest.StashKey[dict]()
+
+
 def _collect_cases_from_a_subdirectory(config: pytest.Config) -> None:
     """``python -m pytest`` without arguments collects the invocation folder; pytest reads
     ``testpaths`` only when that folder is the rootdir. So from a subdirectory of a project
@@ -70,7 +87,7 @@ def _collect_cases_from_a_subdirectory(config: pytest.Config) -> None:
     here, root = Path(config.invocation_params.dir).resolve(), config.rootpath.resolve()
     if here == root or not here.is_relative_to(root):
         return
-    folders = [f.resolve() for f in _case_dirs(config) if f.is_dir()]
+    folders = [f.resolve() for f in _case_dirs(config) if f.is_dir() and _ours(config, f)]
     testpaths = config.getini("testpaths")
     if testpaths:
         paths = [Path(p).resolve() for tp in testpaths for p in glob.glob(str(root / tp), recursive=True)]
@@ -90,7 +107,8 @@ class NotACaseWarning(UserWarning):
 def pytest_collect_file(file_path: Path, parent: pytest.Collector):
     if file_path.suffix not in (".yaml", ".yml"):
         return None
-    if not any(file_path.is_relative_to(folder) for folder in _case_dirs(parent.config)):
+    folder = next((f for f in _case_dirs(parent.config) if file_path.is_relative_to(f)), None)
+    if folder is None:
         return None
     from stability_bench.yamlsource import has_case_marker, unmarked_reason
 
@@ -100,9 +118,10 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector):
         worker = getattr(config, "workerinput", {}).get("workerid", "gw0")  # every xdist worker collects
         if file_path not in warned and worker == "gw0":  # once per file, however often it is reached
             warned.add(file_path)
-            line, reason = unmarked_reason(file_path)
-            warnings.warn_explicit(NotACaseWarning(reason), NotACaseWarning, filename=str(file_path),
-                                   lineno=line or 1)
+            line, reason = unmarked_reason(file_path)   # a line: a key that looks like a misspelt marker
+            if line is not None or _ours(config, folder):
+                warnings.warn_explicit(NotACaseWarning(reason), NotACaseWarning, filename=str(file_path),
+                                       lineno=line or 1)
         return None
     return CaseFile.from_parent(parent, path=file_path)
 

@@ -258,8 +258,8 @@ _TOP_LEVEL_KEY = re.compile(rb"^['\"]?([A-Za-z][A-Za-z0-9 _.-]*?)['\"]?[ \t]*:",
 def unmarked_reason(path: str | Path) -> tuple[int | None, str]:
     """Why a YAML file in a cases folder is not read as a case, and how to mark it: (line or
     None, one sentence) for the warning that lists it (the CLI's folder commands, pytest
-    collection); the line is that of a top-level key that looks like a misspelt marker
-    (``stability_bench: 1``)."""
+    collection). A line is given only for a top-level key that looks like a misspelt marker
+    (``stability_bench: 1``): the file was meant to be a case."""
     try:
         with open(path, "rb") as f:
             head = f.read(MARKER_SCAN_BYTES)

@@ -160,11 +160,29 @@ def test_pytest_lists_each_unmarked_file_once_with_a_warning(pytester):
     assert "the key 'stability_bench' is not the marker" in out and "no_marker.yml" in out
 
 
-# ------------------------------------------------------------ collection from a subdirectory
-def subdirectory_project(pytester, ini: str) -> Path:
-    pytester.makeini(ini)
+def test_a_cases_folder_that_is_not_ours_gets_no_warning_unless_a_file_misspells_the_marker(pytester, monkeypatch):
+    """Another project's own cases/ folder (no marked case in it) is left alone — no warning,
+    nothing added from a subdirectory — but a misspelt marker there is still meant for us."""
     (pytester.path / "cases").mkdir()
-    shutil.copy(DATA / "unmarked" / "marked.yaml", pytester.path / "cases" / "marked.yaml")
+    shutil.copy(DATA / "unmarked" / "no_marker.yml", pytester.path / "cases" / "no_marker.yml")
+    (pytester.path / "cases" / "test_in_cases.py").write_text("def test_in_cases():\n    assert True\n")
+    sub = subdirectory_project(pytester, "[pytest]\n", marked=False)
+    result = pytester.runpytest("-p", "no:cacheprovider", "-p", "no:randomly", "--collect-only", "-q")
+    assert result.ret == pytest.ExitCode.OK and "NotACaseWarning" not in result.stdout.str()
+    assert not any("test_in_cases" in i for i in collected(pytester, sub, monkeypatch))
+    shutil.copy(DATA / "unmarked" / "underscore_marker.yaml", pytester.path / "cases" / "underscore_marker.yaml")
+    result = pytester.runpytest("-p", "no:cacheprovider", "-p", "no:randomly", "--collect-only", "-q",
+                                str(pytester.path))
+    out = result.stdout.str()
+    assert out.count("NotACaseWarning") == 1 and "the key 'stability_bench' is not the marker" in out, out
+
+
+# ------------------------------------------------------------ collection from a subdirectory
+def subdirectory_project(pytester, ini: str, marked: bool = True) -> Path:
+    pytester.makeini(ini)
+    (pytester.path / "cases").mkdir(exist_ok=True)
+    if marked:
+        shutil.copy(DATA / "unmarked" / "marked.yaml", pytester.path / "cases" / "marked.yaml")
     (pytester.path / "tests").mkdir()
     (pytester.path / "tests" / "test_unit.py").write_text("def test_unit():\n    assert True\n")
     sub = pytester.path / "tests" / "deeper"
