@@ -123,6 +123,25 @@ def test_init_refuses_an_optimizer_it_cannot_import_in_one_line(project, monkeyp
     assert not (project / "cases").exists() and not (project / "pytest.ini").exists()
 
 
+def test_init_writes_an_lr_the_optimizer_has_no_default_for_and_refuses_other_required_ones(project, monkeypatch,
+                                                                                           capsys):
+    from stability_bench.schema import load_case
+
+    assert main(["init", str(project), "--optimizer", "reference.Adam"]) == 0   # Adam(params, lr, ...)
+    case = load_case(project / "cases" / "guard_adam.yaml")
+    assert case.optimizers["adam"].fixed == {"lr": 1.0e-3}
+    assert "has no default lr" in (project / "cases" / "guard_adam.yaml").read_text()
+    monkeypatch.syspath_prepend(str(project))
+    for module in ("my_optimizer", "needs_rho"):
+        monkeypatch.delitem(sys.modules, module, raising=False)
+    shutil.copy(DATA / "init" / "needs_rho.py", project / "needs_rho.py")
+    capsys.readouterr()
+    assert main(["init", str(project / "other"), "--optimizer", "needs_rho:NeedsRho"]) == 2
+    err = capsys.readouterr().err
+    assert "'rho'" in err and "without a default" in err and len(err.strip().splitlines()) == 1, err
+    assert not (project / "other").exists()
+
+
 # ------------------------------------------------------------ YAML files without the marker
 def unmarked_folder(tmp_path: Path) -> Path:
     cases = tmp_path / "cases"
