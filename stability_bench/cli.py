@@ -1,4 +1,4 @@
-"""Command line: ``stability-bench run | validate | list | report``.
+"""Command line: ``stability-bench run | baseline | validate | list | report | compare | init``.
 
 Exit codes of ``run`` (each reported as a paragraph, never a traceback):
 
@@ -37,17 +37,25 @@ class UsageError(ValueError):
 
 def _case_files(paths: Sequence[str]) -> list[Path]:
     """Case files named directly, or every *.yaml below a folder (default ``cases/``) that
-    carries the ``stability-bench: 1`` marker — the files the pytest plugin collects."""
-    from stability_bench.yamlsource import has_case_marker
+    carries the ``stability-bench: 1`` marker — the files the pytest plugin collects. The
+    other YAML files of a folder are listed on stderr, once each, saying how to mark them."""
+    from stability_bench.yamlsource import has_case_marker, unmarked_reason
 
     files: list[Path] = []
+    unmarked: dict[Path, Path] = {}   # resolved → as found: a folder given twice warns once
     for raw in paths or ["cases"]:
         path = Path(raw)
         if path.is_dir():
-            files.extend(sorted(p for p in path.rglob("*.y*ml")
-                                if p.suffix in (".yaml", ".yml") and has_case_marker(p)))
+            for found in sorted(p for p in path.rglob("*.y*ml") if p.suffix in (".yaml", ".yml")):
+                if has_case_marker(found):
+                    files.append(found)
+                else:
+                    unmarked.setdefault(found.resolve(), found)
         else:
             files.append(path)
+    for found in unmarked.values():
+        line, reason = unmarked_reason(found)
+        print(f"stability-bench: warning: {found}{'' if line is None else f':{line}'}: {reason}", file=sys.stderr)
     return files
 
 
@@ -356,6 +364,25 @@ def cmd_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    """Scaffold a project folder to guard the user's optimizer (:mod:`stability_bench.scaffold`)."""
+    from stability_bench.scaffold import InitError, init_project
+
+    try:
+        done = init_project(args.directory, args.optimizer)
+    except InitError as exc:
+        print(f"stability-bench: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    for path in done.written:
+        print(f"wrote {path}")
+    if done.kept_config is not None:
+        print(f"kept {done.kept_config} (pytest's configuration here): add --stability-baseline to its addopts "
+              f"to check the baselines, and cases to its testpaths if it sets testpaths")
+    cases = done.case.parent
+    print(f"next: stability-bench validate {cases} && stability-bench baseline {cases} && python -m pytest")
+    return EXIT_OK
+
+
 def _max_runs(args: argparse.Namespace) -> int | None:
     """``--max-runs N`` (0: no limit), else the default limit."""
     from stability_bench.orchestrate import MAX_RUNS
@@ -455,6 +482,12 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--runs", action="store_true")
     listing.add_argument("--max-runs", type=int, metavar="N", help=MAX_RUNS_HELP)
     listing.set_defaults(func=cmd_list)
+    init = sub.add_parser("init", help="scaffold a project to guard your optimizer: an example case in cases/, "
+                          "pytest.ini and a GitHub workflow (never overwrites a file)")
+    init.add_argument("directory", nargs="?", default=".", metavar="DIR", help="the project folder (default: .)")
+    init.add_argument("--optimizer", required=True, metavar="CLASS", help="the optimizer to guard, by import "
+                      "path: package.module:ClassName (or package.module.ClassName; torch.optim.NAME works too)")
+    init.set_defaults(func=cmd_init)
     return parser
 
 

@@ -41,6 +41,8 @@ from .registry import Registry
 __all__ = [
     "LOSS_FLOOR",
     "METRICS",
+    "probe_columns",
+    "reads_probes",
     "MetricFn",
     "RunView",
     "SpikeConfig",
@@ -50,8 +52,9 @@ __all__ = [
 ]
 
 LOSS_FLOOR: float = float(np.finfo(np.float64).tiny)
-"""Smallest positive normal float64 (2.2250738585072014e-308): the floor applied to a minimum loss
-of exactly 0 in ``late_instability`` so that the ratio stays finite."""
+"""Smallest positive normal float64 (2.2250738585072014e-308): the floor applied to a pre-spike
+level of exactly 0 in the spike heights so that the ratio stays finite (``late_instability``
+measures an exact-0 minimum differently: see its docstring)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -277,6 +280,24 @@ def spike_period_from_onsets(onset_steps: np.ndarray, tolerance: int = 1) -> int
     return period
 
 
+def reads_probes(*columns: str) -> Callable[[MetricFn], MetricFn]:
+    """Declare the probe columns a metric is computed from (``@reads_probes("sharpness")``
+    under ``@METRICS.register``). This is the one statement of which figure needs which
+    probe: validation reads it (an expectation on the metric in a case whose ``probes:``
+    records none of these columns is an error naming the probe to add), and so does the
+    unknown-theory warning (metrics read from the ``threshold`` column)."""
+    def mark(fn: MetricFn) -> MetricFn:
+        fn.probe_columns = tuple(columns)
+        return fn
+    return mark
+
+
+def probe_columns(metric: str) -> tuple[str, ...]:
+    """The probe columns ``metric`` is computed from (empty for one read from the history
+    alone, or a user's metric that declares none)."""
+    return tuple(getattr(METRICS.get(metric), "probe_columns", ()))
+
+
 # ---------------------------------------------------------------------------------------------
 # Built-in metrics
 # ---------------------------------------------------------------------------------------------
@@ -332,15 +353,23 @@ def divergence_step(view: RunView) -> int | None:
 @METRICS.register("late_instability")
 def late_instability(view: RunView) -> float | None:
     """How far the loss climbs back after its best value, in decades:
-    ``log10(max(L[i:]) / max(min_loss, 2.2250738585072014e-308))``, where L is the sequence of
-    finite losses, i the position of its first minimum and ``min_loss = L[i]``. It is 0 when the
-    loss never rises above its minimum afterwards (a non-increasing curve, or a minimum at the last
-    finite step), and e.g. 9 for a loss that bottoms out at 1e-12 and later reaches 1e-3. The floor
-    (the smallest positive normal float64) only matters for a minimum of exactly 0, keeping the
-    value finite (a loss that hits 0 and later reaches 1 scores about 307.65). For a diverged run
-    the non-finite tail is ignored, so the value describes the finite part of the run; divergence
-    itself is reported by ``diverged``. None when there is no finite loss, or when the minimum is
-    negative (a ratio of losses is then meaningless)."""
+    ``log10(max(L[i:]) / min_loss)``, where L is the sequence of finite losses, i the position
+    of its first minimum and ``min_loss = L[i]``. It is 0 when the loss never rises above its
+    minimum afterwards (a non-increasing curve, or a minimum at the last finite step), and e.g.
+    9 for a loss that bottoms out at 1e-12 and later reaches 1e-3.
+
+    A minimum of exactly 0 has no logarithm: it means the loss fell below what its dtype
+    represents (a float32 loss underflows below ~1.4e-45) or fitted exactly, so how far it sat
+    below the last representable value is not measurable. The rise is then measured from the
+    smallest *positive* finite loss the run recorded: ``log10(max(L[i:]) / min(L[L > 0]))`` —
+    a finite lower bound on the true rise, in the same units as for any other run (a float32
+    loss that underflows to 0 from 1e-45 and comes back to 1e-3 scores 42, not the ~305 a
+    float64 floor of 1e-308 would give, a number set by float64 and not by the run); 0 when no
+    positive loss follows the zero, or the run recorded no positive loss at all.
+
+    For a diverged run the non-finite tail is ignored, so the value describes the finite part
+    of the run; divergence itself is reported by ``diverged``. None when there is no finite
+    loss, or when the minimum is negative (a ratio of losses is then meaningless)."""
     _, vals = _finite(view)
     if vals.size == 0:
         return None
@@ -349,7 +378,12 @@ def late_instability(view: RunView) -> float | None:
     if lo < 0:
         return None
     hi = float(vals[i:].max())
-    return max(0.0, math.log10(max(hi, LOSS_FLOOR) / max(lo, LOSS_FLOOR)))
+    if lo == 0.0:
+        positive = vals[vals > 0]
+        if hi == 0.0 or positive.size == 0:
+            return 0.0
+        lo = float(positive.min())
+    return max(0.0, math.log10(hi / lo))
 
 
 @METRICS.register("spike_count")
@@ -453,6 +487,7 @@ def _precond_ratio(view: RunView, column: str = "precond_sharpness") -> tuple[np
 
 
 @METRICS.register("precond_sharpness_ratio")
+@reads_probes("precond_sharpness", "threshold")
 def precond_sharpness_ratio(view: RunView) -> float | None:
     """The median of λ₁(P⁻¹H) / threshold over the probes in the late window (the last
     ``late_window`` fraction of the run, default half): 1 at the Adaptive Edge of Stability
@@ -480,6 +515,7 @@ def _upward_crossings(view: RunView, column: str) -> tuple[np.ndarray, np.ndarra
 
 
 @METRICS.register("threshold_crossings")
+@reads_probes("precond_sharpness", "threshold")
 def threshold_crossings(view: RunView) -> int | None:
     """How many times λ₁(P⁻¹H) rises from at or below the threshold to above it between
     consecutive probes."""
@@ -547,6 +583,7 @@ def _median_over_spikes(values: list[float]) -> float | None:
 
 
 @METRICS.register("spikes_led_by_crossing")
+@reads_probes("precond_sharpness", "threshold", "precond_directional_curvature")
 def spikes_led_by_crossing(view: RunView) -> float | None:
     """The fraction of spikes that follow Xiong et al. 2025's sequence: λ₁(P⁻¹H) crossed the
     threshold (from at or below to above, between consecutive probes) at most ``lead_window``
@@ -564,6 +601,7 @@ def spikes_led_by_crossing(view: RunView) -> float | None:
 
 
 @METRICS.register("spike_lead_time")
+@reads_probes("precond_sharpness", "threshold")
 def spike_lead_time(view: RunView) -> float | None:
     """The median over spikes of the steps from the last upward crossing of λ₁(P⁻¹H) through
     the threshold before the spike (searching back to the previous spike or the run start)
@@ -573,6 +611,7 @@ def spike_lead_time(view: RunView) -> float | None:
 
 
 @METRICS.register("sharpness_rise")
+@reads_probes("sharpness")
 def sharpness_rise(view: RunView) -> float | None:
     """λ₁(H) at the last probe over λ₁(H) at the first probe of the late window: above 1 when
     the raw sharpness keeps rising while λ₁(P⁻¹H) sits at the threshold (Cohen et al. Fig. 8)."""
@@ -585,6 +624,7 @@ def sharpness_rise(view: RunView) -> float | None:
 
 
 @METRICS.register("min_g2_over_v")
+@reads_probes("g2_over_v_median")
 def min_g2_over_v(view: RunView) -> float | None:
     """Xiong et al.'s g²/v collapse before a spike: per spike, the smallest probed median of
     g²/v in its pre-spike window (the ``lead_window`` steps before the onset, after the
@@ -602,6 +642,7 @@ def min_g2_over_v(view: RunView) -> float | None:
 
 
 @METRICS.register("v_decay_rate")
+@reads_probes("v_mean")
 def v_decay_rate(view: RunView) -> float | None:
     """Per-step ratio v_{t+1}/v_t of the optimizer's mean raw second moment (probe
     ``second_moment_mean``) before a spike: per spike, the median over consecutive probes in

@@ -4,7 +4,11 @@ Installed with the package, this plugin loads in every project's pytest, so it s
 of their way: loading it imports neither torch nor the case schema, and it collects only
 what is clearly a stability-bench case — a ``*.yaml``/``*.yml`` file below one of the
 ``stability_cases_dirs`` folders (relative to the rootdir; default ``cases``) that carries
-the top-level marker ``stability-bench: 1``. Other YAML files are left alone.
+the top-level marker ``stability-bench: 1``. Other YAML files below those folders are not
+collected; each is listed once with a warning saying how to mark it, when the folder is
+stability-bench's (named in ``stability_cases_dirs``, or holding a marked case) or the file
+misspells the marker. From a subdirectory of the rootdir, such case folders a run from the
+rootdir would collect are added to what pytest collects. YAML elsewhere is left alone.
 
 Items — one per run, and one per critical-lr search — run through the library's
 orchestrator (:mod:`stability_bench.orchestrate`): each run, parity partners included,
@@ -16,6 +20,8 @@ those baselines after the session.
 """
 from __future__ import annotations
 
+import glob
+import warnings
 from pathlib import Path
 
 import pytest
@@ -44,22 +50,83 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: long-running; run with --run-slow")
     config.addinivalue_line("markers", "cuda: needs a CUDA device")
+    _collect_cases_from_a_subdirectory(config)
 
 
 def _case_dirs(config: pytest.Config) -> list[Path]:
     return [Path(p) for p in config.getini("stability_cases_dirs")] or [config.rootpath / "cases"]
 
 
+def _ours(config: pytest.Config, folder: Path) -> bool:
+    """Whether a case folder is stability-bench's: named by ``stability_cases_dirs``, or
+    holding a marked case file. A project that merely has a ``cases/`` folder of its own
+    YAML gets neither warnings nor extra collection from this plugin."""
+    known = config.stash.setdefault(_OURS, {})
+    if folder not in known:
+        from stability_bench.yamlsource import has_case_marker
+
+        known[folder] = bool(config.getini("stability_cases_dirs")) or any(
+            has_case_marker(p) for p in folder.rglob("*.y*ml") if p.suffix in (".yaml", ".yml"))
+    return known[folder]
+
+
+_OURS = pytest.StashKey[dict]()
+
+
+def _collect_cases_from_a_subdirectory(config: pytest.Config) -> None:
+    """``python -m pytest`` without arguments collects the invocation folder; pytest reads
+    ``testpaths`` only when that folder is the rootdir. So from a subdirectory of a project
+    its case folders (which sit at the rootdir: ``<rootdir>/cases``) were never visited and
+    pytest found nothing. From a subdirectory of the rootdir this adds the case folders a run
+    from the rootdir would collect — all of them without ``testpaths``, else those inside a
+    testpath (and the testpaths inside a case folder) — to the folders to collect. Explicit
+    arguments are left alone, and so is a run from the rootdir. xdist workers decide the
+    same from the same invocation folder."""
+    if getattr(config, "args_source", None) is not pytest.Config.ArgsSource.INVOCATION_DIR:
+        return
+    here, root = Path(config.invocation_params.dir).resolve(), config.rootpath.resolve()
+    if here == root or not here.is_relative_to(root):
+        return
+    folders = [f.resolve() for f in _case_dirs(config) if f.is_dir() and _ours(config, f)]
+    testpaths = config.getini("testpaths")
+    if testpaths:
+        paths = [Path(p).resolve() for tp in testpaths for p in glob.glob(str(root / tp), recursive=True)]
+        folders = ([f for f in folders if any(f.is_relative_to(p) for p in paths)]
+                   + [p for p in paths if p.is_dir() and any(p.is_relative_to(f) for f in folders)])
+    targets = [f for f in dict.fromkeys(folders) if not f.is_relative_to(here)]   # else collected anyway
+    if not targets:
+        return
+    kept = [a for a in config.args if not any(Path(a).resolve().is_relative_to(t) for t in targets)]
+    config.args[:] = kept + [str(t) for t in targets]
+
+
+class NotACaseWarning(UserWarning):
+    """A YAML file in a case folder without the ``stability-bench: 1`` marker: not collected."""
+
+
 def pytest_collect_file(file_path: Path, parent: pytest.Collector):
     if file_path.suffix not in (".yaml", ".yml"):
         return None
-    if not any(file_path.is_relative_to(folder) for folder in _case_dirs(parent.config)):
+    folder = next((f for f in _case_dirs(parent.config) if file_path.is_relative_to(f)), None)
+    if folder is None:
         return None
-    from stability_bench.yamlsource import has_case_marker
+    from stability_bench.yamlsource import has_case_marker, unmarked_reason
 
     if not has_case_marker(file_path):
+        config = parent.config
+        warned = config.stash.setdefault(_UNMARKED, set())
+        worker = getattr(config, "workerinput", {}).get("workerid", "gw0")  # every xdist worker collects
+        if file_path not in warned and worker == "gw0":  # once per file, however often it is reached
+            warned.add(file_path)
+            line, reason = unmarked_reason(file_path)   # a line: a key that looks like a misspelt marker
+            if line is not None or _ours(config, folder):
+                warnings.warn_explicit(NotACaseWarning(reason), NotACaseWarning, filename=str(file_path),
+                                       lineno=line or 1)
         return None
     return CaseFile.from_parent(parent, path=file_path)
+
+
+_UNMARKED = pytest.StashKey[set]()
 
 
 @pytest.hookimpl(trylast=True)  # after pytest-randomly's shuffle

@@ -560,6 +560,43 @@ def _check_probes(section: dict, path: KeyPath, problems: list[Problem]) -> None
                        key_path, problems, f"probe {key!r}")
 
 
+def _unprobed_figures(case: "Case") -> list[Problem]:
+    """Expectations on a figure computed from probe columns (``reads_probes`` in
+    :mod:`stability_bench.metrics`) that none of the case's probes records (``records`` in
+    :mod:`stability_bench.probes.registry`): such a figure would be None at run time and the
+    expectation could only fail (``measured None``), so it is an error here, at the metric's
+    key, naming the probes to add. A user's probe that does not declare its columns may
+    record anything: with one, nothing is refused."""
+    from stability_bench.metrics import probe_columns
+    from stability_bench.probes.registry import PLAN_OPTIONS, PROBES, probes_recording
+
+    recorded: set[str] = set()
+    for name in case.probes:
+        if name in PLAN_OPTIONS:
+            continue
+        columns = getattr(PROBES.get(name), "columns", None)
+        if columns is None:
+            return []
+        recorded.update(columns)
+    problems, seen = [], set()
+    for e in case.expectations:
+        if e.metric not in METRICS or (e.optimizer, e.metric) in seen:
+            continue
+        seen.add((e.optimizer, e.metric))
+        missing = [c for c in probe_columns(e.metric) if c not in recorded]
+        if not missing:
+            continue
+        add = list(dict.fromkeys(p for c in missing for p in probes_recording(c)))
+        section = ", ".join(f"{p}: {{}}" for p in add)
+        where = (f"add {section} under probes:" if case.probes else
+                 f"add a probes: section, e.g. probes: {{every: 10, {section}}}")
+        problems.append(Problem(e.path[:-1], f"{e.metric} is computed from the probe column"
+                                f"{'s' if len(missing) > 1 else ''} {', '.join(missing)}, which no probe of "
+                                f"this case records, so it would be None at run time: {where} "
+                                f"(the probe{'s' if len(add) > 1 else ''} {' and '.join(add)})"))
+    return problems
+
+
 def _parity(opt_key: str, checks: Any, optimizers: Mapping[str, Any], path: KeyPath,
             problems: list[Problem]) -> Expectation | None:
     """``parity: {with: <optimizer>, rtol: <number>, atol: <number>}``: the partner exists,
@@ -841,7 +878,7 @@ def _validate(raw: Any, source: Source) -> Case:
         timeout=float(raw["timeout"]) if "timeout" in raw else None)
     from stability_bench.unknown_theory import theory_problems  # bounds on a threshold theory lacks
 
-    problems = theory_problems(case)
+    problems = theory_problems(case) + _unprobed_figures(case)
     if problems:
         raise CaseError(source, problems)
     return case

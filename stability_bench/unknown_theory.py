@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable
 
+from stability_bench.metrics import METRICS, probe_columns
 from stability_bench.yamlsource import Problem, dotted
 
 if TYPE_CHECKING:
@@ -23,9 +24,6 @@ if TYPE_CHECKING:
 __all__ = ["theory_problems", "case_warnings", "PROBES_NEEDING"]
 
 THEORY_BOUNDS = ("threshold", "predicted_diverged")
-# Metrics computed from the ``threshold`` probe column (stability_bench.metrics).
-THRESHOLD_METRICS = ("precond_sharpness_ratio", "threshold_crossings", "spikes_led_by_crossing",
-                     "spike_lead_time")
 
 
 def _threshold_status(cls: type, point: dict) -> str | None:
@@ -115,7 +113,7 @@ def case_warnings(case: "Case") -> list[str]:
                                         f"{reason}; its runs record NaN with that reason")
     for e in case.expectations:
         spec = case.optimizers.get(e.optimizer)
-        if e.metric in THRESHOLD_METRICS and spec is not None:
+        if spec is not None and e.metric in METRICS and "threshold" in probe_columns(e.metric):
             reason = _unknown_at(spec, _threshold_status)
             if reason:
                 warn(e.path, f"{e.metric} is computed from the stability threshold, unknown for "

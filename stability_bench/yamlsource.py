@@ -252,6 +252,31 @@ def read_yaml(path: str | Path) -> tuple[Any, Source]:
     return data, Source(file, builder.lines if node is not None else {})
 
 
+_TOP_LEVEL_KEY = re.compile(rb"^['\"]?([A-Za-z][A-Za-z0-9 _.-]*?)['\"]?[ \t]*:", re.M)
+
+
+def unmarked_reason(path: str | Path) -> tuple[int | None, str]:
+    """Why a YAML file in a cases folder is not read as a case, and how to mark it: (line or
+    None, one sentence) for the warning that lists it (the CLI's folder commands, pytest
+    collection). A line is given only for a top-level key that looks like a misspelt marker
+    (``stability_bench: 1``): the file was meant to be a case."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(MARKER_SCAN_BYTES)
+    except OSError as exc:
+        return None, f"not read as a case: cannot read it ({exc.strerror or exc})"
+    import difflib
+
+    for match in _TOP_LEVEL_KEY.finditer(head):
+        key = match.group(1).decode("ascii")
+        if key != MARKER and difflib.SequenceMatcher(None, key.lower(), MARKER).ratio() >= 0.8:
+            return (head.count(b"\n", 0, match.start()) + 1,
+                    f"not read as a case: the key {key!r} is not the marker; write '{MARKER}: 1' "
+                    f"(a hyphen, lower case)")
+    return None, (f"not read as a case: no '{MARKER}: 1' line at the top level; if it is a case, make "
+                  f"its first line '{MARKER}: 1', if not, move it out of the cases folder")
+
+
 def has_case_marker(path: str | Path) -> bool:
     """Whether ``path`` looks like a stability-bench case: a top-level ``stability-bench:``
     line within its first 64 KiB. Cheap (no YAML parse, no torch), for deciding what to

@@ -200,11 +200,28 @@ def _plain(value: Any) -> Any:
 
 
 # ------------------------------------------------------------------------------ probes
+def records(*columns: str) -> Callable[[Callable], Callable]:
+    """Declare the columns a probe records (``@records("threshold")`` under
+    ``@PROBES.register``; reasons, ``*_unknown_reason``, are not columns). With
+    :func:`stability_bench.metrics.reads_probes` this says, once, which probe a figure needs
+    (:func:`probes_recording`)."""
+    def mark(fn: Callable) -> Callable:
+        fn.columns = tuple(columns)
+        return fn
+    return mark
+
+
+def probes_recording(column: str) -> list[str]:
+    """The registered probes that record ``column``."""
+    return [name for name in PROBES.names() if column in getattr(PROBES.get(name), "columns", ())]
+
+
 def _nan_with_reason(columns: tuple[str, ...], reason_key: str, reason: str) -> dict:
     return {**{c: math.nan for c in columns}, reason_key: reason}
 
 
 @PROBES.register("threshold")
+@records("threshold")
 def threshold(ctx: ProbeContext) -> dict:
     """The optimizer's stability threshold now (it follows lr schedules); NaN with
     ``threshold_unknown_reason`` where theory gives none."""
@@ -215,6 +232,7 @@ def threshold(ctx: ProbeContext) -> dict:
 
 
 @PROBES.register("sharpness")
+@records("sharpness", "sharpness_residual", "sharpness_hvps", "sharpness_top")
 def sharpness(ctx: ProbeContext, k: int = 1) -> dict:
     """λ₁(H) (and the top k) of the probe loss, by Lanczos; with its relative residual."""
     result = ctx.eigen(preconditioned=False, k=k)
@@ -226,6 +244,8 @@ def sharpness(ctx: ProbeContext, k: int = 1) -> dict:
 
 
 @PROBES.register("precond_sharpness")
+@records("precond_sharpness", "precond_sharpness_residual", "precond_sharpness_hvps",
+         "precond_sharpness_top")
 def precond_sharpness(ctx: ProbeContext, k: int = 1) -> dict:
     """λ₁(P⁻¹H) = λ₁(P^{-1/2} H P^{-1/2}) with P the optimizer's current preconditioner
     (diagonal or operator); NaN with ``precond_unknown_reason`` where P is unknown."""
@@ -241,6 +261,7 @@ def precond_sharpness(ctx: ProbeContext, k: int = 1) -> dict:
 
 
 @PROBES.register("directional_curvature")
+@records("directional_curvature", "precond_directional_curvature")
 def directional_curvature(ctx: ProbeContext) -> dict:
     """gᵀHg/gᵀg and its preconditioned form, g the full-batch (probe) gradient — the curvature
     along which the next step moves; Xiong et al.'s spike trigger when it passes the threshold.
@@ -256,6 +277,7 @@ def directional_curvature(ctx: ProbeContext) -> dict:
 
 
 @PROBES.register("second_moment_ratio")
+@records("g2_over_v_median", "g2_over_v_p10", "g2_over_v_frac_below")
 def second_moment_ratio(ctx: ProbeContext, bound: float = 1e-3) -> dict:
     """g²/v over all parameters (g this step's minibatch gradient, v the optimizer's
     bias-corrected second moment before this step): median, 10th percentile and the fraction
@@ -276,6 +298,7 @@ def second_moment_ratio(ctx: ProbeContext, bound: float = 1e-3) -> dict:
 
 
 @PROBES.register("second_moment_mean")
+@records("v_mean")
 def second_moment_mean(ctx: ProbeContext) -> dict:
     """The mean over all parameters of the optimizer's raw second moment v (no bias
     correction: Xiong et al.'s v_{t+1} = β₂v_t + (1−β₂)g_t² decays like β₂ᵗ once g² ≪ v,
@@ -291,6 +314,7 @@ def second_moment_mean(ctx: ProbeContext) -> dict:
 
 
 @PROBES.register("grad_alignment")
+@records("grad_alignment")
 def grad_alignment(ctx: ProbeContext, k: int = 4) -> dict:
     """Fraction of ‖P^{-1/2}g‖² along the top-k eigenvectors of P^{-1/2} H P^{-1/2}
     (Cohen et al. App. E; see :func:`~.quantities.grad_alignment_parts` for the choice);
