@@ -774,6 +774,9 @@ class RunsFailed(RuntimeError):
         self.failures, self.results = failures, results
         super().__init__("\n".join(f.describe() for f in failures))
 
+    def __reduce__(self):  # rebuilt from its fields in another process
+        return type(self), (self.failures, self.results)
+
 
 def run_case(case: "Case | str | Mapping", devices: Iterable[str] | None = None,
              seeds: Iterable[int] | None = None, progress: Callable[[int, int, float], None] | None = None,

@@ -26,6 +26,9 @@ class UnknownNameError(KeyError):
         self.suggestions = difflib.get_close_matches(str(name), known, n=3, cutoff=0.5)
         super().__init__(str(self))
 
+    def __reduce__(self):  # rebuilt from its fields in another process (worker pools pickle it)
+        return type(self), (self.kind, self.name, self.known)
+
     broken: list[str] = []  # entry points that failed to load (set by Registry.get)
 
     def __str__(self) -> str:  # KeyError would quote the message

@@ -55,6 +55,9 @@ class CaseError(ValueError):
         self.source, self.problems = source, problems
         super().__init__(str(self))
 
+    def __reduce__(self):  # rebuilt from its fields in another process (worker pools pickle it)
+        return type(self), (self.source, self.problems)
+
     def __str__(self) -> str:
         shown = [f"{self._where(p)}: {_dotted(p.path) or '(case)'}: {p.message}" for p in self.problems[:MAX_PROBLEMS]]
         if len(self.problems) > MAX_PROBLEMS:
