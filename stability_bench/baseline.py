@@ -337,6 +337,7 @@ def record_baseline(case: "Case", results: Sequence["RunResult"], nudged_results
             rounding[str(s)] = _rounding_record(case, r, nudges[s], by_nudge)
             trajectory[str(s)] = _trajectory(r, list(nudges[s].values()), trajectory_steps)
         runs[key] = {"optimizer": first.optimizer, "fingerprint": run_fingerprint(case, first.optimizer),
+                     "data": {str(s): r.meta.get("data") for s, r in by_seed.items()},
                      "threads": first.meta.get("threads"), "figures": figures, "rounding": rounding,
                      "trajectory": {"steps": trajectory_steps, "seeds": trajectory}}
     out = {"format": FORMAT, "version": VERSION, "environment": dict(environment or {}), "runs": runs,
@@ -551,6 +552,22 @@ def _stale(where: str, run_id: str, figure: str, recorded: Mapping, current: Map
                    f"recorded ({', '.join(changed)}); re-record: {command}", changed=changed)
 
 
+def _other_data(where: str, result: "RunResult", entry: Mapping, file: str | None) -> Finding | None:
+    """Stale when the run trained on other examples than the recording (their digests,
+    ``TensorData.digest``, differ): the same case on another copy of a dataset — the
+    official CIFAR-10 release where the baseline used a subset file — or on data a changed
+    generator made gives other trajectories, which is no regression. A recording or a run
+    without a digest is not compared."""
+    recorded, here = (entry.get("data") or {}).get(str(result.seed)), result.meta.get("data")
+    if not recorded or not here or recorded == here:
+        return None
+    return Finding(where, result.run_id, "(run)", "stale", None, None, None,
+                   f"{where}: {result.run_id}: baseline is stale, not compared: recorded on other data "
+                   f"(examples digest {recorded} there, {here} here: another copy or version of the "
+                   f"dataset, or a changed data generator); re-record on this data: "
+                   f"{RERECORD.format(file=file or '<case file>')}", changed=["data"])
+
+
 def _outdated(where: str, run_id: str, figure: str, data: Mapping, file: str | None) -> Finding | None:
     if "outdated" not in data:
         return None
@@ -578,6 +595,9 @@ def check_against_baseline(case: "Case", result: "RunResult", baseline: dict,
     current = run_fingerprint(case, result.optimizer)
     if entry["fingerprint"] != current:
         return [_stale(where, result.run_id, "(run)", entry["fingerprint"], current, case.source.file)]
+    other_data = _other_data(where, result, entry, case.source.file)
+    if other_data:
+        return [other_data]
     found = [_check_figure(where, result.run_id, f, e, result.seed, _read(result, f))
              for f, e in entry["figures"].items()]
     found.append(_check_trajectory(where, result.run_id, entry["trajectory"], result))

@@ -110,6 +110,7 @@ class Session:
     contract: frozenset = frozenset()   # the optimizer's step contract (stability_bench.contracts)
     heldout: TensorData | None = None   # ``eval: {split: heldout}``: the examples training never sees
     negate: bool = False                # ``loss: {negate: true}``: the optimizer is handed −loss
+    data_digest: str = ""               # :meth:`TensorData.digest` of all the examples (baselines compare it)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -129,7 +130,9 @@ def start(spec: RunSpec) -> Session:
         return _located(case, (key,), lambda: build_component(registry, getattr(case, key), ctx))
 
     torch.manual_seed(spec.seed)  # a user's data factory without ``ctx`` draws from the global RNG
-    data = make(DATA, "data").to(spec.device)
+    data = make(DATA, "data")
+    data_digest = data.digest()   # on the CPU copy: the same examples hash alike on any device
+    data = data.to(spec.device)
     data, heldout = _split(case, data)
     torch.manual_seed(spec.seed)  # torch's default initialisers use the global generator
     model = make(MODELS, "model").to(device=spec.device, dtype=dtype)
@@ -153,7 +156,7 @@ def start(spec: RunSpec) -> Session:
     scheduler = None if case.schedule is None else _located(
         case, ("schedule",), lambda: build_schedule(case.schedule, optimizer, case.steps))
     return Session(spec, model, params, loss_fn, data, batches, optimizer, scheduler, contract, heldout,
-                   negate=bool(case.loss.get("negate", False)))
+                   negate=bool(case.loss.get("negate", False)), data_digest=data_digest)
 
 
 def _split(case: Case, data: TensorData) -> tuple[TensorData, TensorData | None]:
@@ -526,6 +529,7 @@ def execute(spec: RunSpec, progress: Progress | None = None) -> RunResult:
         metrics=compute_metrics(view), history=history, probes=probe_columns, theory=theory,
         evals=eval_columns,
         meta={"wall_time_s": time.perf_counter() - started, "torch": torch.__version__,
+              "data": session.data_digest,
               "threads": torch.get_num_threads(),
               "spikes": dataclasses.asdict(case.spikes),
               # probe column → {why it is NaN: first probed step}: a figure theory lacks is said to be unknown

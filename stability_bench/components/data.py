@@ -5,6 +5,7 @@ device once. Randomness comes from the context's generator, so a seed fixes the 
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Iterator, Literal
 
@@ -26,6 +27,17 @@ class TensorData:
 
     def to(self, device: torch.device | str) -> "TensorData":
         return TensorData(self.x.to(device), self.y.to(device))
+
+    def digest(self) -> str:
+        """A short hash of the examples (values, dtypes, shapes): what a baseline compares to
+        know it was recorded on the same data — another copy of a dataset (the official
+        CIFAR-10 release or a subset file) or another generator gives other trajectories."""
+        h = hashlib.blake2b(digest_size=8)
+        for t in (self.x, self.y):
+            t = t.detach().cpu().contiguous()
+            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        return h.hexdigest()
 
 
 def _generator(ctx: BuildContext, seed: int | None) -> torch.Generator:
