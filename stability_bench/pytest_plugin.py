@@ -280,12 +280,13 @@ class CaseItem(pytest.Item):
             from stability_bench.orchestrate import CUDA_MISSING, cuda_skip_problem
 
             if not torch.cuda.is_available():
-                problem = cuda_skip_problem(CUDA_MISSING) if _strict(self.config) else None
-                if problem is not None:
-                    pytest.fail(f"strict (--stability-strict, $STABILITY_BENCH_STRICT): {problem}", pytrace=False)
-                pytest.skip(CUDA_MISSING)
+                self.strict_problem = cuda_skip_problem(CUDA_MISSING) if _strict(self.config) else None
+                if self.strict_problem is None:
+                    pytest.skip(CUDA_MISSING)
 
     def runtest(self) -> None:
+        if getattr(self, "strict_problem", None) is not None:  # a failed item, not a set-up error
+            pytest.fail(f"strict (--stability-strict, $STABILITY_BENCH_STRICT): {self.strict_problem}", pytrace=False)
         runs = SessionRuns.of(self.session)
         runs.files[self.parent.path] = self.parent
         check_baseline = (self.config.getoption("--stability-baseline")

@@ -165,6 +165,47 @@ def test_missing_data_skips_the_item_with_a_located_reason(pytester, tmp_path, m
     assert "Traceback" not in out and "runner.py" not in out
 
 
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_strict_mode_makes_missing_data_a_failure(pytester, tmp_path, monkeypatch, how):
+    """CI cannot go green without checking: the item that skips by default fails under
+    --stability-strict or STABILITY_BENCH_STRICT=1, with the same located reason."""
+    empty = tmp_path / "no_data_here"
+    empty.mkdir()
+    monkeypatch.setenv("STABILITY_BENCH_DATA", str(empty))
+    write_cases(pytester, "cifar_tiny")
+    if how == "env":
+        monkeypatch.setenv("STABILITY_BENCH_STRICT", "1")
+    result = run(pytester, *(["--stability-strict"] if how == "flag" else []))
+    result.assert_outcomes(failed=1)
+    out = result.stdout.str()
+    assert "strict" in out and "data not available" in out and str(empty) in out
+    assert f"cifar_tiny.yaml:{line_of('cifar_tiny', 'data:')}" in out
+    assert "Traceback" not in out
+
+
+def test_a_malformed_strict_variable_is_a_usage_error(pytester, monkeypatch):
+    write_cases(pytester, "quad_slow")
+    monkeypatch.setenv("STABILITY_BENCH_STRICT", "sometimes")
+    result = run(pytester, "--collect-only")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "STABILITY_BENCH_STRICT='sometimes': expected 1 or 0" in result.stderr.str()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA items run here: nothing skips")
+def test_strict_mode_fails_cuda_items_skipped_on_a_machine_with_a_gpu(pytester, monkeypatch, gpu_path):
+    from stability_bench.orchestrate import hidden_gpu
+
+    write_cases(pytester, "quad_cuda")
+    if hidden_gpu() is None:  # a machine without a GPU: skipping CUDA items is right, strict or not
+        run(pytester, "--stability-strict").assert_outcomes(skipped=1)
+    monkeypatch.setenv("PATH", gpu_path)
+    run(pytester).assert_outcomes(skipped=1)   # not strict: a skip, as before
+    result = run(pytester, "--stability-strict", "-rf")
+    result.assert_outcomes(failed=1)
+    out = result.stdout.str()
+    assert "CUDA is not available" in out and "GPU 0: NVIDIA H200" in out and "Traceback" not in out
+
+
 def test_only_marked_yaml_below_the_rootdir_cases_folder_is_collected(pytester):
     """Another tool's YAML in cases/ (no marker) and marked files elsewhere are not collected."""
     write_cases(pytester, "quad_slow", "not_a_case", "docker-compose")

@@ -354,7 +354,7 @@ def ensure_cifar10(data_dir: str | os.PathLike | None = None, progress=None) -> 
             except (DownloadError, OSError) as exc:
                 _FAILED[key] = DataNotFoundError(
                     missing.tried, missing.detail,
-                    f"Downloading {url} into the cache folder {target} failed: {exc}\n{offline_options()}")
+                    f"Downloading into the cache folder {target} failed: {exc}\n{offline_options()}")
         if key in _FAILED:
             raise _FAILED[key] from None
     return find_cifar10(data_dir)
