@@ -21,9 +21,9 @@ Exit codes of ``run`` (each reported as a paragraph, never a traceback):
 
 When several of 1–5 apply, the first in the order 2, 3, 1, 5, 4 wins; a stop signal wins
 over all. ``baseline`` exits 1 when an expectation is fragile under a one-ulp nudge (that
-file's baseline is not written). ``data fetch | verify | where`` exit 0 when the data is
-there (and intact), 5 when it is not (or cannot be fetched), 1 when ``verify`` finds it
-damaged.
+file's baseline is not written), 3 when a run did not finish, 5 when its data is missing.
+``data fetch | verify | where`` exit 0 when the data is there (and intact), 5 when it is
+not (or cannot be fetched), 1 when ``verify`` finds it damaged.
 """
 from __future__ import annotations
 
@@ -478,6 +478,16 @@ def _check_optimizer_filter(cases: list, names: list[str] | None) -> None:
             + f" Their optimizers: {', '.join(known)}." for name in unknown))
 
 
+def _exit_codes_help() -> str:
+    """``run --help``'s epilog: the exit codes as this module's docstring states them."""
+    doc = __doc__ or ""   # python -OO drops docstrings
+    head = "Exit codes of ``run`` (each reported as a paragraph, never a traceback):\n"
+    if head not in doc:
+        return ""
+    codes = doc.split(head, 1)[1].split("\nWhen several", 1)[0].replace("``", "")
+    return f"exit codes:{codes}\nWhen several apply, the first of 2, 3, 1, 5, 4 wins; a stop signal wins over all."
+
+
 def build_parser() -> argparse.ArgumentParser:
     from stability_bench.orchestrate import MAX_RUNS
 
@@ -485,7 +495,9 @@ def build_parser() -> argparse.ArgumentParser:
                      f"the sweep sizes before any run is expanded")
     parser = argparse.ArgumentParser(prog="stability-bench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run cases and check their expectations")
+    run = sub.add_parser("run", help="run cases and check their expectations",
+                         formatter_class=argparse.RawDescriptionHelpFormatter,
+                         epilog=_exit_codes_help())
     run.add_argument("cases", nargs="*", help="case files or folders (default: cases/)")
     run.add_argument("--json", metavar="FILE", help="write every run's results to FILE (atomically)")
     run.add_argument("--device", action="append", help="only this device (repeatable)")
@@ -509,9 +521,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--triage-dir", metavar="DIR", help="where failed runs' triage bundles go "
                      "(default: $STABILITY_BENCH_TRIAGE, else ./triage)")
     run.add_argument("--no-triage", action="store_true", help="write no triage bundles")
-    run.add_argument("--strict", action="store_true", help="a run that cannot run here is a failure (exit 5): "
-                     "its data missing (always so for run), a CUDA run skipped on a machine with a GPU torch "
-                     "cannot use; also $STABILITY_BENCH_STRICT=1")
+    run.add_argument("--strict", action="store_true", help="CUDA runs skipped on a machine that has a GPU "
+                     "torch cannot use fail too (exit 5), as runs without their data always do; also "
+                     "$STABILITY_BENCH_STRICT=1")
     run.set_defaults(func=cmd_run)
     report = sub.add_parser("report", help="figures and an HTML page from results files")
     report.add_argument("results", nargs="+", help="results files (stability-bench run --json FILE)")
@@ -606,7 +618,7 @@ def _main(argv: Sequence[str] | None, signals) -> int:
         return EXIT_BAD_INPUT
     except RunsFailed as exc:  # `baseline`: a run that did not finish leaves no baseline
         print(f"stability-bench: error: no baseline written:\n{exc}", file=sys.stderr)
-        return EXIT_CRASHED
+        return EXIT_NO_DATA if all(f.kind == "missing_data" for f in exc.failures) else EXIT_CRASHED
     except ImportError as exc:  # an optional extra (reports: matplotlib) is missing
         from stability_bench.reports import ReportDependencyError
 

@@ -8,6 +8,7 @@ when the data cannot be had.
 """
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import pytest
 import cifar_archive
 from stability_bench.cli import EXIT_NO_DATA, main
 from stability_bench.components import cifar10
-from stability_bench.components.download import MANIFEST, DownloadError
+from stability_bench.components.download import MANIFEST, DownloadError, Progress
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN_CASES = Path(__file__).parent / "data" / "plugin"
@@ -254,3 +255,38 @@ def test_data_verify_checks_an_npz_against_its_sha256(fresh, tmp_path, capsys):
     sidecar.write_text("0" * 64 + "\n")
     assert main(["data", "verify", str(npz)]) == 1
     assert f"{npz}: SHA-256" in capsys.readouterr().err
+
+
+def test_the_progress_line_shows_on_a_terminal_only():
+    class Stream(io.StringIO):
+        def __init__(self, tty):
+            super().__init__()
+            self.tty = tty
+
+        def isatty(self):
+            return self.tty
+
+    quiet, terminal = Stream(False), Stream(True)
+    for stream in (quiet, terminal):
+        show = Progress("cifar-10-python.tar.gz", 2_000_000, stream)
+        show(1_000_000)
+        show(2_000_000, True)
+    assert quiet.getvalue() == ""
+    assert "downloading cifar-10-python.tar.gz:  50% 1.0/2.0 MB" in terminal.getvalue()
+    assert terminal.getvalue().endswith("100% 2.0/2.0 MB\x1b[K\n")
+
+
+def test_baseline_without_data_writes_nothing_and_exits_5(fresh, monkeypatch, capsys):
+    monkeypatch.setenv(cifar10.URL_ENV, cifar_archive.closed_port_url())
+    cases = tiny_cases(Path("cases"), "tiny_a")
+    assert main(["baseline", str(cases)]) == EXIT_NO_DATA
+    err = capsys.readouterr().err
+    assert "no baseline written" in err and "cannot connect" in err
+    assert not list(cases.glob("*.baseline.json"))
+
+
+def test_run_help_documents_exit_5(capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    out = capsys.readouterr().out
+    assert "* 5 — runs could not run here: their data is not on this machine" in out and "--strict" in out
