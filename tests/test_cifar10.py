@@ -204,3 +204,13 @@ def test_shared_subset(shared_npz):
     assert cifar10._load_raw.cache_info().hits == hits + 1  # served from memory, not disk
     np.testing.assert_array_equal(x, x2)
     np.testing.assert_array_equal(y, y2)
+
+
+def test_a_subset_reads_only_the_batches_it_lies_in(fake_release):
+    """The start-up a cached release costs: a 1000-image case reads data_batch_1 alone."""
+    root, x, _ = fake_release
+    (root / "cifar-10-batches-py" / "data_batch_2").write_bytes(b"not read")
+    xs, _ = load_cifar10(root, subset=N_PER_BATCH, standardize=False)
+    np.testing.assert_array_equal(xs, x[:N_PER_BATCH] / 255.0)
+    with pytest.raises(CIFAR10FormatError, match="data_batch_2"):
+        load_cifar10(root, subset=N_PER_BATCH + 1)

@@ -233,10 +233,19 @@ def _stamp(path: Path) -> tuple[int, ...]:
 
 
 @functools.lru_cache(maxsize=8)
-def _load_raw(path: Path, split: str, stamp: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """Raw uint8 images (CHW-flattened) and int64 labels; read-only because they are cached."""
+def _load_raw(path: Path, split: str, stamp: tuple[int, ...],
+              subset: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Raw uint8 images (CHW-flattened) and int64 labels; read-only because they are cached.
+    From the official folder only the batches the first ``subset`` images lie in are read
+    (a 1000-image case reads data_batch_1, 31 MB, not all five: each worker process loads
+    its own copy, so this is the start-up a cached release costs)."""
     if path.is_dir():
-        parts = [_read_batch(p) for p in _batch_files(path, split)]
+        parts, count = [], 0
+        for file in _batch_files(path, split):
+            if subset is not None and count >= subset:
+                break
+            parts.append(_read_batch(file))
+            count += len(parts[-1][1])
         x, y = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
     else:
         x, y = _read_npz(path, split)
@@ -261,11 +270,11 @@ def load_cifar10(
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if subset is not None and (isinstance(subset, bool) or not isinstance(subset, (int, np.integer)) or subset < 1):
+        raise ValueError(f"subset must be a positive integer or None, got {subset!r}")
     path = find_cifar10(data_dir)
-    x_raw, y_raw = _load_raw(path, split, _stamp(path))
+    x_raw, y_raw = _load_raw(path, split, _stamp(path), None if subset is None else int(subset))
     if subset is not None:
-        if isinstance(subset, bool) or not isinstance(subset, (int, np.integer)) or subset < 1:
-            raise ValueError(f"subset must be a positive integer or None, got {subset!r}")
         if subset > len(x_raw):
             raise ValueError(f"subset={subset} but {path} holds only {len(x_raw)} {split} examples")
         x_raw, y_raw = x_raw[:subset], y_raw[:subset]
