@@ -57,6 +57,10 @@ def leftovers(folder: Path) -> list[str]:
 
 # ------------------------------------------------------------------ the download itself
 def test_fetch_verifies_extracts_and_the_loader_reads_it(server, fresh):
+    # what a process killed mid-fetch leaves: a partial download and a half-extracted folder
+    fresh.mkdir(parents=True)
+    (fresh / "..cifar-10-batches-py.download.tar.gz.k1ll3d.part").write_bytes(b"partial")
+    (fresh / ".cifar-10-batches-py.k1ll3d.tmp" / "cifar-10-batches-py").mkdir(parents=True)
     folder = cifar10.fetch_cifar10(url=server.url("/ok.tar.gz"), md5=cifar_archive.md5(server.archive))
     assert folder == fresh / "cifar-10-batches-py" and (folder / MANIFEST).is_file()
     assert sorted(p.name for p in folder.iterdir() if p.name != MANIFEST) == [

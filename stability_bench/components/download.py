@@ -218,7 +218,7 @@ def fetch_archive(url: str, md5: str, target: Path, folder: str,
     with file_lock(target / f".{folder}.lock"):
         if final.is_dir() and not check_manifest(final):
             return final
-        for stale in target.glob(f".{folder}.*.part"):   # left by a killed process
+        for stale in target.glob(f".*{folder}.*.part"):   # left by a killed process (we hold the lock)
             stale.unlink(missing_ok=True)
         for stale in target.glob(f".{folder}.*.tmp"):
             shutil.rmtree(stale, ignore_errors=True)
