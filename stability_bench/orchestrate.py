@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 CUDA_MISSING = "CUDA is not available on this machine"
 SLOW = "slow: run it with --run-slow"
 STRICT_ENV = "STABILITY_BENCH_STRICT"   # 1: a shipped case that cannot run here is a failure
+OFFLINE_ENV = "STABILITY_BENCH_OFFLINE"  # 1: data is never downloaded on first use
 # The most runs one invocation plans (the CLI's --max-runs, pytest's --stability-max-runs,
 # make_plan's max_runs). The shipped cases plan ~300; 10,000 runs is hours of CPU even for
 # toy models and a results file of gigabytes (every step of every run is kept), and planning
@@ -291,7 +292,10 @@ def env_flag(name: str) -> bool:
 def strict_mode(flag: bool = False) -> bool:
     """``--strict`` / ``--stability-strict``, or ``$STABILITY_BENCH_STRICT=1``: a case that
     cannot run here (its data missing; CUDA items skipped on a machine that has a GPU) is a
-    failure, not a skip. A malformed variable is a ValueError naming it."""
+    failure, not a skip. A malformed variable is a ValueError naming it — this one, or
+    ``$STABILITY_BENCH_OFFLINE`` (checked here too, so that a typo is one usage error
+    before anything runs rather than an error in the middle of preparing the data)."""
+    env_flag(OFFLINE_ENV)
     return flag or env_flag(STRICT_ENV)
 
 

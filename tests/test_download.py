@@ -294,3 +294,12 @@ def test_run_help_documents_exit_5(capsys):
         main(["run", "--help"])
     out = capsys.readouterr().out
     assert "* 5 — runs could not run here: their data is not on this machine" in out and "--strict" in out
+
+
+def test_a_malformed_offline_variable_is_one_usage_error_before_anything_runs(fresh, monkeypatch, capsys):
+    monkeypatch.setenv(cifar10.OFFLINE_ENV, "yes please")
+    cases = tiny_cases(Path("cases"), "tiny_a")
+    assert main(["run", str(cases)]) == 2
+    out, err = capsys.readouterr()
+    assert "STABILITY_BENCH_OFFLINE='yes please': expected 1 or 0" in err
+    assert "Traceback" not in out + err and "passed" not in out

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from stability_bench.orchestrate import OFFLINE_ENV, env_flag  # torch-free: yes/no variables parsed once
+
 __all__ = [
     "CIFAR10FormatError",
     "DataNotFoundError",
@@ -47,7 +49,6 @@ __all__ = [
 ENV_VAR = "STABILITY_BENCH_DATA"             # the one place searched (and fetched into) when set
 CACHE_ENV = "STABILITY_BENCH_CACHE"          # the cache folder (default: the platform's user cache)
 URL_ENV = "STABILITY_BENCH_CIFAR10_URL"      # another URL for the archive (a mirror; tests)
-OFFLINE_ENV = "STABILITY_BENCH_OFFLINE"      # 1: never download on first use
 BATCHES_DIR = "cifar-10-batches-py"
 NPZ_NAME = "cifar10-5k.npz"
 URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
@@ -322,8 +323,6 @@ def _no_auto_fetch(data_dir) -> str:
         return "the case names its data_dir, and only it is used"
     if os.environ.get(ENV_VAR):
         return f"{ENV_VAR} is set, and only it is used (`stability-bench data fetch` fetches into it)"
-    from stability_bench.orchestrate import env_flag  # torch-free; the one parser of yes/no variables
-
     if env_flag(OFFLINE_ENV):
         return f"{OFFLINE_ENV} is set"
     return ""
