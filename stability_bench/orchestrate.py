@@ -302,11 +302,15 @@ def strict_mode(flag: bool = False) -> bool:
 def hidden_gpu() -> str | None:
     """What shows that this machine has an NVIDIA GPU although torch sees no CUDA (a CPU
     build of torch, a missing driver library), or None. Only asked under strict mode, where
-    CUDA items skipped on such a machine fail instead of passing CI unchecked."""
+    CUDA items skipped on such a machine fail instead of passing CI unchecked. GPUs hidden
+    on purpose (``CUDA_VISIBLE_DEVICES`` set to "" or -1) count as none."""
     import glob
+    import os
     import shutil
     import subprocess
 
+    if os.environ.get("CUDA_VISIBLE_DEVICES", "unset").strip() in ("", "-1"):
+        return None
     found = sorted(glob.glob("/proc/driver/nvidia/gpus/*")) or sorted(glob.glob("/dev/nvidia[0-9]*"))
     if found:
         return f"{found[0]} exists"

@@ -330,6 +330,8 @@ def test_strict_run_fails_cuda_runs_skipped_on_a_machine_with_a_gpu(case_file, m
         out = capsys.readouterr().out
         line = [x for x in out.splitlines() if x.startswith("could not run here (strict)")]
         assert len(line) == 1 and path in line[0] and "nvidia-smi lists GPU 0" in line[0]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")          # the GPU hidden on purpose: a skip again
+    assert main(["run", path]) == 0
     monkeypatch.setenv("STABILITY_BENCH_STRICT", "perhaps")
     assert main(["run", path]) == 2
     assert "STABILITY_BENCH_STRICT='perhaps': expected 1 or 0" in capsys.readouterr().err
