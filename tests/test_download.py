@@ -12,6 +12,7 @@ import io
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -114,22 +115,34 @@ def test_a_damaged_fetched_copy_is_found_by_verify_and_replaced_by_fetch(server,
 
 
 FETCH = """
-import sys
+import os, sys, time
 from pathlib import Path
 from stability_bench.components import cifar10
+gate = Path(sys.argv[4])
+(gate / f"ready-{os.getpid()}").touch()        # imported: ready
+while not (gate / "go").exists():               # both start fetching at the same moment
+    time.sleep(0.005)
 print(cifar10.fetch_cifar10(Path(sys.argv[1]), url=sys.argv[2], md5=sys.argv[3]))
 """
 
 
 def test_two_processes_fetching_at_once_download_once_and_both_succeed(tmp_path):
-    # its own server: a slow body (about a second), so the second process asks mid-download
+    # its own server with a slow body (about a second); both processes, once imported, start
+    # at the same moment, so the second asks while the first downloads
     srv = cifar_archive.ArchiveServer(cifar_archive.build_archive(0), b"", delay_s=0.02)
     try:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+        gate = tmp_path / "gate"
+        gate.mkdir()
         args = [sys.executable, "-c", FETCH, str(tmp_path / "cache"), srv.url("/ok.tar.gz"),
-                cifar_archive.md5(srv.archive)]
+                cifar_archive.md5(srv.archive), str(gate)]
         procs = [subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                  for _ in range(2)]
+        deadline = time.monotonic() + 240
+        while len(list(gate.glob("ready-*"))) < 2 and time.monotonic() < deadline \
+                and all(p.poll() is None for p in procs):
+            time.sleep(0.01)
+        (gate / "go").touch()
         outs = [p.communicate(timeout=240) for p in procs]
     finally:
         srv.close()
