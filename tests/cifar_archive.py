@@ -31,8 +31,9 @@ def _batch(rng: np.random.Generator, label: bytes) -> bytes:
                          b"filenames": [b"img%d.png" % i for i in range(PER_BATCH)]}, protocol=2)
 
 
-def build_archive(seed: int = 0) -> bytes:
-    """The tar.gz bytes of a tiny release (``seed`` changes every pixel, so the MD5)."""
+def build_archive(seed: int = 0, outside: str | None = None) -> bytes:
+    """The tar.gz bytes of a tiny release (``seed`` changes every pixel, so the MD5);
+    ``outside``: the name of one more member, placed where a safe extraction refuses it."""
     rng = np.random.default_rng(seed)
     files = {f"data_batch_{i}": _batch(rng, b"training batch %d of 5" % i) for i in range(1, 6)}
     files["test_batch"] = _batch(rng, b"testing batch 1 of 1")
@@ -47,6 +48,10 @@ def build_archive(seed: int = 0) -> bytes:
             info = tarfile.TarInfo(f"{FOLDER}/{name}")
             info.size, info.mode, info.mtime = len(payload), 0o644, 0
             tar.addfile(info, io.BytesIO(payload))
+        if outside is not None:
+            info = tarfile.TarInfo(outside)
+            info.size, info.mode, info.mtime = 4, 0o644, 0
+            tar.addfile(info, io.BytesIO(b"evil"))
     return buffer.getvalue()
 
 

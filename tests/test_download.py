@@ -93,6 +93,25 @@ def test_a_bad_download_leaves_nothing_that_looks_valid(server, fresh, path, exp
         cifar10.find_cifar10()
 
 
+@pytest.mark.parametrize("body, expected", [
+    (lambda archive: archive[: len(archive) // 2], "could not be extracted"),   # the right MD5 of a broken tar
+    (lambda archive: cifar_archive.build_archive(0, outside="cifar-10-batches-py/../../escaped"),
+     "unexpected archive member"),
+])
+def test_an_archive_that_cannot_be_extracted_safely_leaves_nothing(fresh, tmp_path, body, expected):
+    """Past the checksum, extraction happens in a scratch folder: a broken archive, or one
+    with a member outside its folder, leaves no folder under the final name, nothing outside."""
+    payload = body(cifar_archive.build_archive(0))
+    srv = cifar_archive.ArchiveServer(payload, b"")
+    try:
+        with pytest.raises(DownloadError, match=expected):
+            cifar10.fetch_cifar10(url=srv.url("/ok.tar.gz"), md5=cifar_archive.md5(payload))
+    finally:
+        srv.close()
+    assert not (fresh / "cifar-10-batches-py").exists() and leftovers(fresh) == []
+    assert not (tmp_path / "escaped").exists() and not (fresh.parent / "escaped").exists()
+
+
 def test_server_down(fresh):
     url = cifar_archive.closed_port_url()
     with pytest.raises(DownloadError, match="cannot connect") as info:
