@@ -176,6 +176,7 @@ class RunFailed(Exception):
 
 
 STALE = "stability_bench_stale"   # user property of an item whose baseline is stale
+NO_DATA = "stability_bench_no_data"   # user property: why an item's data is not here (said once)
 
 
 class StaleBaseline(Exception):
@@ -196,7 +197,18 @@ def pytest_report_teststatus(report, config):
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
-    """Say why each stale item is stale (pytest lists only failures' reasons)."""
+    """Say why each stale item is stale (pytest lists only failures' reasons), and, once for
+    the session, why data was missing (each item's own reason is one line)."""
+    reasons: dict[str, list[str]] = {}
+    for outcome in ("skipped", "failed"):
+        for report in terminalreporter.stats.get(outcome, []):
+            for key, value in getattr(report, "user_properties", ()):
+                if key == NO_DATA:
+                    reasons.setdefault(value, []).append(report.nodeid)
+    for message, nodeids in reasons.items():
+        files = list(dict.fromkeys(nodeid.split("::", 1)[0] for nodeid in nodeids))
+        terminalreporter.section(f"data not available ({len(nodeids)} items of {', '.join(files)})", sep="=")
+        terminalreporter.line(message)
     stale = terminalreporter.stats.get("stale", [])
     if stale:
         terminalreporter.section("stale baselines (not regressions: re-record them)", sep="=")
@@ -293,10 +305,19 @@ class CaseItem(pytest.Item):
                           and not self.config.getoption("--stability-baseline-update"))
         report = runs.report(self.plan, self.name, self.parent.baselines() if check_baseline else None)
         if report.status == "missing_data":  # e.g. no CIFAR-10 here: skip, saying where it looked
+            cause = self.plan.missing_data.get(self.name)
+            if cause is None:  # missing at run time, not found by prepare_data: its own message
+                reason = report.failure.error
+            else:  # one line here; where it looked and how to get it, once in the summary
+                self.user_properties.append((NO_DATA, str(cause)))
+                first = str(cause).splitlines()[0].removesuffix(" Looked for:").rstrip(".")
+                hint = getattr(cause, "hint", "")
+                reason = (f"{self.spec.case.where(('data',))}: data: {first}"
+                          + (f" — {hint}" if hint else "") + " (details: the 'data not available' section)")
             if _strict(self.config):
-                pytest.fail(f"strict (--stability-strict, $STABILITY_BENCH_STRICT): data not available: "
-                            f"{report.failure.error}", pytrace=False)
-            pytest.skip(f"data not available: {report.failure.error}")
+                pytest.fail(f"strict (--stability-strict, $STABILITY_BENCH_STRICT): data not available: {reason}",
+                            pytrace=False)
+            pytest.skip(f"data not available: {reason}")
         if report.failure is not None:
             bundle = None
             if report.failure.kind in ("crash", "timeout") and self.name in self.plan.runs:

@@ -155,12 +155,18 @@ def test_missing_data_skips_the_item_with_a_located_reason(pytester, tmp_path, m
     empty = tmp_path / "no_data_here"
     empty.mkdir()
     monkeypatch.setenv("STABILITY_BENCH_DATA", str(empty))
-    write_cases(pytester, "cifar_tiny")
+    write_cases(pytester, "cifar_tiny", cifar_tiny_2=case_text("cifar_tiny").replace("name: cifar_tiny",
+                                                                                     "name: cifar_tiny_2"))
     result = run(pytester, "-rs")
-    result.assert_outcomes(skipped=1)
+    result.assert_outcomes(skipped=2)
     out = result.stdout.str()
     assert "data not available" in out
-    assert f"cifar_tiny.yaml:{line_of('cifar_tiny', 'data:')}" in out
+    assert f"cifar_tiny.yaml:{line_of('cifar_tiny', 'data:')}: data: CIFAR-10 not found — get CIFAR-10" in out
+    assert f"cifar_tiny_2.yaml:{line_of('cifar_tiny', 'data:')}: data: CIFAR-10 not found — get CIFAR-10" in out
+    # where it looked, and why nothing was downloaded: once for the session, not once per item
+    assert out.count("Looked for:") == 1 and out.count("Not downloaded: STABILITY_BENCH_DATA is set") == 1
+    header = re.search(r"data not available \(2 items of (.*)\)", out)
+    assert header and sorted(header.group(1).split(", ")) == ["cases/cifar_tiny.yaml", "cases/cifar_tiny_2.yaml"]
     assert str(empty) in out
     assert "Traceback" not in out and "runner.py" not in out
 
