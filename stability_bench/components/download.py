@@ -19,6 +19,7 @@ Standard library only (no new dependency).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import http.client
 import json
@@ -69,12 +70,13 @@ def file_lock(path: Path) -> Iterator[None]:
             import msvcrt
 
             handle.seek(0)
-            while True:  # LK_LOCK gives up after ~10 s: keep waiting like flock does
+            while True:  # LK_LOCK gives up after ~10 s (EDEADLOCK): keep waiting, as flock does
                 try:
                     msvcrt.locking(handle.fileno(), msvcrt.LK_LOCK, 1)
                     break
-                except OSError:
-                    continue
+                except OSError as exc:
+                    if exc.errno not in (errno.EDEADLOCK, errno.EACCES):
+                        raise
             try:
                 yield
             finally:
