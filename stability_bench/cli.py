@@ -1,23 +1,29 @@
-"""Command line: ``stability-bench run | baseline | validate | list | report | compare | init``.
+"""Command line: ``stability-bench run | baseline | validate | list | report | compare | init | data``.
 
 Exit codes of ``run`` (each reported as a paragraph, never a traceback):
 
 * 0 — every run finished and every expectation held;
 * 1 — an expectation failed;
 * 2 — bad input: a malformed case, an unknown optimizer, hyperparameters its constructor
-  refuses, more runs than ``--max-runs``, missing data, a run that could not be set up
-  (its model, data or optimizer raised while being built, whatever the exception), filters
-  that leave nothing to run, an unusable option or ``--json`` path;
+  refuses, more runs than ``--max-runs``, a run that could not be set up (its model, data
+  or optimizer raised while being built, whatever the exception), filters that leave
+  nothing to run, an unusable option or ``--json`` path;
 * 3 — a run crashed (the optimizer or model raised while training, from the first step
   on) or went past its case's ``timeout:``; the other runs still ran and are in ``--json``;
 * 4 — (``--baseline``) a baseline is stale: its case changed since it was recorded (the
   message names the keys and the command that re-records); nothing else failed;
+* 5 — runs could not run here: their data is not on this machine and could not be fetched
+  (one line names the case files and how to get the data; the reason is said once); with
+  ``--strict`` (or ``$STABILITY_BENCH_STRICT=1``) also CUDA runs skipped on a machine that
+  has a GPU torch cannot use; the other runs still ran;
 * 130, 143, 129 — interrupted by SIGINT (Ctrl-C), SIGTERM (a CI timeout, ``docker stop``)
   or SIGHUP: 128 + the signal's number; ``--json`` holds the runs that finished.
 
-When several of 1–4 apply, the first in the order 2, 3, 1, 4 wins; a stop signal wins over
-all. ``baseline`` exits 1 when an expectation is fragile under a one-ulp nudge (that file's
-baseline is not written).
+When several of 1–5 apply, the first in the order 2, 3, 1, 5, 4 wins; a stop signal wins
+over all. ``baseline`` exits 1 when an expectation is fragile under a one-ulp nudge (that
+file's baseline is not written), 3 when a run did not finish, 5 when its data is missing.
+``data fetch | verify | where`` exit 0 when the data is there (and intact), 5 when it is
+not (or cannot be fetched), 1 when ``verify`` finds it damaged.
 """
 from __future__ import annotations
 
@@ -29,6 +35,7 @@ from pathlib import Path
 from typing import Sequence
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CRASHED, EXIT_STALE, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+EXIT_NO_DATA = 5
 
 
 class UsageError(ValueError):
@@ -148,8 +155,8 @@ def _summary(report) -> str:
 
 def _exit_code(statuses: list[str]) -> int:
     """Bad input (a run that could not be set up) over a crash over a failed expectation."""
-    for status, code in (("setup", EXIT_BAD_INPUT), ("missing_data", EXIT_BAD_INPUT),
-                         ("crash", EXIT_CRASHED), ("timeout", EXIT_CRASHED), ("failed", EXIT_FAILED),
+    for status, code in (("setup", EXIT_BAD_INPUT), ("crash", EXIT_CRASHED), ("timeout", EXIT_CRASHED),
+                         ("failed", EXIT_FAILED), ("missing_data", EXIT_NO_DATA), ("unavailable", EXIT_NO_DATA),
                          ("stale", EXIT_STALE)):
         if status in statuses:
             return code
@@ -169,9 +176,30 @@ def _client(address: str | None):
         raise UsageError(f"--dask {address}: no Dask scheduler answers there ({exc})") from None
 
 
+def _strict(args: argparse.Namespace) -> bool:
+    """``--strict`` or ``$STABILITY_BENCH_STRICT=1`` (a malformed value: exit 2, naming it)."""
+    from stability_bench.orchestrate import strict_mode
+
+    try:
+        return strict_mode(getattr(args, "strict", False))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _case_file(report) -> str:
+    case = (report.spec if hasattr(report, "spec") else report.search).case
+    return str(case.source.file) if case.source.file is not None else case.name
+
+
+def _could_not_run(what: str, by_file: dict[str, list[str]], how: str) -> str:
+    """The one line naming the case files whose runs could not run here, and what to do."""
+    runs = sum(map(len, by_file.values()))
+    return (f"could not run here ({what}): {', '.join(by_file)} ({runs} run{'s' * (runs != 1)}) — {how}")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from stability_bench.orchestrate import Baselines, make_plan, run_plan
-    from stability_bench.orchestrate import report_entry
+    from stability_bench.orchestrate import CUDA_MISSING, cuda_skip_problem, prepare_data, report_entry
     from stability_bench.results import ResultsJournal
     from stability_bench.signals import StopSignals
 
@@ -181,6 +209,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         require_matplotlib()
     if args.jobs < 1:
         raise UsageError(f"--jobs must be at least 1, got {args.jobs}")
+    strict = _strict(args)
     signals = args.signals if getattr(args, "signals", None) is not None else StopSignals()
     cases = _load(args.cases, args.variant)
     _check_optimizer_filter(cases, args.optimizer)
@@ -200,12 +229,34 @@ def cmd_run(args: argparse.Namespace) -> int:
     reports = None
     progress = ProgressLine(total=len(plan.requested) + len(plan.searches))  # one tick per report
     collected, statuses = [], []
+    no_data: dict[str, dict[str, list[str]]] = {}   # hint → case file → runs (said in one line each)
+    hidden_gpu: dict[str, list[str]] = {}
     try:  # from the journal's opening on, FILE is written whatever ends the invocation
+        # Data first, once for the whole invocation (fetched on first use), before any run:
+        # why it is missing is said once here, not once per run.
+        missing = prepare_data(plan)
+        for message in dict.fromkeys(str(exc) for exc in missing.values()):
+            print(f"stability-bench: error: {message}", file=sys.stderr, flush=True)
+        gpu_problem = (cuda_skip_problem(CUDA_MISSING)
+                       if strict and CUDA_MISSING in plan.skipped.values() else None)
         reports = run_plan(plan, jobs=args.jobs, client=client, threads=args.threads, baselines=baselines,
                            progress=progress if args.jobs == 1 and client is None else None)
         for report in reports:
             progress.end()
-            statuses.append(report.status)
+            status = report.status
+            if gpu_problem is not None and report.skipped == CUDA_MISSING:  # strict: not a skip
+                status = "unavailable"
+                hidden_gpu.setdefault(_case_file(report), []).append(report.run_id)
+            statuses.append(status)
+            if report.run_id in missing:  # said once, above and in the summary line
+                hint = getattr(missing[report.run_id], "hint", None) or "see the error above"
+                no_data.setdefault(hint, {}).setdefault(_case_file(report), []).append(report.run_id)
+                if journal is not None:
+                    with signals.held():
+                        journal.append(report_entry(report))
+                progress.finished(report.run_id)
+                signals.check()
+                continue
             print(_summary(report), flush=True)
             for outcome in report.outcomes if args.verbose else report.failed_outcomes:
                 print(f"    {outcome.describe()}")
@@ -241,14 +292,19 @@ def cmd_run(args: argparse.Namespace) -> int:
             if client is not None:
                 client.close()
     counts = {s: statuses.count(s) for s in ("passed", "failed", "stale", "crash", "timeout", "setup",
-                                            "missing_data", "skipped")}
-    errors = counts["setup"] + counts["missing_data"]
+                                            "missing_data", "unavailable", "skipped")}
+    not_here = counts["missing_data"] + counts["unavailable"]
     print(f"{counts['passed']} passed, {counts['failed']} failed"
           + (f", {counts['stale']} stale (baseline recorded for another case definition)" if counts["stale"] else "")
           + (f", {counts['crash']} crashed" if counts["crash"] else "")
           + (f", {counts['timeout']} timed out" if counts["timeout"] else "")
-          + (f", {errors} could not start" if errors else "")
+          + (f", {counts['setup']} could not start" if counts["setup"] else "")
+          + (f", {not_here} could not run here" if not_here else "")
           + (f", {counts['skipped']} skipped" if counts["skipped"] else ""))
+    for hint, by_file in no_data.items():
+        print(_could_not_run("no data", by_file, hint))
+    if hidden_gpu:
+        print(_could_not_run("strict", hidden_gpu, gpu_problem))
     if args.report and collected:
         from stability_bench.reports.collect import report_runs
         from stability_bench.reports.html import write_report
@@ -383,6 +439,50 @@ def cmd_init(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_data(args: argparse.Namespace) -> int:
+    """``data fetch``: download and verify CIFAR-10 (nothing if an intact copy is there);
+    ``data verify``: check the copy a run would load; ``data where``: where it is, every
+    place searched, and where a fetch would go."""
+    from stability_bench.components import cifar10
+    from stability_bench.components.download import DownloadError
+
+    try:
+        if args.data_command == "where":
+            found, lines = cifar10.where_report()
+            print("\n".join(lines))
+            return EXIT_OK if found is not None else EXIT_NO_DATA
+        if args.data_command == "fetch":
+            target = Path(args.dir).expanduser().resolve() if args.dir else cifar10.fetch_target()
+            print(f"CIFAR-10: fetching {cifar10.archive_url()} into {target} (if not there already)", flush=True)
+            folder = cifar10.fetch_cifar10(target)
+            for line in cifar10.verify_cifar10(folder):
+                print(f"    {line}")
+            print(f"CIFAR-10: {folder}")
+            try:
+                used = cifar10.find_cifar10()
+            except cifar10.DataNotFoundError:
+                used = None
+            if used != folder:
+                print(f"note: runs load {used if used is not None else 'nothing found by the default search'} "
+                      f"(see `stability-bench data where`); pass data_dir, or set {cifar10.ENV_VAR}={target}, "
+                      f"to use this copy")
+            return EXIT_OK
+        path = cifar10.find_cifar10(args.path)  # verify
+        print(f"CIFAR-10: {path}")
+        for line in cifar10.verify_cifar10(path):
+            print(f"    {line}")
+        return EXIT_OK
+    except cifar10.DataNotFoundError as exc:
+        print(f"stability-bench: error: {exc}", file=sys.stderr)
+        return EXIT_NO_DATA
+    except DownloadError as exc:
+        print(f"stability-bench: error: {exc}\n{cifar10.offline_options()}", file=sys.stderr)
+        return EXIT_NO_DATA
+    except cifar10.CIFAR10FormatError as exc:
+        print(f"stability-bench: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
 def _max_runs(args: argparse.Namespace) -> int | None:
     """``--max-runs N`` (0: no limit), else the default limit."""
     from stability_bench.orchestrate import MAX_RUNS
@@ -408,6 +508,16 @@ def _check_optimizer_filter(cases: list, names: list[str] | None) -> None:
             + f" Their optimizers: {', '.join(known)}." for name in unknown))
 
 
+def _exit_codes_help() -> str:
+    """``run --help``'s epilog: the exit codes as this module's docstring states them."""
+    doc = __doc__ or ""   # python -OO drops docstrings
+    head = "Exit codes of ``run`` (each reported as a paragraph, never a traceback):\n"
+    if head not in doc:
+        return ""
+    codes = doc.split(head, 1)[1].split("\nWhen several", 1)[0].replace("``", "")
+    return f"exit codes:{codes}\nWhen several apply, the first of 2, 3, 1, 5, 4 wins; a stop signal wins over all."
+
+
 def build_parser() -> argparse.ArgumentParser:
     from stability_bench.orchestrate import MAX_RUNS
 
@@ -415,7 +525,9 @@ def build_parser() -> argparse.ArgumentParser:
                      f"the sweep sizes before any run is expanded")
     parser = argparse.ArgumentParser(prog="stability-bench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run cases and check their expectations")
+    run = sub.add_parser("run", help="run cases and check their expectations",
+                         formatter_class=argparse.RawDescriptionHelpFormatter,
+                         epilog=_exit_codes_help())
     run.add_argument("cases", nargs="*", help="case files or folders (default: cases/)")
     run.add_argument("--json", metavar="FILE", help="write every run's results to FILE (atomically)")
     run.add_argument("--device", action="append", help="only this device (repeatable)")
@@ -439,6 +551,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--triage-dir", metavar="DIR", help="where failed runs' triage bundles go "
                      "(default: $STABILITY_BENCH_TRIAGE, else ./triage)")
     run.add_argument("--no-triage", action="store_true", help="write no triage bundles")
+    run.add_argument("--strict", action="store_true", help="CUDA runs skipped on a machine that has a GPU "
+                     "torch cannot use fail too (exit 5), as runs without their data always do; also "
+                     "$STABILITY_BENCH_STRICT=1")
     run.set_defaults(func=cmd_run)
     report = sub.add_parser("report", help="figures and an HTML page from results files")
     report.add_argument("results", nargs="+", help="results files (stability-bench run --json FILE)")
@@ -488,6 +603,18 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--optimizer", required=True, metavar="CLASS", help="the optimizer to guard, by import "
                       "path: package.module:ClassName (or package.module.ClassName; torch.optim.NAME works too)")
     init.set_defaults(func=cmd_init)
+    data = sub.add_parser("data", help="CIFAR-10 on this machine: fetch it, verify it, say where it is "
+                          "(exit 0: there; 5: not there or not fetched; 1: damaged)")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    fetch = data_sub.add_parser("fetch", help="download the official release (MD5-checked, atomic, once "
+                                "under a lock) into $STABILITY_BENCH_DATA if set, else the cache folder "
+                                "($STABILITY_BENCH_CACHE, else ~/.cache/stability-bench)")
+    fetch.add_argument("--dir", metavar="DIR", help="fetch into DIR instead")
+    verify = data_sub.add_parser("verify", help="check the copy runs would load (by hash where one is "
+                                 "recorded, and by reading every file)")
+    verify.add_argument("path", nargs="?", help="a data folder or .npz file (default: the one runs find)")
+    data_sub.add_parser("where", help="where the data is, every place searched, and where a fetch goes")
+    data.set_defaults(func=cmd_data)
     return parser
 
 
@@ -527,7 +654,7 @@ def _main(argv: Sequence[str] | None, signals) -> int:
         return EXIT_BAD_INPUT
     except RunsFailed as exc:  # `baseline`: a run that did not finish leaves no baseline
         print(f"stability-bench: error: no baseline written:\n{exc}", file=sys.stderr)
-        return EXIT_CRASHED
+        return EXIT_NO_DATA if all(f.kind == "missing_data" for f in exc.failures) else EXIT_CRASHED
     except ImportError as exc:  # an optional extra (reports: matplotlib) is missing
         from stability_bench.reports import ReportDependencyError
 

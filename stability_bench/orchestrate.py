@@ -7,6 +7,8 @@ through here and only render what comes back.
   expectations compare with — with each run's dependencies, the critical-lr searches the
   cases declare, and what cannot run here (slow cases without ``--run-slow``, CUDA without
   a GPU) with the reason.
+* :func:`prepare_data`, before any run trains, makes sure each data set the plan reads is
+  here — fetching it once on first use — and marks the runs whose data cannot be had.
 * :class:`Executor` trains runs: in this process, in ``jobs`` worker processes, or on a
   Dask cluster. A run that raises is a :class:`RunFailure`, not an exception: the other
   runs go on. Each run gets its torch thread count from :mod:`stability_bench.threads`,
@@ -35,6 +37,8 @@ if TYPE_CHECKING:
 
 CUDA_MISSING = "CUDA is not available on this machine"
 SLOW = "slow: run it with --run-slow"
+STRICT_ENV = "STABILITY_BENCH_STRICT"   # 1: a shipped case that cannot run here is a failure
+OFFLINE_ENV = "STABILITY_BENCH_OFFLINE"  # 1: data is never downloaded on first use
 # The most runs one invocation plans (the CLI's --max-runs, pytest's --stability-max-runs,
 # make_plan's max_runs). The shipped cases plan ~300; 10,000 runs is hours of CPU even for
 # toy models and a results file of gigabytes (every step of every run is kept), and planning
@@ -54,6 +58,10 @@ class Plan:
     needs: dict[str, tuple[str, ...]] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)   # run or search id → why it cannot run here
     searches: dict[str, "SearchSpec"] = field(default_factory=dict)  # critical-lr searches, by id
+    # run or search id → why its data is not here (set by prepare_data; one exception object
+    # per data section, so a message can be said once for every run that shares it)
+    missing_data: dict[str, BaseException] = field(default_factory=dict)
+    prepared: bool = False
     _requested: set = field(default_factory=set, init=False, repr=False, compare=False)  # ``requested``, as a set
 
     def __post_init__(self) -> None:
@@ -72,12 +80,18 @@ class Plan:
         """Runs to train: the requested ones that can run here, and what they need."""
         wanted: dict[str, None] = {}
         for run_id in self.requested:
-            if run_id in self.skipped:
+            if run_id in self.skipped or run_id in self.missing_data:
                 continue
             for need in (*self.needs.get(run_id, ()), run_id):
-                if need not in self.skipped:
+                if need not in self.skipped and need not in self.missing_data:
                     wanted[need] = None
         return list(wanted)
+
+    def data_failure(self, key: str) -> "RunFailure":
+        """The failure of a run or search whose data :func:`prepare_data` could not find or
+        fetch, located at the case's ``data:`` key as a run's own set-up error would be."""
+        item = self.runs.get(key) or self.searches[key]
+        return RunFailure(key, "missing_data", f"{item.case.where(('data',))}: data: {self.missing_data[key]}")
 
 
 @dataclass(frozen=True)
@@ -263,6 +277,102 @@ def _expand(cases: list["Case"], devices, seeds, optimizers, searches: bool) -> 
                             search = SearchSpec(case, key, seed, device)
                             plan.searches[search.search_id] = search
     return plan
+
+
+def env_flag(name: str) -> bool:
+    """A yes/no environment variable: 1/true/yes/on or 0/false/no/off/unset; anything else
+    is a ValueError naming the variable (a typo must not silently mean "no")."""
+    import os
+
+    value = os.environ.get(name, "").strip().lower()
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    if value in ("1", "true", "yes", "on"):
+        return True
+    raise ValueError(f"{name}={os.environ[name]!r}: expected 1 or 0")
+
+
+def strict_mode(flag: bool = False) -> bool:
+    """``--strict`` / ``--stability-strict``, or ``$STABILITY_BENCH_STRICT=1``: a case that
+    cannot run here (its data missing; CUDA items skipped on a machine that has a GPU) is a
+    failure, not a skip. A malformed variable is a ValueError naming it — this one, or
+    ``$STABILITY_BENCH_OFFLINE`` (checked here too, so that a typo is one usage error
+    before anything runs rather than an error in the middle of preparing the data)."""
+    env_flag(OFFLINE_ENV)
+    return flag or env_flag(STRICT_ENV)
+
+
+def hidden_gpu() -> str | None:
+    """What shows that this machine has an NVIDIA GPU although torch sees no CUDA (a CPU
+    build of torch, a missing driver library), or None. Only asked under strict mode, where
+    CUDA items skipped on such a machine fail instead of passing CI unchecked. GPUs hidden
+    on purpose (``CUDA_VISIBLE_DEVICES`` set to "" or -1) count as none."""
+    import glob
+    import os
+    import shutil
+    import subprocess
+
+    if os.environ.get("CUDA_VISIBLE_DEVICES", "unset").strip() in ("", "-1"):
+        return None
+    found = sorted(glob.glob("/proc/driver/nvidia/gpus/*")) or sorted(glob.glob("/dev/nvidia[0-9]*"))
+    if found:
+        return f"{found[0]} exists"
+    if shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        gpus = [line for line in out.stdout.splitlines() if line.startswith("GPU ")]
+        if out.returncode == 0 and gpus:
+            return f"nvidia-smi lists {gpus[0].strip()}"
+    return None
+
+
+def cuda_skip_problem(reason: str | None) -> str | None:
+    """Under strict mode, why a run skipped for ``reason`` must fail: CUDA was missing to
+    torch, yet the machine has a GPU. None when the skip is fine."""
+    if reason != CUDA_MISSING:
+        return None
+    evidence = hidden_gpu()
+    if evidence is None:
+        return None
+    import torch
+
+    return (f"{CUDA_MISSING} to torch {torch.__version__}, yet this machine has a GPU ({evidence}): "
+            f"install a CUDA build of torch, or leave strict mode off ({STRICT_ENV}, --strict)")
+
+
+def prepare_data(plan: Plan) -> dict[str, BaseException]:
+    """Before any run trains (once per plan; again is a no-op): call each data section's
+    ``prepare`` hook — for ``cifar10``, find the data or fetch it on first use — once per
+    distinct section, and mark every run and search whose data cannot be had in
+    ``plan.missing_data``. Returns that mapping. Runs in the hot path never fetch."""
+    import json
+
+    from stability_bench.components.data import DATA
+
+    if plan.prepared:
+        return plan.missing_data
+    plan.prepared = True
+    sections: dict[str, list[str]] = {}
+    for key, item in [*plan.runs.items(), *plan.searches.items()]:
+        if key not in plan.skipped and isinstance(item.case.data, Mapping):
+            sections.setdefault(json.dumps(item.case.data, sort_keys=True, default=str), []).append(key)
+    for text, keys in sections.items():
+        section = json.loads(text)
+        try:
+            factory = DATA.get(section.get("kind"))
+        except Exception:  # an import-path kind that fails: the run's set-up reports it, located
+            continue
+        prepare = getattr(factory, "prepare", None)
+        if prepare is None:
+            continue
+        try:
+            prepare({k: v for k, v in section.items() if k != "kind"})
+        except FileNotFoundError as exc:
+            for key in keys:
+                plan.missing_data[key] = exc
+    return plan.missing_data
 
 
 # ------------------------------------------------------------------------ execution
@@ -534,7 +644,12 @@ def execute_plan(plan: Plan, jobs: int = 1, client: Any = None, threads: int | N
                  progress: Callable[[str, int, int, float], None] | None = None,
                  ) -> Iterator[tuple[str, "RunResult | RunFailure"]]:
     """Train the plan's runs (not its searches); yield ``(run_id, result or failure)`` as
-    each finishes (see :class:`Executor` for ``jobs``, ``client`` and ``threads``)."""
+    each finishes (see :class:`Executor` for ``jobs``, ``client`` and ``threads``). Runs
+    whose data :func:`prepare_data` could not have come first, as failures."""
+    prepare_data(plan)
+    for run_id in plan.requested:
+        if run_id in plan.missing_data and run_id not in plan.skipped:
+            yield run_id, plan.data_failure(run_id)
     with Executor(jobs, client, threads, progress) as executor:
         yield from executor.run({run_id: plan.runs[run_id] for run_id in plan.to_execute()})
 
@@ -624,6 +739,8 @@ def check(plan: Plan, run_id: str, finished: Finished, baselines: Baselines | No
     spec = plan.runs[run_id]
     if run_id in plan.skipped:
         return RunReport(spec=spec, skipped=plan.skipped[run_id])
+    if run_id in plan.missing_data:
+        return RunReport(spec=spec, failure=plan.data_failure(run_id))
     got = finished[run_id]
     if isinstance(got, RunFailure):
         return RunReport(spec=spec, failure=got)
@@ -667,6 +784,8 @@ class SearchDriver:
         for search_id, search in plan.searches.items():
             if search_id in plan.skipped:
                 self.reports.append(SearchReport(search=search, skipped=plan.skipped[search_id]))
+            elif search_id in plan.missing_data:
+                self.reports.append(SearchReport(search=search, failure=plan.data_failure(search_id)))
             else:
                 entry = specs(search.case)[search.optimizer]
                 self.live[search_id] = CriticalLrSearch(entry.lo, entry.hi, entry.rtol)
@@ -728,11 +847,13 @@ def run_plan(plan: Plan, jobs: int = 1, client: Any = None, threads: int | None 
     """Execute and check: yield each requested run's report as soon as it and its partners
     have finished (skipped ones first), and each critical-lr search's report when it ends.
     Runs and search probes share the executor: a search's next round is queued as soon as
-    its last probe finishes, beside the runs still waiting."""
+    its last probe finishes, beside the runs still waiting. Data is prepared first
+    (:func:`prepare_data`); runs without it are reported at once, as failures."""
+    prepare_data(plan)
     finished: dict[str, Any] = {}
-    waiting = [r for r in plan.requested if r not in plan.skipped]
+    waiting = [r for r in plan.requested if r not in plan.skipped and r not in plan.missing_data]
     for run_id in plan.requested:
-        if run_id in plan.skipped:
+        if run_id in plan.skipped or run_id in plan.missing_data:
             yield check(plan, run_id, finished)
     driver = SearchDriver(plan, baselines)
     yield from _drain(driver.reports)
@@ -797,7 +918,8 @@ def run_case(case: "Case | str | Mapping", devices: Iterable[str] | None = None,
     step_progress = None if progress is None else (lambda _id, done, total, loss: progress(done, total, loss))
     finished = dict(execute_plan(plan, jobs, client, threads, step_progress))
     results = [finished[r] for r in plan.requested if not isinstance(finished.get(r), (RunFailure, type(None)))]
-    failures = [finished[r] for r in plan.to_execute() if isinstance(finished.get(r), RunFailure)]
+    failures = [finished[r] for r in dict.fromkeys([*plan.requested, *plan.to_execute()])
+                if isinstance(finished.get(r), RunFailure)]
     kinds = {f.kind for f in failures}
     if kinds in ({"setup"}, {"missing_data"}):  # the case itself is at fault: say so as the runner does
         raise (MissingDataError if kinds == {"missing_data"} else RunSetupError)(failures[0].error)
@@ -858,6 +980,9 @@ def record_baselines(cases: Iterable["Case"], jobs: int = 1, client: Any = None,
 
     cases = list(cases)
     plan = make_plan(cases, run_slow=run_slow)
+    missing = prepare_data(plan)
+    if missing:  # no baseline from part of a case's runs
+        raise RunsFailed([plan.data_failure(next(iter(missing)))], [])
     nudged = {}
     for run_id in plan.to_execute():
         for nudge in NUDGES:

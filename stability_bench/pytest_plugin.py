@@ -16,7 +16,11 @@ trains once per session (per xdist worker; ``--dist loadfile`` keeps a case file
 together), and checking an item never trains. ``--stability-baseline`` also compares each
 item with the baseline beside its case file; ``--stability-baseline-update`` re-records
 those baselines after the session.
-``slow`` cases run with ``--run-slow``; CUDA items skip without a GPU, saying so.
+``slow`` cases run with ``--run-slow``; CUDA items skip without a GPU, saying so; items
+whose data is not here (and cannot be fetched on first use, before the file's first run
+trains) skip, saying where it was looked for and how to get it. ``--stability-strict`` (or
+``$STABILITY_BENCH_STRICT=1``) makes both failures, so CI cannot go green unchecked: an
+item without its data, and a CUDA item skipped on a machine that has a GPU torch cannot use.
 """
 from __future__ import annotations
 
@@ -39,6 +43,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--stability-baseline-update", action="store_true", default=False,
                     help="after the session, re-record the baseline of every case file whose items ran "
                          "(after an intended change; review the diff)")
+    group.addoption("--stability-strict", action="store_true", default=False,
+                    help="a case item that cannot run here fails instead of skipping: its data missing, "
+                         "a CUDA item on a machine with a GPU torch cannot use (also $STABILITY_BENCH_STRICT=1)")
     group.addoption("--stability-max-runs", type=int, default=None, metavar="N",
                     help="the most runs the session's case files plan (default 10,000; 0: no limit), "
                          "counted from the sweep sizes before any item is made")
@@ -51,6 +58,16 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: long-running; run with --run-slow")
     config.addinivalue_line("markers", "cuda: needs a CUDA device")
     _collect_cases_from_a_subdirectory(config)
+    from stability_bench.orchestrate import strict_mode   # torch-free
+
+    try:
+        config._stability_strict = strict_mode(config.getoption("--stability-strict"))
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
+def _strict(config: pytest.Config) -> bool:
+    return getattr(config, "_stability_strict", False)
 
 
 def _case_dirs(config: pytest.Config) -> list[Path]:
@@ -226,6 +243,7 @@ class RunFailed(Exception):
 
 
 STALE = "stability_bench_stale"   # user property of an item whose baseline is stale
+NO_DATA = "stability_bench_no_data"   # user property: why an item's data is not here (said once)
 
 
 class StaleBaseline(Exception):
@@ -246,7 +264,18 @@ def pytest_report_teststatus(report, config):
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
-    """Say why each stale item is stale (pytest lists only failures' reasons)."""
+    """Say why each stale item is stale (pytest lists only failures' reasons), and, once for
+    the session, why data was missing (each item's own reason is one line)."""
+    reasons: dict[str, list[str]] = {}
+    for outcome in ("skipped", "failed"):
+        for report in terminalreporter.stats.get(outcome, []):
+            for key, value in getattr(report, "user_properties", ()):
+                if key == NO_DATA:
+                    reasons.setdefault(value, []).append(report.nodeid)
+    for message, nodeids in reasons.items():
+        files = list(dict.fromkeys(nodeid.split("::", 1)[0] for nodeid in nodeids))
+        terminalreporter.section(f"data not available ({len(nodeids)} items of {', '.join(files)})", sep="=")
+        terminalreporter.line(message)
     stale = terminalreporter.stats.get("stale", [])
     if stale:
         terminalreporter.section("stale baselines (not regressions: re-record them)", sep="=")
@@ -273,9 +302,12 @@ class SessionRuns:
     def report(self, plan, name: str, baselines=None):
         """Train ``name`` (a run and its partners, once each; or a critical-lr search), then
         check it — the orchestrator's own check."""
-        from stability_bench.orchestrate import Executor, Plan, check, run_one, run_searches
+        from stability_bench.orchestrate import Executor, Plan, check, prepare_data, run_one, run_searches
 
+        prepare_data(plan)   # once per case file: data fetched on first use, before its first run
         if name in plan.searches:
+            if name in plan.missing_data:
+                return check_missing_search(plan, name)
             with Executor() as executor:
                 (report,) = run_searches(Plan(searches={name: plan.searches[name]}), executor, baselines)
             return report
@@ -283,6 +315,13 @@ class SessionRuns:
             if need not in self.finished and need not in plan.skipped:
                 self.finished[need] = run_one(plan.runs[need])
         return check(plan, name, self.finished, baselines)
+
+
+def check_missing_search(plan, name: str):
+    """The report of a critical-lr search whose data is not here (as the orchestrator makes it)."""
+    from stability_bench.orchestrate import SearchReport
+
+    return SearchReport(search=plan.searches[name], failure=plan.data_failure(name))
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
@@ -317,19 +356,35 @@ class CaseItem(pytest.Item):
         if self.spec.device.startswith("cuda"):
             import torch
 
-            from stability_bench.orchestrate import CUDA_MISSING
+            from stability_bench.orchestrate import CUDA_MISSING, cuda_skip_problem
 
             if not torch.cuda.is_available():
-                pytest.skip(CUDA_MISSING)
+                self.strict_problem = cuda_skip_problem(CUDA_MISSING) if _strict(self.config) else None
+                if self.strict_problem is None:
+                    pytest.skip(CUDA_MISSING)
 
     def runtest(self) -> None:
+        if getattr(self, "strict_problem", None) is not None:  # a failed item, not a set-up error
+            pytest.fail(f"strict (--stability-strict, $STABILITY_BENCH_STRICT): {self.strict_problem}", pytrace=False)
         runs = SessionRuns.of(self.session)
         runs.files[self.parent.path] = self.parent
         check_baseline = (self.config.getoption("--stability-baseline")
                           and not self.config.getoption("--stability-baseline-update"))
         report = runs.report(self.plan, self.name, self.parent.baselines() if check_baseline else None)
         if report.status == "missing_data":  # e.g. no CIFAR-10 here: skip, saying where it looked
-            pytest.skip(f"data not available: {report.failure.error}")
+            cause = self.plan.missing_data.get(self.name)
+            if cause is None:  # missing at run time, not found by prepare_data: its own message
+                reason = report.failure.error
+            else:  # one line here; where it looked and how to get it, once in the summary
+                self.user_properties.append((NO_DATA, str(cause)))
+                first = str(cause).splitlines()[0].removesuffix(" Looked for:").rstrip(".")
+                hint = getattr(cause, "hint", "")
+                reason = (f"{self.spec.case.where(('data',))}: data: {first}"
+                          + (f" — {hint}" if hint else "") + " (details: the 'data not available' section)")
+            if _strict(self.config):
+                pytest.fail(f"strict (--stability-strict, $STABILITY_BENCH_STRICT): data not available: {reason}",
+                            pytrace=False)
+            pytest.skip(f"data not available: {reason}")
         if report.failure is not None:
             bundle = None
             if report.failure.kind in ("crash", "timeout") and self.name in self.plan.runs:

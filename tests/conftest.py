@@ -60,3 +60,23 @@ def _triage_in_tmp(tmp_path_factory, monkeypatch):
     not ./triage (which CI uploads for real case failures)."""
     monkeypatch.setenv("STABILITY_BENCH_TRIAGE", str(tmp_path_factory.mktemp("triage")))
 
+
+
+@pytest.fixture(autouse=True)
+def _not_strict(monkeypatch):
+    """CI sets STABILITY_BENCH_STRICT=1 for the shipped cases; the tests (and the pytest
+    runs they start) check the default behaviour unless they set strict mode themselves."""
+    monkeypatch.delenv("STABILITY_BENCH_STRICT", raising=False)
+
+
+@pytest.fixture
+def gpu_path(tmp_path):
+    """A PATH whose ``nvidia-smi`` lists a GPU: the machine with a GPU that a CPU build of
+    torch cannot use, for strict mode's check (no such machine here; the detection itself,
+    PATH lookup and all, runs for real)."""
+    folder = tmp_path / "gpu-bin"
+    folder.mkdir()
+    script = folder / "nvidia-smi"
+    script.write_text("#!/bin/sh\necho 'GPU 0: NVIDIA H200 (UUID: GPU-0)'\n")
+    script.chmod(0o755)
+    return os.pathsep.join([str(folder), os.environ.get("PATH", "")])

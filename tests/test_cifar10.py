@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pickle
+import sys
 
 import numpy as np
 import pytest
@@ -101,10 +102,20 @@ def test_default_search_order(tmp_path, monkeypatch):
     monkeypatch.delenv(cifar10.ENV_VAR, raising=False)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(cifar10, "PROJECT_ROOT", tmp_path / "proj")
+    monkeypatch.setenv(cifar10.CACHE_ENV, str(tmp_path / "cache"))
     assert cifar10.default_search_paths() == [
         (tmp_path / p).resolve()
-        for p in ("data", "../shared/data", "proj/data", "proj/../shared/data")
+        for p in ("data", "../shared/data", "proj/data", "proj/../shared/data", "cache")  # the cache last
     ]
+
+
+def test_cache_folder_defaults_to_the_user_cache(tmp_path, monkeypatch):
+    monkeypatch.delenv(cifar10.CACHE_ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    if sys.platform.startswith("linux"):
+        assert cifar10.cache_dir() == tmp_path / "xdg" / "stability-bench"
+    monkeypatch.setenv(cifar10.CACHE_ENV, str(tmp_path / "mine"))
+    assert cifar10.cache_dir() == (tmp_path / "mine").resolve()
 
 
 def test_env_var_is_the_only_place_searched_when_set(tmp_path, monkeypatch):
@@ -120,6 +131,7 @@ def test_missing_data_lists_every_path(tmp_path, monkeypatch):
     monkeypatch.delenv(cifar10.ENV_VAR, raising=False)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(cifar10, "PROJECT_ROOT", None)  # don't find the real shared data
+    monkeypatch.setenv(cifar10.CACHE_ENV, str(tmp_path / "cache"))  # nor a fetched copy
     with pytest.raises(DataNotFoundError) as info:
         load_cifar10()
     msg = str(info.value)
@@ -192,3 +204,13 @@ def test_shared_subset(shared_npz):
     assert cifar10._load_raw.cache_info().hits == hits + 1  # served from memory, not disk
     np.testing.assert_array_equal(x, x2)
     np.testing.assert_array_equal(y, y2)
+
+
+def test_a_subset_reads_only_the_batches_it_lies_in(fake_release):
+    """The start-up a cached release costs: a 1000-image case reads data_batch_1 alone."""
+    root, x, _ = fake_release
+    (root / "cifar-10-batches-py" / "data_batch_2").write_bytes(b"not read")
+    xs, _ = load_cifar10(root, subset=N_PER_BATCH, standardize=False)
+    np.testing.assert_array_equal(xs, x[:N_PER_BATCH] / 255.0)
+    with pytest.raises(CIFAR10FormatError, match="data_batch_2"):
+        load_cifar10(root, subset=N_PER_BATCH + 1)

@@ -294,7 +294,7 @@ def test_progress_is_shown_on_a_terminal_only(case_file, monkeypatch, capsys):
 
 
 # --------------------------------------------------------------------------- data
-def test_missing_cifar_data_exits_2_naming_the_case_and_where_it_looked(case_file, tmp_path,
+def test_missing_cifar_data_exits_5_naming_the_case_and_where_it_looked(case_file, tmp_path,
                                                                         monkeypatch, capsys):
     empty = tmp_path / "empty_data"
     empty.mkdir()
@@ -302,11 +302,39 @@ def test_missing_cifar_data_exits_2_naming_the_case_and_where_it_looked(case_fil
     path = case_file(CIFAR)
     assert main(["validate", path]) == 0  # the case itself is fine
     capsys.readouterr()
-    assert main(["run", path]) == 2
+    assert main(["run", path]) == 5
     out, err = capsys.readouterr()
-    assert f"{path}:{CIFAR_DATA_LINE}" in err
-    assert str(empty) in err
+    assert f"could not run here (no data): {path} (1 run) — get CIFAR-10 with `stability-bench data fetch`" in out
+    assert err.count("CIFAR-10 not found") == 1 and str(empty) in err
+    assert "Not downloaded: STABILITY_BENCH_DATA is set" in err
     assert "Traceback" not in out + err
+    journal = tmp_path / "r.json"
+    assert main(["run", path, "--json", str(journal)]) == 5   # the results file says why, located
+    failures = [e for e in strict_json(journal).get("failures", [])]
+    assert failures and failures[0]["kind"] == "missing_data" and f"{path}:{CIFAR_DATA_LINE}" in failures[0]["error"]
+
+
+def test_strict_run_fails_cuda_runs_skipped_on_a_machine_with_a_gpu(case_file, monkeypatch, capsys, gpu_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here: the cuda runs run")
+    path = case_file(PASSING.replace("dtype: float64", "dtype: float64\ndevices: [cpu, cuda]"))
+    monkeypatch.setenv("PATH", gpu_path)
+    assert main(["run", path]) == 0                      # not strict: skipped, as before
+    capsys.readouterr()
+    for strict in (["--strict"], []):
+        if not strict:
+            monkeypatch.setenv("STABILITY_BENCH_STRICT", "1")
+        assert main(["run", path, *strict]) == 5
+        out = capsys.readouterr().out
+        line = [x for x in out.splitlines() if x.startswith("could not run here (strict)")]
+        assert len(line) == 1 and path in line[0] and "nvidia-smi lists GPU 0" in line[0]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")          # the GPU hidden on purpose: a skip again
+    assert main(["run", path]) == 0
+    monkeypatch.setenv("STABILITY_BENCH_STRICT", "perhaps")
+    assert main(["run", path]) == 2
+    assert "STABILITY_BENCH_STRICT='perhaps': expected 1 or 0" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------- console script

@@ -155,14 +155,61 @@ def test_missing_data_skips_the_item_with_a_located_reason(pytester, tmp_path, m
     empty = tmp_path / "no_data_here"
     empty.mkdir()
     monkeypatch.setenv("STABILITY_BENCH_DATA", str(empty))
-    write_cases(pytester, "cifar_tiny")
+    write_cases(pytester, "cifar_tiny", cifar_tiny_2=case_text("cifar_tiny").replace("name: cifar_tiny",
+                                                                                     "name: cifar_tiny_2"))
     result = run(pytester, "-rs")
-    result.assert_outcomes(skipped=1)
+    result.assert_outcomes(skipped=2)
     out = result.stdout.str()
     assert "data not available" in out
-    assert f"cifar_tiny.yaml:{line_of('cifar_tiny', 'data:')}" in out
+    assert f"cifar_tiny.yaml:{line_of('cifar_tiny', 'data:')}: data: CIFAR-10 not found — get CIFAR-10" in out
+    assert f"cifar_tiny_2.yaml:{line_of('cifar_tiny', 'data:')}: data: CIFAR-10 not found — get CIFAR-10" in out
+    # where it looked, and why nothing was downloaded: once for the session, not once per item
+    assert out.count("Looked for:") == 1 and out.count("Not downloaded: STABILITY_BENCH_DATA is set") == 1
+    header = re.search(r"data not available \(2 items of (.*)\)", out)
+    assert header and sorted(header.group(1).split(", ")) == ["cases/cifar_tiny.yaml", "cases/cifar_tiny_2.yaml"]
     assert str(empty) in out
     assert "Traceback" not in out and "runner.py" not in out
+
+
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_strict_mode_makes_missing_data_a_failure(pytester, tmp_path, monkeypatch, how):
+    """CI cannot go green without checking: the item that skips by default fails under
+    --stability-strict or STABILITY_BENCH_STRICT=1, with the same located reason."""
+    empty = tmp_path / "no_data_here"
+    empty.mkdir()
+    monkeypatch.setenv("STABILITY_BENCH_DATA", str(empty))
+    write_cases(pytester, "cifar_tiny")
+    if how == "env":
+        monkeypatch.setenv("STABILITY_BENCH_STRICT", "1")
+    result = run(pytester, *(["--stability-strict"] if how == "flag" else []))
+    result.assert_outcomes(failed=1)
+    out = result.stdout.str()
+    assert "strict" in out and "data not available" in out and str(empty) in out
+    assert f"cifar_tiny.yaml:{line_of('cifar_tiny', 'data:')}" in out
+    assert "Traceback" not in out
+
+
+def test_a_malformed_strict_variable_is_a_usage_error(pytester, monkeypatch):
+    write_cases(pytester, "quad_slow")
+    monkeypatch.setenv("STABILITY_BENCH_STRICT", "sometimes")
+    result = run(pytester, "--collect-only")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "STABILITY_BENCH_STRICT='sometimes': expected 1 or 0" in result.stderr.str()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA items run here: nothing skips")
+def test_strict_mode_fails_cuda_items_skipped_on_a_machine_with_a_gpu(pytester, monkeypatch, gpu_path):
+    from stability_bench.orchestrate import hidden_gpu
+
+    write_cases(pytester, "quad_cuda")
+    if hidden_gpu() is None:  # a machine without a GPU: skipping CUDA items is right, strict or not
+        run(pytester, "--stability-strict").assert_outcomes(skipped=1)
+    monkeypatch.setenv("PATH", gpu_path)
+    run(pytester).assert_outcomes(skipped=1)   # not strict: a skip, as before
+    result = run(pytester, "--stability-strict", "-rf")
+    result.assert_outcomes(failed=1)
+    out = result.stdout.str()
+    assert "CUDA is not available" in out and "GPU 0: NVIDIA H200" in out and "Traceback" not in out
 
 
 def test_only_marked_yaml_below_the_rootdir_cases_folder_is_collected(pytester):

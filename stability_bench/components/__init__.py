@@ -34,12 +34,16 @@ Count = Annotated[int, AtLeast(1)]  # a size: examples, features, widths
 
 
 def declares(*, targets: str | None = None, needs_targets: str | None = None,
-             check: Callable[[dict], list[tuple[str, str]]] | None = None):
+             check: Callable[[dict], list[tuple[str, str]]] | None = None,
+             prepare: Callable[[dict], None] | None = None):
     """Facts about a factory the schema checks across sections: the ``targets`` a data set
     gives (``"labels"`` or ``"real"``), the targets a loss ``needs_targets``, and ``check``,
-    a function of the section's parameters returning ``(key, problem)`` pairs."""
+    a function of the section's parameters returning ``(key, problem)`` pairs; and
+    ``prepare``, called with the section's parameters once per plan before any run trains
+    (a data set fetched on first use; ``FileNotFoundError`` when it cannot be had)."""
     def mark(factory):
         factory.targets, factory.needs_targets, factory.check = targets, needs_targets, check
+        factory.prepare = prepare
         return factory
 
     return mark

@@ -15,6 +15,12 @@ same index whichever source was found.
 
 There is never a silent substitute: if no data is found, :class:`DataNotFoundError`
 lists every path that was tried and how to get the data.
+
+Data on first use: :func:`ensure_cifar10` (called once per plan, before any run trains:
+:func:`stability_bench.orchestrate.prepare_data`) fetches the official archive into the
+cache folder when no copy is found in the default places (:mod:`.download`: MD5-checked,
+atomic, once under a file lock). Loading (:func:`load_cifar10`, in the hot path of a run)
+never touches the network.
 """
 from __future__ import annotations
 
@@ -25,19 +31,32 @@ from pathlib import Path
 
 import numpy as np
 
+from stability_bench.orchestrate import OFFLINE_ENV, env_flag  # torch-free: yes/no variables parsed once
+
 __all__ = [
     "CIFAR10FormatError",
     "DataNotFoundError",
     "ENV_VAR",
+    "cache_dir",
     "default_search_paths",
+    "ensure_cifar10",
+    "fetch_cifar10",
     "find_cifar10",
     "load_cifar10",
+    "verify_cifar10",
 ]
 
-ENV_VAR = "STABILITY_BENCH_DATA"
+ENV_VAR = "STABILITY_BENCH_DATA"             # the one place searched (and fetched into) when set
+CACHE_ENV = "STABILITY_BENCH_CACHE"          # the cache folder (default: the platform's user cache)
+URL_ENV = "STABILITY_BENCH_CIFAR10_URL"      # another URL for the archive (a mirror; tests)
 BATCHES_DIR = "cifar-10-batches-py"
 NPZ_NAME = "cifar10-5k.npz"
 URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
+ARCHIVE_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+# The MD5 published on the CIFAR page (URL) for cifar-10-python.tar.gz, the checksum the
+# download is verified against. No SHA-256 is published there, and none could be computed
+# here (no network), so none is claimed.
+ARCHIVE_MD5 = "c58f30108f718f92721af3b95e74349a"
 N_FEATURES = 3 * 32 * 32
 N_CLASSES = 10
 
@@ -50,14 +69,21 @@ PROJECT_ROOT: Path | None = Path(__file__).resolve().parents[2]
 class DataNotFoundError(FileNotFoundError):
     """No CIFAR-10 data at any searched path; the message lists them and how to fix it."""
 
-    def __init__(self, tried: list[Path], detail: str = ""):
-        self.tried = list(tried)
+    # One line on how to get the data, for summaries that name the files that lacked it.
+    hint = (f"get CIFAR-10 with `stability-bench data fetch`, or set {ENV_VAR} to a folder holding "
+            f"{BATCHES_DIR}/ or to a {NPZ_NAME} file (offline)")
+
+    def __init__(self, tried: list[Path], detail: str = "", download: str = ""):
+        self.tried, self.detail = list(tried), detail
         lines = [f"CIFAR-10 not found{': ' + detail if detail else ''}. Looked for:"]
         lines += [f"  {p}" for p in self.tried]
+        if download:
+            lines.append(download)
         lines.append(
             f"Download the official python release (cifar-10-python.tar.gz) from {URL} and "
             f"untar it into a data dir (giving <dir>/{BATCHES_DIR}/), then pass data_dir=<dir> "
-            f"or set {ENV_VAR}=<dir>; or point either at a {NPZ_NAME} file."
+            f"or set {ENV_VAR}=<dir>; or point either at a {NPZ_NAME} file. "
+            f"`stability-bench data fetch` downloads it into {cache_dir()}."
         )
         super().__init__("\n".join(lines))
 
@@ -69,17 +95,28 @@ class CIFAR10FormatError(ValueError):
     """A CIFAR-10 file exists but is corrupt or not laid out like the official release."""
 
 
+def cache_dir() -> Path:
+    """Where a fetched copy goes (and is looked for last): ``$STABILITY_BENCH_CACHE``, else
+    the platform's user cache folder (``$XDG_CACHE_HOME/stability-bench`` or
+    ``~/.cache/stability-bench`` on Linux)."""
+    from stability_bench.components.download import user_cache_dir
+
+    value = os.environ.get(CACHE_ENV)
+    return Path(value).expanduser().resolve() if value else user_cache_dir()
+
+
 def default_search_paths() -> list[Path]:
     """Where to look when no ``data_dir`` is given, in order, without duplicates.
 
     ``$STABILITY_BENCH_DATA`` alone when it is set (a wrong setting is an error, not a
     silent fall-back to other data); otherwise ``./data`` and ``../shared/data`` relative
-    to the current directory, then the same two relative to :data:`PROJECT_ROOT`.
+    to the current directory, then the same two relative to :data:`PROJECT_ROOT`, then the
+    cache folder (:func:`cache_dir`), where ``stability-bench data fetch`` puts it.
     """
     if os.environ.get(ENV_VAR):
         return [Path(os.environ[ENV_VAR]).expanduser().resolve()]
     bases = [Path.cwd()] + ([PROJECT_ROOT] if PROJECT_ROOT is not None else [])
-    paths = [base / rel for base in bases for rel in ("data", "../shared/data")]
+    paths = [base / rel for base in bases for rel in ("data", "../shared/data")] + [cache_dir()]
     unique: dict[Path, None] = {}
     for p in paths:
         unique.setdefault(p.resolve(), None)
@@ -197,10 +234,19 @@ def _stamp(path: Path) -> tuple[int, ...]:
 
 
 @functools.lru_cache(maxsize=8)
-def _load_raw(path: Path, split: str, stamp: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """Raw uint8 images (CHW-flattened) and int64 labels; read-only because they are cached."""
+def _load_raw(path: Path, split: str, stamp: tuple[int, ...],
+              subset: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Raw uint8 images (CHW-flattened) and int64 labels; read-only because they are cached.
+    From the official folder only the batches the first ``subset`` images lie in are read
+    (a 1000-image case reads data_batch_1, 31 MB, not all five: each worker process loads
+    its own copy, so this is the start-up a cached release costs)."""
     if path.is_dir():
-        parts = [_read_batch(p) for p in _batch_files(path, split)]
+        parts, count = [], 0
+        for file in _batch_files(path, split):
+            if subset is not None and count >= subset:
+                break
+            parts.append(_read_batch(file))
+            count += len(parts[-1][1])
         x, y = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
     else:
         x, y = _read_npz(path, split)
@@ -225,11 +271,11 @@ def load_cifar10(
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if subset is not None and (isinstance(subset, bool) or not isinstance(subset, (int, np.integer)) or subset < 1):
+        raise ValueError(f"subset must be a positive integer or None, got {subset!r}")
     path = find_cifar10(data_dir)
-    x_raw, y_raw = _load_raw(path, split, _stamp(path))
+    x_raw, y_raw = _load_raw(path, split, _stamp(path), None if subset is None else int(subset))
     if subset is not None:
-        if isinstance(subset, bool) or not isinstance(subset, (int, np.integer)) or subset < 1:
-            raise ValueError(f"subset must be a positive integer or None, got {subset!r}")
         if subset > len(x_raw):
             raise ValueError(f"subset={subset} but {path} holds only {len(x_raw)} {split} examples")
         x_raw, y_raw = x_raw[:subset], y_raw[:subset]
@@ -239,3 +285,150 @@ def load_cifar10(
         std[std == 0] = 1.0  # a constant feature stays 0 instead of becoming NaN
         x = (x - x.mean(axis=0)) / std
     return x, y_raw.copy()
+
+
+# ----------------------------------------------------------------- data on first use
+def archive_url() -> str:
+    """The archive's URL: ``$STABILITY_BENCH_CIFAR10_URL`` (a mirror, a test server), else
+    the official one."""
+    return os.environ.get(URL_ENV) or ARCHIVE_URL
+
+
+def fetch_target() -> Path:
+    """Where ``stability-bench data fetch`` puts the release: ``$STABILITY_BENCH_DATA``
+    when set (the one place then searched), else :func:`cache_dir`."""
+    value = os.environ.get(ENV_VAR)
+    if not value:
+        return cache_dir()
+    path = Path(value).expanduser().resolve()
+    if path.suffix == ".npz" or path.is_file():
+        raise DataNotFoundError([path], f"{ENV_VAR} names a file ({path}); the release is a folder: unset it, "
+                                        f"or point it at a folder to fetch into")
+    return path
+
+
+def fetch_cifar10(target: Path | None = None, *, url: str | None = None, md5: str = "",
+                  progress=None) -> Path:
+    """Download the official release into ``target`` (default :func:`fetch_target`) unless
+    an intact fetched copy is already there; the ``cifar-10-batches-py`` folder. Raises
+    :class:`~stability_bench.components.download.DownloadError` (URL, cause)."""
+    from stability_bench.components.download import fetch_archive
+
+    return fetch_archive(url or archive_url(), md5 or ARCHIVE_MD5, target or fetch_target(), BATCHES_DIR, progress)
+
+
+def _no_auto_fetch(data_dir) -> str:
+    """Why a missing data set is not downloaded on first use ('' when it is)."""
+    if data_dir is not None:
+        return "the case names its data_dir, and only it is used"
+    if os.environ.get(ENV_VAR):
+        return f"{ENV_VAR} is set, and only it is used (`stability-bench data fetch` fetches into it)"
+    if env_flag(OFFLINE_ENV):
+        return f"{OFFLINE_ENV} is set"
+    return ""
+
+
+# A failed download, by (URL, cache folder): asked again in the same process (the next case
+# file, the next plan), the same error comes back at once instead of a second attempt.
+_FAILED: dict[tuple[str, str], DataNotFoundError] = {}
+
+
+def offline_options() -> str:
+    return (f"Offline: put the 5k subset {NPZ_NAME} in ./data or ../shared/data (from the project root or "
+            f"the working directory), or set {ENV_VAR} to that file or to a folder holding {BATCHES_DIR}/; "
+            f"{OFFLINE_ENV}=1 skips the download attempt.")
+
+
+def ensure_cifar10(data_dir: str | os.PathLike | None = None, progress=None) -> Path:
+    """The data :func:`load_cifar10` will read, downloaded first if it is nowhere to be
+    found and may be fetched (no ``data_dir``, no ``$STABILITY_BENCH_DATA``, not
+    ``$STABILITY_BENCH_OFFLINE``). Called before runs start, never inside one. A failure
+    is a :class:`DataNotFoundError` naming the URL, the cache folder, every place searched
+    and the offline options; it is raised again, without a new attempt, for the rest of
+    the process."""
+    from stability_bench.components.download import DownloadError
+
+    try:
+        return find_cifar10(data_dir)
+    except DataNotFoundError as missing:
+        why_not = _no_auto_fetch(data_dir)
+        if why_not:
+            raise DataNotFoundError(missing.tried, missing.detail, f"Not downloaded: {why_not}.") from None
+        url, target = archive_url(), cache_dir()
+        key = (url, str(target))
+        if key not in _FAILED:
+            try:
+                fetch_cifar10(target, url=url, progress=progress)
+            except (DownloadError, OSError) as exc:
+                _FAILED[key] = DataNotFoundError(
+                    missing.tried, missing.detail,
+                    f"Downloading into the cache folder {target} failed: {exc}\n{offline_options()}")
+        if key in _FAILED:
+            raise _FAILED[key] from None
+    return find_cifar10(data_dir)
+
+
+def _sidecar_sha256(path: Path) -> str | None:
+    """The SHA-256 in ``<file>.sha256`` beside ``path`` (``sha256sum`` format), if any."""
+    sidecar = path.with_name(path.name + ".sha256")
+    if not sidecar.is_file():
+        return None
+    words = sidecar.read_text().split()
+    return words[0].lower() if words else ""
+
+
+def verify_cifar10(path: Path) -> list[str]:
+    """Check the data at ``path`` (what :func:`find_cifar10` returns) the way a run would
+    read it, and by hash where a reference exists: a fetched folder against its manifest,
+    an ``.npz`` against the ``.sha256`` file beside it. Lines saying what was checked;
+    :class:`CIFAR10FormatError` naming the first problem."""
+    from stability_bench.components.download import MANIFEST, check_manifest, file_digest
+
+    lines = []
+    if path.is_dir():
+        if (path / MANIFEST).is_file():
+            problems = check_manifest(path)
+            if problems:
+                raise CIFAR10FormatError("; ".join(problems) + " — `stability-bench data fetch` fetches it again")
+            lines.append(f"every file matches the SHA-256 recorded when it was fetched ({path / MANIFEST})")
+        else:
+            lines.append(f"no {MANIFEST}: fetched by hand, so its files are checked by reading them only")
+        counts = {split: sum(len(_read_batch(p)[1]) for p in _batch_files(path, split))
+                  for split in ("train", "test")}
+    else:
+        expected = _sidecar_sha256(path)
+        if expected is not None:
+            actual = file_digest(path)
+            if actual != expected:
+                raise CIFAR10FormatError(f"{path}: SHA-256 {actual}, but {path.name}.sha256 says {expected}")
+            lines.append(f"SHA-256 matches {path.name}.sha256")
+        counts = {split: len(_read_npz(path, split)[1]) for split in ("train", "test")}
+    lines.append(f"readable: {counts['train']:,} training and {counts['test']:,} test images")
+    return lines
+
+
+def where_report() -> tuple[Path | None, list[str]]:
+    """(the data a run would load or None, lines saying where it was looked for, where a
+    fetch goes and from where): ``stability-bench data where``."""
+    try:
+        found = find_cifar10()
+    except DataNotFoundError:
+        found = None
+    places = default_search_paths()
+    lines = [f"CIFAR-10: {found}" if found is not None else "CIFAR-10: not found"]
+    lines.append(f"searched, in order{f' ({ENV_VAR} is set: only it)' if os.environ.get(ENV_VAR) else ''}, "
+                 f"each for the data itself, a {BATCHES_DIR}/ folder in it, or {NPZ_NAME} in it:")
+    lines += [f"  {place}" for place in places]
+    lines.append(f"cache folder ({CACHE_ENV}, else the user cache): {cache_dir()}")
+    try:
+        target = str(fetch_target())
+    except DataNotFoundError as exc:
+        target = f"none: {exc.detail}"
+    lines.append(f"`stability-bench data fetch` downloads {archive_url()} (MD5 {ARCHIVE_MD5}) into {target}")
+    try:
+        reason = _no_auto_fetch(None)
+    except ValueError as exc:  # a malformed $STABILITY_BENCH_OFFLINE
+        reason = str(exc)
+    lines.append("a run with no data fetches it first" + (f": no, {reason}" if reason else ": yes, into the cache folder"))
+    return found, lines
+

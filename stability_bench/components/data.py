@@ -93,13 +93,21 @@ def _cifar10_check(params: dict) -> list[tuple[str, str]]:
     return []
 
 
+def _cifar10_prepare(params: dict) -> None:
+    """Before the runs: fetch CIFAR-10 on first use (never inside a run)."""
+    from stability_bench.components.cifar10 import ensure_cifar10
+
+    ensure_cifar10(params.get("data_dir"))
+
+
 @DATA.register("cifar10")
-@declares(targets="labels", check=_cifar10_check)
+@declares(targets="labels", check=_cifar10_check, prepare=_cifar10_prepare)
 def cifar10(ctx: BuildContext, *, subset: Count | None = None, split: Literal["train", "test"] = "train",
             data_dir: str | None = None, standardize: bool = True) -> TensorData:
     """CIFAR-10, flattened (CHW order), scaled to [0, 1], centred and divided by the
     per-feature std. Reads the official ``cifar-10-batches-py`` release or the offline
-    ``cifar10-5k.npz``; a missing data set is an error that says where it looked."""
+    ``cifar10-5k.npz``; a missing data set is an error that says where it looked. Fetched
+    on first use before the runs start (``prepare``), never here."""
     from stability_bench.components.cifar10 import load_cifar10
 
     x, y = load_cifar10(data_dir, subset=subset, split=split, standardize=standardize)
