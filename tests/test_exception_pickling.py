@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from stability_bench.components.cifar10 import DataNotFoundError
 from stability_bench.orchestrate import RunFailure, RunsFailed
 from stability_bench.registry import UnknownNameError
 from stability_bench.schema import CaseError, load_case
@@ -26,7 +27,8 @@ def _case_error() -> CaseError:
     _case_error,
     lambda: UnknownNameError("model", "mpl", ["mlp", "quadratic"]),
     lambda: RunsFailed([RunFailure("c::adam-seed0-cpu", "crash", "ValueError: boom")], []),
-], ids=["CaseError", "UnknownNameError", "RunsFailed"])
+    lambda: DataNotFoundError([Path("/nowhere/cifar-10-batches-py")], "offline", "download refused"),
+], ids=["CaseError", "UnknownNameError", "RunsFailed", "DataNotFoundError"])
 def test_an_exception_pickled_and_unpickled_says_the_same(make):
     error = make()
     again = pickle.loads(pickle.dumps(error))

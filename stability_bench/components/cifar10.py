@@ -74,7 +74,7 @@ class DataNotFoundError(FileNotFoundError):
             f"{BATCHES_DIR}/ or to a {NPZ_NAME} file (offline)")
 
     def __init__(self, tried: list[Path], detail: str = "", download: str = ""):
-        self.tried, self.detail = list(tried), detail
+        self.tried, self.detail, self.download = list(tried), detail, download
         lines = [f"CIFAR-10 not found{': ' + detail if detail else ''}. Looked for:"]
         lines += [f"  {p}" for p in self.tried]
         if download:
@@ -89,6 +89,9 @@ class DataNotFoundError(FileNotFoundError):
 
     def __str__(self) -> str:  # OSError would otherwise format (errno, strerror)
         return self.args[0]
+
+    def __reduce__(self):  # rebuilt from its fields in another process (worker pools pickle it)
+        return type(self), (self.tried, self.detail, self.download)
 
 
 class CIFAR10FormatError(ValueError):
