@@ -29,6 +29,8 @@ import traceback
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
+from stability_bench.settings import OFFLINE_ENV, STRICT_ENV, env_flag  # noqa: F401 (re-exported)
+
 if TYPE_CHECKING:
     from stability_bench.critical_lr import CriticalLr
     from stability_bench.results import RunResult
@@ -37,8 +39,6 @@ if TYPE_CHECKING:
 
 CUDA_MISSING = "CUDA is not available on this machine"
 SLOW = "slow: run it with --run-slow"
-STRICT_ENV = "STABILITY_BENCH_STRICT"   # 1: a shipped case that cannot run here is a failure
-OFFLINE_ENV = "STABILITY_BENCH_OFFLINE"  # 1: data is never downloaded on first use
 # The most runs one invocation plans (the CLI's --max-runs, pytest's --stability-max-runs,
 # make_plan's max_runs). The shipped cases plan ~300; 10,000 runs is hours of CPU even for
 # toy models and a results file of gigabytes (every step of every run is kept), and planning
@@ -277,19 +277,6 @@ def _expand(cases: list["Case"], devices, seeds, optimizers, searches: bool) -> 
                             search = SearchSpec(case, key, seed, device)
                             plan.searches[search.search_id] = search
     return plan
-
-
-def env_flag(name: str) -> bool:
-    """A yes/no environment variable: 1/true/yes/on or 0/false/no/off/unset; anything else
-    is a ValueError naming the variable (a typo must not silently mean "no")."""
-    import os
-
-    value = os.environ.get(name, "").strip().lower()
-    if value in ("", "0", "false", "no", "off"):
-        return False
-    if value in ("1", "true", "yes", "on"):
-        return True
-    raise ValueError(f"{name}={os.environ[name]!r}: expected 1 or 0")
 
 
 def strict_mode(flag: bool = False) -> bool:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stability_bench.orchestrate import OFFLINE_ENV, env_flag  # torch-free: yes/no variables parsed once
+from stability_bench.settings import OFFLINE_ENV, env_flag
 
 __all__ = [
     "CIFAR10FormatError",
