@@ -215,10 +215,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                 from stability_bench.reports.triage import triage_or_reason
 
                 print(f"    triage bundle: {triage_or_reason(report.spec, report.result, report.outcomes, args.triage_dir)}")
-            if report.result is not None:
-                collected.append((report.result, report.outcomes))
-            if journal is not None and report.skipped is None:
-                entry = report_entry(report)
+            entry = report_entry(report) if report.skipped is None else None
+            if args.report and entry is not None:
+                collected.append(entry)
+            if journal is not None and entry is not None:
                 with signals.held():  # a journal line is written whole
                     journal.append(entry)
             progress.finished(report.run_id)
@@ -242,10 +242,14 @@ def cmd_run(args: argparse.Namespace) -> int:
           + (f", {errors} could not start" if errors else "")
           + (f", {counts['skipped']} skipped" if counts["skipped"] else ""))
     if args.report and collected:
-        from stability_bench.reports.collect import report_runs
+        from stability_bench.reports.collect import report_data
         from stability_bench.reports.html import write_report
+        from stability_bench.results import environment
 
-        report = write_report(report_runs(collected, {c.name: c for c in cases}), args.report)
+        data = report_data([e for e in collected if "run_id" in e], [e["failure"] for e in collected if "failure" in e],
+                           [e["search"] for e in collected if "search" in e], environment(),
+                           {c.name: c for c in cases})
+        report = write_report(data, args.report)
         print(f"report: {report.html} ({len(report.figures)} figures)")
     return _exit_code(statuses)
 
