@@ -134,7 +134,7 @@ class Anchors:
 # exactly as wide as the page (a 1280-px window), however long a run id or a message.
 RUN_COLUMNS = (("run", 11), ("optimizer", 5), ("hyperparameters", 9), ("seed", 3), ("device", 4), ("dtype", 5),
                ("steps", 4), ("status", 6), *((m.replace("_", " "), 3.5) for m in METRIC_COLUMNS),
-               ("expectations", 12.5), ("baseline", 12.5), ("verdict", 5))
+               ("expectations", 12), ("baseline", 12), ("verdict", 4.5))
 
 
 def _case_table(runs: list[ReportRun], anchor: Anchors) -> str:
