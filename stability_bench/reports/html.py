@@ -132,9 +132,9 @@ class Anchors:
 
 # Column widths of the run table: with table-layout fixed and wrapping anywhere it is
 # exactly as wide as the page (a 1280-px window), however long a run id or a message.
-RUN_COLUMNS = (("run", 11), ("optimizer", 5), ("hyperparameters", 9), ("seed", 3), ("device", 4), ("dtype", 5),
-               ("steps", 4), ("status", 6), *((m.replace("_", " "), 3.5) for m in METRIC_COLUMNS),
-               ("expectations", 12), ("baseline", 12), ("verdict", 4.5))
+RUN_COLUMNS = (("run", 10), ("optimizer", 5), ("hyperparameters", 8), ("seed", 2.5), ("device", 3.5),
+               ("dtype", 4.5), ("steps", 3.5), ("status", 5.5), *((m.replace("_", " "), 4.5) for m in METRIC_COLUMNS),
+               ("expectations", 11), ("baseline", 11), ("verdict", 4))
 
 
 def _case_table(runs: list[ReportRun], anchor: Anchors) -> str:
@@ -250,7 +250,7 @@ h1{font-size:1.5em}h2{font-size:1.2em;margin-top:2em;border-bottom:1px solid #cc
 table{border-collapse:collapse;font-size:0.8em;margin:0.6em 0}
 table.runs,table.critical-lr,table.unfinished{table-layout:fixed;width:100%}
 th,td{border:1px solid #ddd;padding:3px 5px;vertical-align:top;text-align:left;overflow-wrap:anywhere}
-th{background:#f4f4f4}tr.failed td{background:#fff3f3}tr.stale td{background:#fffbe6}
+th{background:#f4f4f4;overflow-wrap:break-word;hyphens:auto}tr.failed td{background:#fff3f3}tr.stale td{background:#fffbe6}
 .ok{color:#17702b;font-weight:600}.bad{color:#b00020;font-weight:600}.none{color:#777}
 .stale{color:#8a6100;font-weight:600}
 #failures li{margin:0.2em 0}:target td{outline:2px solid #b00020}
