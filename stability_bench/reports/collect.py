@@ -1,9 +1,12 @@
-"""What reports read: runs with their checked expectations, grouped for plotting.
+"""What reports read: runs with their checked expectations and baseline findings, the
+critical-lr searches and the runs that did not finish, grouped for plotting.
 
 A :class:`ReportRun` is one :class:`~stability_bench.results.RunResult` with the outcomes of
-its expectations (as the dicts a results file holds) and the spike detector settings of its
-case. Results files written by ``stability-bench run --json`` are read here keeping the
-expectations (``results.read_results`` returns the runs alone).
+its expectations and its baseline findings (as the dicts a results file holds), the spike
+detector settings of its case and the case file's source (git commit, dirty flag) recorded
+when it ran. :func:`report_data` builds a :class:`ReportData` from results-file entries, so
+``stability-bench run --report`` and ``stability-bench report FILE`` show the same thing.
+Reports only render: nothing here trains or checks.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Figures of a case's runs (matplotlib, Agg; PNG and SVG).
 
-Three kinds, each a function returning a matplotlib ``Figure`` (or None when it has nothing
+Four kinds, each a function returning a matplotlib ``Figure`` (or None when it has nothing
 to show) and saved by :func:`case_figures`:
 
 ``training`` — panels stacked over the step axis, one colour per optimizer entry and sweep
@@ -9,16 +9,21 @@ to show) and saved by :func:`case_figures`:
   panel for each probe group some run of the case recorded (:data:`PROBE_GROUPS`, in that
   order): λ₁(P⁻¹H), λ₁(H), directional curvature, median g²/v, fraction of g²/v below its
   cut-off, gradient alignment. The stability threshold is dashed in the curvature panels
-  (Cohen et al. 2022, Fig. 1, 3, 8). Panels = 2 + the number of groups present.
-``spikes`` — a zoom on the first spikes of one run (Fig. 9 of Cohen et al. 2022; Xiong et
-  al. 2025): one column per spike (at most ``max_spikes``), rows: loss, gradient norm, then
-  the probe groups that run recorded; the onset is a red vertical line. Only for a case
-  with a spike. Panels = columns × rows.
+  (Cohen et al. 2022, Fig. 1, 3, 8), whose axis is logarithmic when the values span more
+  than a decade (``symlog`` when some are negative). Last, the learning rate when a run's
+  changed during training (a ``schedule:``). Panels = 2 + the groups present (+ 1).
+``spikes`` — a zoom on the largest spikes over all the case's runs, every seed and sweep
+  point (Fig. 9 of Cohen et al. 2022; Xiong et al. 2025): one column per spike (at most
+  ``max_spikes``), rows: loss, gradient norm, then the probe groups those runs recorded; the
+  onset is a red vertical line. Only for a case with a spike. Panels = columns × rows.
 ``sweep`` — the final loss against each swept hyperparameter (Fig. 2: which η diverged):
   one panel per (optimizer class, numeric hyperparameter) that takes two or more values
   among runs whose other hyperparameters are equal; diverged runs are red ✕, runs theory
   says must diverge get a red ring, and the critical value where the threshold meets the
   known sharpness is a dashed line. Only for a case with a sweep.
+``critical_lr`` — each critical-lr search of the case, per seed and device: its probes'
+  learning rates (stable dots, diverged ✕), the edge interval and the critical lr, on a log
+  axis. Only for a case with searches.
 
 Every saved file records its panel count (``len(fig.axes)``): PNG text chunk
 ``stability-bench:panels``, SVG ``<dc:description>`` ``panels=N``.
