@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from stability_bench.baseline import FAILED_STATUSES
 from stability_bench.metrics import SpikeConfig
 from stability_bench.results import FORMAT, RunResult
 
 
-FAILED_FINDINGS = ("outside", "missing")   # baseline.Finding.failed, for findings read back as dicts
+FAILED_FINDINGS = FAILED_STATUSES   # baseline.Finding.failed, for findings read back as dicts
 
 
 def _verdict(outcomes: list[dict], findings: list[dict]) -> str | None:
