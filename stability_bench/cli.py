@@ -459,10 +459,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, process: bool = False) -> int:
     """Run one command; its exit code. SIGINT, SIGTERM and SIGHUP end any command alike
     (:mod:`stability_bench.signals`): ``run`` writes its ``--json`` file from the runs that
-    finished, and the exit code is 128 + the signal's number (130, 143, 129)."""
+    finished, and the exit code is 128 + the signal's number (130, 143, 129). ``process``:
+    this is the process's own command (:func:`entry`), which exits right after; the stop
+    signals stay ignored once the code is decided instead of being restored."""
     from stability_bench.signals import StopSignals, exit_code, signal_name
 
     with StopSignals() as signals:  # first: a signal while torch imports is handled too
@@ -474,8 +476,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if code is None or signals.signum is not None:
             signum = signals.signum or signal.SIGINT
             print(f"stability-bench: interrupted ({signal_name(signum)})", file=sys.stderr)
-            return exit_code(signum)
+            code = exit_code(signum)
+        if process:
+            signals.ignore_from_now()
         return code
+
+
+def entry() -> None:
+    """The ``stability-bench`` command and ``python -m stability_bench.cli``: :func:`main`,
+    then exit with its code; a stop signal after the code is decided (the interpreter's
+    teardown) cannot turn it into a death by the signal."""
+    sys.exit(main(process=True))
 
 
 def _main(argv: Sequence[str] | None, signals) -> int:
@@ -506,4 +517,4 @@ def _main(argv: Sequence[str] | None, signals) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
