@@ -12,11 +12,17 @@ results file written / already exited); after it ends, its exit code, whether it
 ``--json`` file is complete JSON, and how many runs it holds.
 
 Printed: one line per trial, then per state the exit codes seen. What the harness promises
-(``stability_bench.signals``, ``cli.main``): 128 + the signal's number wherever it lands once
-``cli.main`` has installed its handler, the file holding exactly the runs that finished;
-before that (the first ~50 ms: the interpreter and ``import stability_bench.cli``) Python's
-own default applies (SIGINT: a KeyboardInterrupt traceback and death by the signal,
-``-2`` here, 130 in a shell).
+(``stability_bench.signals``, ``cli.main`` / ``cli.entry``): 128 + the signal's number
+wherever it lands from the moment ``cli.main`` installs its handler until the exit code is
+decided, the file holding exactly the runs that finished; after that (the interpreter's
+teardown) the code decided. Before the handler exists (the first ~0.1 s: the interpreter
+and ``import stability_bench.cli``) Python's own default applies: SIGINT gives a
+KeyboardInterrupt traceback and exit 1 inside ``python -m``'s import, else death by SIGINT
+(``-2`` here, 130 in a shell).
+
+Found with it (30 trials, ``--jobs 1``, before ``cli.entry``): 8 signals that landed after
+the results file was written killed the process (``-2``): Python resets its handlers to the
+default during the interpreter's teardown, which takes about a second with torch loaded.
 """
 from __future__ import annotations
 

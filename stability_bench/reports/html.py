@@ -77,8 +77,10 @@ def _finding(f: Mapping[str, Any]) -> str:
     status = f.get("status")
     if status == "stale":
         changed = ", ".join(map(str, f.get("changed") or [])) or "the case"
+        rerecord = str(f.get("message", "")).partition("re-record: ")[2]
         return (f'<div class="stale" title="{_e(f.get("message", ""))}">baseline stale ({_e(changed)} changed '
-                f"since it was recorded): not compared</div>")
+                f"since it was recorded): not compared" + (f"; re-record: <code>{_e(rerecord)}</code>" if rerecord else "")
+                + "</div>")
     mark = {"inside": '<span class="ok">✓</span>', "outside": '<span class="bad">✗ OUTSIDE</span>',
             "missing": '<span class="bad">✗ NO BASELINE</span>'}.get(status, f'<span class="none">{_e(status)}</span>')
     moved = f" ({_e(f['direction'])})" if f.get("direction") else ""
