@@ -444,6 +444,9 @@ def read_baseline(path: str | Path) -> dict:
 
 
 # ------------------------------------------------------------------------------- check
+FAILED_STATUSES = ("outside", "missing")   # a finding with one of these fails its run
+
+
 @dataclass
 class Finding:
     """One figure of one run against its baseline: "inside" its band, "outside" it,
@@ -463,7 +466,7 @@ class Finding:
 
     @property
     def failed(self) -> bool:
-        return self.status in ("outside", "missing")
+        return self.status in FAILED_STATUSES
 
     @property
     def stale(self) -> bool:

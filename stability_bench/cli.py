@@ -274,10 +274,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                 from stability_bench.reports.triage import triage_or_reason
 
                 print(f"    triage bundle: {triage_or_reason(report.spec, report.result, report.outcomes, args.triage_dir)}")
-            if report.result is not None:
-                collected.append((report.result, report.outcomes))
-            if journal is not None and report.skipped is None:
-                entry = report_entry(report)
+            entry = report_entry(report) if report.skipped is None else None
+            if args.report and entry is not None:
+                collected.append(entry)
+            if journal is not None and entry is not None:
                 with signals.held():  # a journal line is written whole
                     journal.append(entry)
             progress.finished(report.run_id)
@@ -306,10 +306,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     if hidden_gpu:
         print(_could_not_run("strict", hidden_gpu, gpu_problem))
     if args.report and collected:
-        from stability_bench.reports.collect import report_runs
+        from stability_bench.reports.collect import report_data
         from stability_bench.reports.html import write_report
+        from stability_bench.results import environment
 
-        report = write_report(report_runs(collected, {c.name: c for c in cases}), args.report)
+        data = report_data([e for e in collected if "run_id" in e], [e["failure"] for e in collected if "failure" in e],
+                           [e["search"] for e in collected if "search" in e], environment(),
+                           {c.name: c for c in cases})
+        report = write_report(data, args.report)
         print(f"report: {report.html} ({len(report.figures)} figures)")
     return _exit_code(statuses)
 
@@ -618,10 +622,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, process: bool = False) -> int:
     """Run one command; its exit code. SIGINT, SIGTERM and SIGHUP end any command alike
     (:mod:`stability_bench.signals`): ``run`` writes its ``--json`` file from the runs that
-    finished, and the exit code is 128 + the signal's number (130, 143, 129)."""
+    finished, and the exit code is 128 + the signal's number (130, 143, 129). ``process``:
+    this is the process's own command (:func:`entry`), which exits right after; the stop
+    signals stay ignored once the code is decided instead of being restored."""
     from stability_bench.signals import StopSignals, exit_code, signal_name
 
     with StopSignals() as signals:  # first: a signal while torch imports is handled too
@@ -633,8 +639,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if code is None or signals.signum is not None:
             signum = signals.signum or signal.SIGINT
             print(f"stability-bench: interrupted ({signal_name(signum)})", file=sys.stderr)
-            return exit_code(signum)
+            code = exit_code(signum)
+        if process:
+            signals.ignore_from_now()
         return code
+
+
+def entry() -> None:
+    """The ``stability-bench`` command and ``python -m stability_bench.cli``: :func:`main`,
+    then exit with its code; a stop signal after the code is decided (the interpreter's
+    teardown) cannot turn it into a death by the signal."""
+    sys.exit(main(process=True))
 
 
 def _main(argv: Sequence[str] | None, signals) -> int:
@@ -665,4 +680,4 @@ def _main(argv: Sequence[str] | None, signals) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

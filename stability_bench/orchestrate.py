@@ -670,6 +670,7 @@ class Report:
     outcomes: list = field(default_factory=list)
     findings: list = field(default_factory=list)   # baseline.Finding: outside, missing, uninformative
     skipped: str | None = None
+    source: dict | None = None   # results.case_source of its case file, read when the plan started
 
     @property
     def status(self) -> str:
@@ -836,14 +837,15 @@ def run_plan(plan: Plan, jobs: int = 1, client: Any = None, threads: int | None 
     Runs and search probes share the executor: a search's next round is queued as soon as
     its last probe finishes, beside the runs still waiting. Data is prepared first
     (:func:`prepare_data`); runs without it are reported at once, as failures."""
+    sourced = _with_sources(plan)   # the commit as the runs start, before any data is fetched
     prepare_data(plan)
     finished: dict[str, Any] = {}
     waiting = [r for r in plan.requested if r not in plan.skipped and r not in plan.missing_data]
     for run_id in plan.requested:
         if run_id in plan.skipped or run_id in plan.missing_data:
-            yield check(plan, run_id, finished)
+            yield sourced(check(plan, run_id, finished))
     driver = SearchDriver(plan, baselines)
-    yield from _drain(driver.reports)
+    yield from map(sourced, _drain(driver.reports))
     with Executor(jobs, client, threads, progress) as executor:
         work = {**{r: plan.runs[r] for r in plan.to_execute()}, **driver.start()}
         for key, outcome in executor.run(work, driver.record):
@@ -853,8 +855,25 @@ def run_plan(plan: Plan, jobs: int = 1, client: Any = None, threads: int | None 
                                                                        for n in plan.needs.get(r, ()))]
                 for r in ready:
                     waiting.remove(r)
-                    yield check(plan, r, finished, baselines)
-            yield from _drain(driver.reports)
+                    yield sourced(check(plan, r, finished, baselines))
+            yield from map(sourced, _drain(driver.reports))
+
+
+def _with_sources(plan: Plan) -> Callable[[Report], Report]:
+    """Stamps each report with its case file's git commit and dirty flag
+    (:func:`~stability_bench.results.case_source`), read once per file as the plan starts:
+    the commit the runs ran from, whatever the repository does while they train."""
+    from stability_bench.results import case_source
+
+    cases = [*(s.case for s in plan.runs.values()), *(s.case for s in plan.searches.values())]
+    sources = {f: case_source(f) for f in dict.fromkeys(c.source.file for c in cases)}
+
+    def stamp(report: Report) -> Report:
+        case = report.spec.case if isinstance(report, RunReport) else report.search.case
+        report.source = sources[case.source.file]
+        return report
+
+    return stamp
 
 
 def report_entry(report: Report) -> dict:
@@ -869,8 +888,9 @@ def report_entry(report: Report) -> dict:
         s = report.search
         return {"search": {"search_id": s.search_id, "case": s.case.name, "optimizer": s.optimizer, "seed": s.seed,
                            "device": s.device, "critical_lr": report.found.to_dict(),
-                           "expectations": [o.to_dict() for o in report.outcomes], "baseline": findings}}
-    return {**run_entry(report.result, report.outcomes), "baseline": findings}
+                           "expectations": [o.to_dict() for o in report.outcomes], "baseline": findings,
+                           "source": report.source}}
+    return {**run_entry(report.result, report.outcomes, report.source), "baseline": findings}
 
 
 # ------------------------------------------------------------------------------- API

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import platform
+import subprocess
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -85,6 +86,40 @@ def environment() -> dict[str, Any]:
             "cuda_device": torch.cuda.get_device_name(0) if cuda else None}
 
 
+def case_source(case_file: str | Path | None) -> dict[str, Any]:
+    """Where a case file came from, read when its runs start: the git repository holding
+    it (``git -C <its folder>``), that repository's commit and whether tracked or untracked
+    files differ from it (``dirty``). It is the user's project under test, not
+    stability-bench's checkout, and it is recorded at run time because by report time the
+    repository may have moved on. ``commit`` is None with a ``reason`` when the case has no
+    file, git is missing, or the folder is in no repository."""
+    out: dict[str, Any] = {"case_file": None if case_file is None else str(Path(case_file).resolve()),
+                           "repository": None, "commit": None, "dirty": None, "reason": None}
+    if case_file is None:
+        return {**out, "reason": "the case was given as a dict, not a file"}
+    folder = Path(case_file).resolve().parent
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=30)
+
+    try:
+        top = git("rev-parse", "--show-toplevel")
+        if top.returncode != 0:
+            return {**out, "reason": f"not in a git repository ({top.stderr.strip() or 'git rev-parse failed'})"}
+        head = git("rev-parse", "HEAD")
+        if head.returncode != 0:
+            return {**out, "repository": top.stdout.strip(),
+                    "reason": f"the repository has no commit yet ({head.stderr.strip()})"}
+        status = git("status", "--porcelain")
+    except FileNotFoundError:
+        return {**out, "reason": "git is not installed here"}
+    except (OSError, subprocess.SubprocessError) as exc:
+        return {**out, "reason": f"git failed: {type(exc).__name__}: {exc}"}
+    return {**out, "repository": top.stdout.strip(), "commit": head.stdout.strip(),
+            "dirty": bool(status.stdout.strip()) if status.returncode == 0 else None,
+            "reason": None if status.returncode == 0 else f"git status failed: {status.stderr.strip()}"}
+
+
 def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -120,9 +155,11 @@ def _umask() -> int:
     return mask
 
 
-def run_entry(run: RunResult, outcomes: Iterable[Any]) -> dict:
-    """One run of a results file: its result and its checked expectations."""
-    return {**run.to_dict(), "expectations": [o.to_dict() for o in outcomes]}
+def run_entry(run: RunResult, outcomes: Iterable[Any], source: dict | None = None) -> dict:
+    """One run of a results file: its result, its checked expectations and, when known, its
+    case file's :func:`case_source` (read when the run started)."""
+    entry = {**run.to_dict(), "expectations": [o.to_dict() for o in outcomes]}
+    return entry if source is None else {**entry, "source": source}
 
 
 def results_payload(runs: Iterable[tuple[RunResult, list]], failures: Iterable[dict] = (),

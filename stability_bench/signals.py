@@ -14,7 +14,15 @@ Where a signal can land, and what the handler does about it:
   being closed: "Exception ignored in ..."): the exception is lost, but the signal is
   remembered and :meth:`StopSignals.check` — called after every finished run — raises it;
 * inside :meth:`StopSignals.held` (a journal line being written, the results file being
-  compacted): only remembered, so the file is never left half-written, and checked after.
+  compacted): only remembered, so the file is never left half-written, and checked after;
+* once the command has decided its exit code (:meth:`StopSignals.hold_from_now`): a signal
+  before that decision still makes it 128 + the signal; after it, in the interpreter's
+  teardown, the process entry point ignores it (:meth:`StopSignals.ignore_from_now`), so the
+  exit code is the one decided, never a death by the signal;
+* before ``cli.main`` installs the handler — the interpreter starting and importing
+  ``stability_bench.cli``, the first ~0.1 s — no code of ours runs yet: Python's own
+  default applies (SIGINT: a ``KeyboardInterrupt`` traceback, exit 1 when it lands in
+  ``python -m``'s import of the module, else death by SIGINT).
 
 A signal the process was *started* ignoring stays ignored — ``nohup`` ignores SIGHUP, a
 background job of a non-interactive shell ignores SIGINT — exactly as Python leaves an
@@ -100,3 +108,14 @@ class StopSignals:
         """From here to the end of the ``with`` block signals are only remembered (the
         command has ended; its exit code is being decided)."""
         self._holding += 1
+
+    def ignore_from_now(self) -> None:
+        """Ignore the stop signals for the rest of the process (the ``with`` block does not
+        restore them). For a process whose exit code is decided: while the interpreter shuts
+        down Python resets every handler it set to the default, so a signal landing in that
+        teardown (a second or so after torch) would kill the process — exit ``-2`` rather
+        than the code decided, the results file long complete. An ignored signal stays
+        ignored through the teardown."""
+        for number in self._saved:
+            signal.signal(number, signal.SIG_IGN)
+        self._saved.clear()

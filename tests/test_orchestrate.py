@@ -288,6 +288,29 @@ def test_a_stop_signal_mid_run_exits_128_plus_its_number_and_the_results_file_ke
     assert all(run["optimizer"] == "adam" and len(run["history"]["loss"]) == 1000 for run in runs)
 
 
+def test_a_stop_signal_after_the_results_file_is_written_never_kills_the_process(tmp_path):
+    """The last moment a signal can land: the command has written its results file and is
+    exiting (the summary, then the interpreter's teardown, which takes a second or so with
+    torch loaded and in which Python resets its handlers to the default). The exit code is
+    the one decided — 0 here, or 130 if the signal beat the decision — never a death by
+    SIGINT (returncode -2), and the file stays complete."""
+    import signal
+
+    out = tmp_path / "results.json"
+    proc = start_cli(["run", str(DATA / "sweep.yaml"), "--json", str(out), "--optimizer", "adam",
+                      "--no-critical-lr", "--no-triage"])
+    try:
+        wait_until(out.exists, proc, timeout=300)
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode in (0, 130), proc.returncode
+    assert len(json.loads(out.read_text())["runs"]) == 4
+
+
 def test_a_stop_signal_whose_exception_is_lost_in_a_finaliser_still_ends_the_run(tmp_path):
     """The other moment a signal can land: inside a ``__del__`` run by the garbage collector,
     where Python prints "Exception ignored" and drops the exception the handler raised. The

@@ -65,3 +65,20 @@ def test_handlers_are_restored_and_ignored_signals_stay_ignored():
     finally:
         signal.signal(signal.SIGHUP, previous)
     assert {name: signal.getsignal(getattr(signal, name)) for name in NAMES} == before
+
+
+def test_ignore_from_now_keeps_the_signals_ignored_after_the_block():
+    """The process entry point's last word: once its exit code is decided a stop signal is
+    ignored, through the interpreter's teardown (the block does not restore the handlers)."""
+    before = {name: signal.getsignal(getattr(signal, name)) for name in NAMES}
+    try:
+        with StopSignals() as signals:
+            signals.hold_from_now()
+            signals.ignore_from_now()
+        assert all(signal.getsignal(getattr(signal, name)) is signal.SIG_IGN for name in NAMES
+                   if before[name] is not signal.SIG_IGN)
+        signal.raise_signal(signal.SIGTERM)   # ignored: nothing happens, nothing is raised
+        sum(range(1000))
+    finally:
+        for name, previous in before.items():
+            signal.signal(getattr(signal, name), previous)

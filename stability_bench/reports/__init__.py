@@ -2,9 +2,13 @@
 
 * :mod:`~stability_bench.reports.figures` — matplotlib figures (PNG and SVG) of a case's
   runs: loss and gradient norm per step with spikes and divergence marked, the curvature
-  probes against their threshold, a zoom on the first spikes, a sweep summary.
-* :mod:`~stability_bench.reports.html` — one HTML page with the figures embedded and a
-  summary table per case (``stability-bench report``).
+  probes against their threshold, the scheduled learning rate, a zoom on the largest spikes
+  over all seeds, a sweep summary, the critical-lr searches.
+* :mod:`~stability_bench.reports.html` — one HTML page with the figures embedded, every
+  failure listed at the top, and per case a run table (expectations, baseline findings,
+  verdict) and a critical-lr table (``stability-bench report``).
+* :mod:`~stability_bench.reports.screenshot` — the page in headless Chromium: a screenshot
+  and the layout checks (``python -m stability_bench.reports.screenshot``).
 * :mod:`~stability_bench.reports.triage` — the folder written when a run fails an
   expectation: the case as run, its result, figures and the optimizer state at the worst step.
 
@@ -42,7 +46,10 @@ _EXPORTS = {
     "worst_step": "stability_bench.reports.triage",
     "default_triage_root": "stability_bench.reports.triage",
     "read_results_file": "stability_bench.reports.collect",
+    "report_data": "stability_bench.reports.collect",
+    "ReportData": "stability_bench.reports.collect",
     "ReportRun": "stability_bench.reports.collect",
+    "ReportSearch": "stability_bench.reports.collect",
 }
 
 

@@ -1,21 +1,38 @@
-"""What reports read: runs with their checked expectations, grouped for plotting.
+"""What reports read: runs with their checked expectations and baseline findings, the
+critical-lr searches and the runs that did not finish, grouped for plotting.
 
 A :class:`ReportRun` is one :class:`~stability_bench.results.RunResult` with the outcomes of
-its expectations (as the dicts a results file holds) and the spike detector settings of its
-case. Results files written by ``stability-bench run --json`` are read here keeping the
-expectations (``results.read_results`` returns the runs alone).
+its expectations and its baseline findings (as the dicts a results file holds), the spike
+detector settings of its case and the case file's source (git commit, dirty flag) recorded
+when it ran. :func:`report_data` builds a :class:`ReportData` from results-file entries, so
+``stability-bench run --report`` and ``stability-bench report FILE`` show the same thing.
+Reports only render: nothing here trains or checks.
 """
 from __future__ import annotations
 
 import json
 import re
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from stability_bench.baseline import FAILED_STATUSES
 from stability_bench.metrics import SpikeConfig
 from stability_bench.results import FORMAT, RunResult
+
+
+FAILED_FINDINGS = FAILED_STATUSES   # baseline.Finding.failed, for findings read back as dicts
+
+
+def _verdict(outcomes: list[dict], findings: list[dict]) -> str | None:
+    """"failed" if an expectation or a baseline figure failed, "stale" if the baseline was
+    recorded for another case definition (and nothing failed), "passed" if something was
+    checked and held, None if nothing was checked (as ``orchestrate.Report.status``)."""
+    if any(not o.get("passed") for o in outcomes) or any(f.get("status") in FAILED_FINDINGS for f in findings):
+        return "failed"
+    if any(f.get("status") == "stale" for f in findings):
+        return "stale"
+    return "passed" if outcomes or findings else None
 
 
 @dataclass
@@ -24,15 +41,80 @@ class ReportRun:
     outcomes: list[dict] = field(default_factory=list)   # Outcome.to_dict() form
     spike_config: SpikeConfig = field(default_factory=SpikeConfig)
     description: str = ""                                  # the case's, when known
+    findings: list[dict] = field(default_factory=list)   # baseline Finding.to_dict() form
+    source: dict | None = None                            # results.case_source, recorded at run time
+
+    @property
+    def verdict(self) -> str | None:
+        """passed | failed | stale, None for a run with nothing checked."""
+        return _verdict(self.outcomes, self.findings)
 
     @property
     def passed(self) -> bool | None:
-        """Whether every expectation held; None for a run without expectations."""
-        return all(o.get("passed") for o in self.outcomes) if self.outcomes else None
+        """Whether every expectation and every baseline figure held; None when nothing was
+        checked. A stale baseline is not a pass (see :attr:`verdict`)."""
+        verdict = self.verdict
+        return None if verdict is None else verdict == "passed"
 
     @property
     def failed(self) -> list[dict]:
         return [o for o in self.outcomes if not o.get("passed")]
+
+    @property
+    def failed_findings(self) -> list[dict]:
+        return [f for f in self.findings if f.get("status") in FAILED_FINDINGS]
+
+
+@dataclass
+class ReportSearch:
+    """One critical-lr search of a results file (the ``search`` entry written by
+    ``orchestrate.report_entry``): the edge interval, its probes, expectations and baseline."""
+
+    search_id: str
+    case: str
+    optimizer: str
+    seed: int
+    device: str
+    found: dict                                        # CriticalLr.to_dict(): value, lower, upper, probes
+    outcomes: list[dict] = field(default_factory=list)
+    findings: list[dict] = field(default_factory=list)
+    source: dict | None = None
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> "ReportSearch":
+        return cls(raw["search_id"], raw["case"], raw["optimizer"], int(raw["seed"]), raw["device"],
+                   dict(raw.get("critical_lr") or {}), list(raw.get("expectations") or []),
+                   list(raw.get("baseline") or []), raw.get("source"))
+
+    @property
+    def verdict(self) -> str | None:
+        return _verdict(self.outcomes, self.findings)
+
+
+@dataclass
+class ReportData:
+    """What a report shows: the environment the runs ran in, the runs, the critical-lr
+    searches and the runs that did not finish (crash, timeout, set-up, missing data)."""
+
+    environment: dict = field(default_factory=dict)
+    runs: list[ReportRun] = field(default_factory=list)
+    searches: list[ReportSearch] = field(default_factory=list)
+    failures: list[dict] = field(default_factory=list)
+
+    def extend(self, other: "ReportData") -> None:
+        self.environment = self.environment or other.environment
+        self.runs += other.runs
+        self.searches += other.searches
+        self.failures += other.failures
+
+    @property
+    def sources(self) -> list[dict]:
+        """The distinct case-file sources the runs and searches recorded."""
+        seen: dict[str, dict] = {}
+        for item in [*self.runs, *self.searches]:
+            if item.source:
+                seen.setdefault(json.dumps(item.source, sort_keys=True), item.source)
+        return list(seen.values())
 
 
 def _outcome_dict(outcome: Any) -> dict:
@@ -52,11 +134,37 @@ def report_runs(pairs: Iterable[tuple[RunResult, Iterable[Any]]],
     return runs
 
 
-def read_results_file(path: str | Path) -> tuple[dict, list[ReportRun]]:
-    """(environment, runs with their expectations) of a ``stability-bench run --json`` file.
+def _spike_config(raw: Mapping[str, Any], case: Any) -> SpikeConfig:
+    if case is not None:
+        return case.spikes
+    spikes = (raw.get("meta") or {}).get("spikes")  # used if a runner ever records it
+    try:
+        return SpikeConfig(**spikes) if isinstance(spikes, dict) else SpikeConfig()
+    except (TypeError, ValueError):
+        return SpikeConfig()
 
-    Spike markers use the detector settings in a run's ``meta["spikes"]`` if recorded, else
-    the defaults: a results file does not record a case's ``spikes:`` section today."""
+
+def report_data(runs: Iterable[Mapping[str, Any]], failures: Iterable[Mapping[str, Any]] = (),
+                searches: Iterable[Mapping[str, Any]] = (), environment: Mapping[str, Any] | None = None,
+                cases: Mapping[str, Any] | None = None) -> ReportData:
+    """:class:`ReportData` from results-file entries (``orchestrate.report_entry`` form: the
+    ``runs``, ``failures`` and ``critical_lr`` lists of a results file, or the entries of a
+    ``run`` in progress). ``cases`` (name → Case) supplies spike settings and descriptions;
+    without it a run's recorded ``meta["spikes"]`` or the defaults are used."""
+    out = ReportData(dict(environment or {}))
+    for raw in runs:
+        case = (cases or {}).get(raw.get("case"))
+        out.runs.append(ReportRun(RunResult.from_dict(dict(raw)), list(raw.get("expectations") or []),
+                                  _spike_config(raw, case), case.description if case is not None else "",
+                                  list(raw.get("baseline") or []), raw.get("source")))
+    out.searches = [ReportSearch.from_dict(s) for s in searches]
+    out.failures = [dict(f) for f in failures]
+    return out
+
+
+def read_results_file(path: str | Path) -> ReportData:
+    """Everything a ``stability-bench run --json`` file holds for a report: environment, runs
+    with their expectations and baseline findings, critical-lr searches, failures."""
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -65,46 +173,8 @@ def read_results_file(path: str | Path) -> tuple[dict, list[ReportRun]]:
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ValueError(f"{path}: not a stability-bench results file "
                          f"(written by `stability-bench run --json FILE`)")
-    runs = []
-    for raw in data.get("runs", []):
-        spikes = (raw.get("meta") or {}).get("spikes")  # used if a runner ever records it
-        try:
-            config = SpikeConfig(**spikes) if isinstance(spikes, dict) else SpikeConfig()
-        except (TypeError, ValueError):
-            config = SpikeConfig()
-        runs.append(ReportRun(RunResult.from_dict(raw), list(raw.get("expectations", [])), config))
-    return dict(data.get("environment") or {}), runs
-
-
-# ------------------------------------------------------------------------ environment
-def git_commit(where: str | Path | None = None) -> str | None:
-    """``git rev-parse HEAD`` of the repository at ``where`` (default: the working
-    directory), with ``-dirty`` when tracked files changed; None without git or a repository."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True,
-                              text=True, timeout=10)
-        if head.returncode != 0:
-            return None
-        commit = head.stdout.strip()
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
-                                capture_output=True, text=True, timeout=10)
-        return commit + ("-dirty" if status.returncode == 0 and status.stdout.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def environment_with_commit(environment: Mapping[str, Any] | None = None) -> dict:
-    """The results file's environment (or this machine's) plus the commit: the one recorded
-    if any, else the working directory's (the project under test), else this package's."""
-    if environment:
-        env = dict(environment)
-    else:
-        from stability_bench.results import environment as this_machine
-
-        env = this_machine()
-    if not env.get("commit"):
-        env["commit"] = git_commit() or git_commit(Path(__file__).resolve().parent) or "unknown"
-    return env
+    return report_data(data.get("runs", []), data.get("failures", []), data.get("critical_lr", []),
+                       data.get("environment"))
 
 
 # --------------------------------------------------------------------------- grouping

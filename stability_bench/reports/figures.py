@@ -1,6 +1,6 @@
 """Figures of a case's runs (matplotlib, Agg; PNG and SVG).
 
-Three kinds, each a function returning a matplotlib ``Figure`` (or None when it has nothing
+Four kinds, each a function returning a matplotlib ``Figure`` (or None when it has nothing
 to show) and saved by :func:`case_figures`:
 
 ``training`` — panels stacked over the step axis, one colour per optimizer entry and sweep
@@ -9,16 +9,21 @@ to show) and saved by :func:`case_figures`:
   panel for each probe group some run of the case recorded (:data:`PROBE_GROUPS`, in that
   order): λ₁(P⁻¹H), λ₁(H), directional curvature, median g²/v, fraction of g²/v below its
   cut-off, gradient alignment. The stability threshold is dashed in the curvature panels
-  (Cohen et al. 2022, Fig. 1, 3, 8). Panels = 2 + the number of groups present.
-``spikes`` — a zoom on the first spikes of one run (Fig. 9 of Cohen et al. 2022; Xiong et
-  al. 2025): one column per spike (at most ``max_spikes``), rows: loss, gradient norm, then
-  the probe groups that run recorded; the onset is a red vertical line. Only for a case
-  with a spike. Panels = columns × rows.
+  (Cohen et al. 2022, Fig. 1, 3, 8), whose axis is logarithmic when the values span more
+  than a decade (``symlog`` when some are negative). Last, the learning rate when a run's
+  changed during training (a ``schedule:``). Panels = 2 + the groups present (+ 1).
+``spikes`` — a zoom on the largest spikes over all the case's runs, every seed and sweep
+  point (Fig. 9 of Cohen et al. 2022; Xiong et al. 2025): one column per spike (at most
+  ``max_spikes``), rows: loss, gradient norm, then the probe groups those runs recorded; the
+  onset is a red vertical line. Only for a case with a spike. Panels = columns × rows.
 ``sweep`` — the final loss against each swept hyperparameter (Fig. 2: which η diverged):
   one panel per (optimizer class, numeric hyperparameter) that takes two or more values
   among runs whose other hyperparameters are equal; diverged runs are red ✕, runs theory
   says must diverge get a red ring, and the critical value where the threshold meets the
   known sharpness is a dashed line. Only for a case with a sweep.
+``critical_lr`` — each critical-lr search of the case, per seed and device: its probes'
+  learning rates (stable dots, diverged ✕), the edge interval and the critical lr, on a log
+  axis. Only for a case with searches.
 
 Every saved file records its panel count (``len(fig.axes)``): PNG text chunk
 ``stability-bench:panels``, SVG ``<dc:description>`` ``panels=N``.
@@ -51,13 +56,14 @@ class ProbeGroup:
     columns: tuple[str, ...]
     label: str
     threshold: str = "no"       # "yes" | "no" | "without_precond": draw the threshold line
+    curvature: bool = False     # eigenvalues and curvatures: a log axis when they span > 1 decade
 
 
 PROBE_GROUPS: tuple[ProbeGroup, ...] = (
-    ProbeGroup("precond_sharpness", ("precond_sharpness",), r"$\lambda_1(P^{-1}H)$", "yes"),
-    ProbeGroup("sharpness", ("sharpness",), r"$\lambda_1(H)$", "without_precond"),
+    ProbeGroup("precond_sharpness", ("precond_sharpness",), r"$\lambda_1(P^{-1}H)$", "yes", True),
+    ProbeGroup("sharpness", ("sharpness",), r"$\lambda_1(H)$", "without_precond", True),
     ProbeGroup("directional_curvature", ("precond_directional_curvature", "directional_curvature"),
-               "directional\ncurvature", "yes"),
+               "directional\ncurvature", "yes", True),
     ProbeGroup("g2_over_v_median", ("g2_over_v_median",), r"median $g^2/v$"),
     ProbeGroup("g2_over_v_frac_below", ("g2_over_v_frac_below",), "fraction of\n" r"$g^2/v$ below cut-off"),
     ProbeGroup("grad_alignment", ("grad_alignment",), "gradient\nalignment"),
@@ -76,8 +82,9 @@ class FigureInfo:
     title: str
     panels: int
     files: list[Path] = field(default_factory=list)
-    run_id: str | None = None   # the run a spikes figure zooms into
+    run_id: str | None = None   # the run of a spikes figure's largest spike
     note: str = ""
+    run_ids: list[str] = field(default_factory=list)   # every run a spikes figure zooms into
 
 
 # ------------------------------------------------------------------------------ data
@@ -119,6 +126,17 @@ def probe_groups(runs: Sequence[ReportRun]) -> list[ProbeGroup]:
     return [g for g in PROBE_GROUPS if any(has_probe(r, c) for r in runs for c in g.columns)]
 
 
+def has_schedule(runs: Sequence[ReportRun]) -> bool:
+    """Some run's learning rate changed during training (a ``schedule:``): the recorded
+    ``lr`` column, one value per step, is not constant."""
+    for run in runs:
+        lr = _history(run, "lr")[1]
+        lr = lr[np.isfinite(lr)]
+        if lr.size > 1 and not np.all(lr == lr[0]):
+            return True
+    return False
+
+
 def spikes_of(run: ReportRun) -> np.ndarray:
     """Array positions of the spike onsets in the run's loss (the case's detector settings)."""
     return detect_spikes(_history(run, "loss")[1], run.spike_config)
@@ -139,6 +157,29 @@ def _positive_scale(ax, values: Iterable[np.ndarray], min_ratio: float = 1.0) ->
     finite = np.concatenate(finite) if finite else np.zeros(0)
     if finite.size and (finite > 0).all() and finite.max() >= min_ratio * finite.min():
         ax.set_yscale("log")
+
+
+def decades(values: Iterable[np.ndarray]) -> float:
+    """How many decades the finite non-zero magnitudes of ``values`` span (0 without two)."""
+    finite = [np.abs(v[np.isfinite(v)]) for v in values]
+    mags = np.concatenate(finite) if finite else np.zeros(0)
+    mags = mags[mags > 0]
+    return float(np.log10(mags.max() / mags.min())) if mags.size >= 2 else 0.0
+
+
+def _decade_scale(ax, values: Iterable[np.ndarray]) -> None:
+    """A curvature panel's y axis: logarithmic when the values span more than a decade —
+    ``log`` when all are positive, else ``symlog`` (curvature can be negative), linear
+    within a decade of the smallest magnitude so a sign change stays visible."""
+    values = [np.asarray(v, dtype=float) for v in values]
+    if decades(values) <= 1.0:
+        return
+    finite = np.concatenate([v[np.isfinite(v)] for v in values])
+    if (finite > 0).all():
+        ax.set_yscale("log")
+    else:
+        mags = np.abs(finite[finite != 0])
+        ax.set_yscale("symlog", linthresh=float(mags.min()))
 
 
 # --------------------------------------------------------------------------- drawing
@@ -212,8 +253,15 @@ def _probe_panel(ax, group: ProbeGroup, items: list[tuple[ReportRun, Any, dict]]
         wants = group.threshold == "yes" or (group.threshold == "without_precond"
                                              and not all_runs_have_precond.get(run.result.run_id))
         if wants and any(has_probe(run, c) for c in group.columns):
-            drew_threshold |= _draw_threshold(ax, run, colour, window)
-    _positive_scale(ax, values, min_ratio=10.0)
+            drew = _draw_threshold(ax, run, colour, window)
+            drew_threshold |= drew
+            t = _threshold(run) if drew else None
+            if t is not None:  # the axis must show the line too
+                values.append(np.array([t]) if isinstance(t, float) else t[1])
+    if group.curvature:
+        _decade_scale(ax, values)
+    else:
+        _positive_scale(ax, values, min_ratio=10.0)
     ax.set_ylabel(group.label, fontsize=8)
     if legend and len(group.columns) > 1:
         present = [c for c in group.columns if any(has_probe(r, c) for r, _, _ in items)]
@@ -267,13 +315,14 @@ def training_figure(runs: Sequence[ReportRun], title: str | None = None):
     """Loss, gradient norm and the probe panels the runs recorded, against the step."""
     runs = list(runs)
     groups = probe_groups(runs)
-    n = 2 + len(groups)
+    scheduled = has_schedule(runs)
+    n = 2 + len(groups) + scheduled
     fig = _new_figure(11.0, 1.4 + 2.2 * n)
     axes = fig.subplots(n, 1, sharex=True, squeeze=False)[:, 0]
     series = series_of(runs)
     colours = _colours(len(series))
     has_precond = {r.result.run_id: has_probe(r, "precond_sharpness") for r in runs}
-    loss_values, grad_values = [], []
+    loss_values, grad_values, lr_values = [], [], []
     any_spike = any_diverged = any_threshold = False
     from matplotlib.lines import Line2D
 
@@ -297,6 +346,11 @@ def training_figure(runs: Sequence[ReportRun], title: str | None = None):
             any_diverged |= bool(run.result.diverged)
         for ax, group in zip(axes[2:], groups):
             any_threshold |= _probe_panel(ax, group, [(r, colour, style) for r in s.runs], has_precond)
+        if scheduled:
+            for run in s.runs:
+                lx, lr = _history(run, "lr")
+                axes[-1].plot(lx, lr, color=colour, drawstyle="steps-post", **style)
+                lr_values.append(lr)
         seeds = sorted({r.result.seed for r in s.runs})
         handles.append(Line2D([], [], color=colour, lw=1.5))
         labels.append(s.label + (f" ({len(seeds)} seeds)" if len(seeds) > 1 else f" (seed {seeds[0]})"))
@@ -304,6 +358,9 @@ def training_figure(runs: Sequence[ReportRun], title: str | None = None):
     _positive_scale(axes[1], grad_values, min_ratio=10.0)
     axes[0].set_ylabel("loss", fontsize=9)
     axes[1].set_ylabel(r"gradient norm $\|g\|$", fontsize=9)
+    if scheduled:
+        _positive_scale(axes[-1], lr_values, min_ratio=10.0)
+        axes[-1].set_ylabel("learning rate\n(schedule)", fontsize=8)
     axes[-1].set_xlabel("step")
     if any_spike:
         handles.append(Line2D([], [], ls="", marker="^", color="0.5", markeredgecolor="black"))
@@ -330,43 +387,73 @@ def training_figure(runs: Sequence[ReportRun], title: str | None = None):
     return fig
 
 
-def _zoom_run(runs: Sequence[ReportRun]) -> ReportRun | None:
-    """The run a case's spikes figure zooms into: the first with a spike that did not diverge
-    (a diverging run's growth reads as one spike), else the first with a spike."""
+def zoom_candidates(runs: Sequence[ReportRun]) -> list[ReportRun]:
+    """The runs whose spikes a case's zoom may show: those with a spike that did not diverge
+    (a diverging run's growth reads as one spike), else every run with a spike."""
     spiking = [run for run in runs if spikes_of(run).size]
-    return next((run for run in spiking if not run.result.diverged), spiking[0] if spiking else None)
+    calm = [run for run in spiking if not run.result.diverged]
+    return calm or spiking
 
 
-def spikes_figure(run: ReportRun, max_spikes: int = 3, before: int | None = None, after: int | None = None,
-                  title: str | None = None):
-    """A zoom on the first ``max_spikes`` spikes of ``run``; None when it has none."""
-    onsets = spikes_of(run)
-    if not onsets.size:
-        return None
+def spike_size(run: ReportRun, pos: int) -> float:
+    """How large the spike starting at array position ``pos`` is: the highest finite loss
+    of its excursion (the detector's window after the onset) over the median of the
+    ``window`` finite losses before it — the ratio the detector tests, at the peak."""
+    _, loss = _history(run, "loss")
     window = int(run.spike_config.window)
-    before = 2 * window if before is None else before
-    after = window if after is None else after
-    x, loss = _history(run, "loss")
-    _, grad = _history(run, "grad_norm")
-    groups = probe_groups([run])
-    shown = onsets[:max_spikes]
+    before = loss[max(0, pos - 4 * window):pos]
+    before = before[np.isfinite(before)][-window:]
+    after = loss[pos:pos + window + 1]
+    after = after[np.isfinite(after)]
+    if not before.size or not after.size:
+        return 0.0
+    base = float(np.median(before))
+    return float(after.max() / base) if base > 0 else math.inf
+
+
+def largest_spikes(runs: Sequence[ReportRun], count: int) -> list[tuple[ReportRun, int, float]]:
+    """The ``count`` largest spikes over all ``runs`` (every seed and sweep point): (run,
+    array position of the onset, :func:`spike_size`), largest first; ties in run order."""
+    found = [(run, int(pos), spike_size(run, int(pos))) for run in runs for pos in spikes_of(run)]
+    return sorted(found, key=lambda item: -item[2])[:count]
+
+
+def spikes_figure(runs: ReportRun | Sequence[ReportRun], max_spikes: int = 3, before: int | None = None,
+                  after: int | None = None, title: str | None = None):
+    """A zoom on the ``max_spikes`` largest spikes over ``runs`` (one run, or a case's runs:
+    every seed); one column per spike, rows: loss, gradient norm, then the probe groups the
+    runs shown recorded. None when no run has a spike."""
+    runs = [runs] if isinstance(runs, ReportRun) else list(runs)
+    shown = largest_spikes(runs, max_spikes)
+    if not shown:
+        return None
+    shown_runs = list(dict.fromkeys(id(r) for r, _, _ in shown))
+    by_id = {id(r): r for r, _, _ in shown}
+    groups = probe_groups([by_id[i] for i in shown_runs])
     rows, cols = 2 + len(groups), len(shown)
     fig = _new_figure(max(7.0, 3.6 * cols + 1.2), 1.4 + 1.9 * rows)
-    axes = fig.subplots(rows, cols, squeeze=False, sharex="col")
-    colour = _colours(1)[0]
+    axes = fig.subplots(rows, cols, squeeze=False)
+    label = {id(run): s.label for s in series_of(runs) for run in s.runs}
+    colours = dict(zip(shown_runs, _colours(len(shown_runs))))
     style = {"lw": 1.1, "alpha": 0.95}
-    has_precond = {run.result.run_id: has_probe(run, "precond_sharpness")}
-    onset_steps = x[onsets]
-    for j, pos in enumerate(shown):
+    has_precond = {by_id[i].result.run_id: has_probe(by_id[i], "precond_sharpness") for i in shown_runs}
+    for j, (run, pos, size) in enumerate(shown):
+        colour = colours[id(run)]
+        window = int(run.spike_config.window)
+        lo_steps = 2 * window if before is None else before
+        hi_steps = window if after is None else after
+        x, loss = _history(run, "loss")
+        _, grad = _history(run, "grad_norm")
+        onsets = spikes_of(run)
         onset = float(x[pos])
-        lo, hi = onset - before, onset + after
+        lo, hi = onset - lo_steps, onset + hi_steps
         keep = (x >= lo) & (x <= hi)
         for i, (values, name) in enumerate(((loss, "loss"), (grad, r"$\|g\|$"))):
             ax = axes[i, j]
             ax.plot(x[keep], np.where(np.isfinite(values[keep]), values[keep], np.nan), color=colour, **style)
             _positive_scale(ax, [values[keep]], min_ratio=1.0 if i == 0 else 10.0)
             if i == 0:
-                near = onsets[(onset_steps >= lo) & (onset_steps <= hi)]
+                near = onsets[(x[onsets] >= lo) & (x[onsets] <= hi)]
                 ax.scatter(x[near], loss[near], marker="^", s=22, color=colour, edgecolors="black",
                            linewidths=0.4, zorder=4)
             if j == 0:
@@ -384,12 +471,54 @@ def spikes_figure(run: ReportRun, max_spikes: int = 3, before: int | None = None
             ax.set_xlim(max(lo, float(x[0])), min(hi, float(x[-1])))
             ax.grid(True, alpha=0.25)
             ax.tick_params(labelsize=7)
-        axes[0, j].set_title(f"spike {j + 1} at step {int(onset)}", fontsize=8)
+        axes[0, j].set_title(f"{label[id(run)]} seed {run.result.seed}\nstep {int(onset)}: "
+                             f"{size:.3g}× its median", fontsize=8)
         axes[-1, j].set_xlabel("step", fontsize=8)
-    r = run.result
-    fig.suptitle(title or (f"{r.case} — {r.run_id.split('::', 1)[-1]} ({short_class(r.optimizer_class)})\n"
-                           f"zoom on spike{f's 1–{len(shown)}' if len(shown) > 1 else ' 1'} of {onsets.size} "
-                           f"(red: onset)"), fontsize=10)
+    total = sum(spikes_of(r).size for r in runs)
+    case = runs[0].result.case
+    fig.suptitle(title or (f"{case} — the {len(shown)} largest spike{'s' if len(shown) > 1 else ''} of {total} "
+                           f"over {len(runs)} run{'s' if len(runs) > 1 else ''} (red: onset)"), fontsize=10)
+    return fig
+
+
+def critical_lr_figure(searches: Sequence[Any], title: str | None = None):
+    """The critical-lr searches of a case: one column per search (optimizer, seed, device),
+    its probes' learning rates as dots (stable) and ✕ (diverged) on a log axis, the edge
+    interval as a bar and the critical lr as a diamond. None without a search."""
+    searches = [s for s in searches if s.found]
+    if not searches:
+        return None
+    from matplotlib.lines import Line2D
+
+    fig = _new_figure(max(6.0, 0.9 * len(searches) + 3.0), 4.2)
+    ax = fig.subplots()
+    optimizers = list(dict.fromkeys(s.optimizer for s in searches))
+    colours = dict(zip(optimizers, _colours(len(optimizers))))
+    for i, s in enumerate(searches):
+        found, colour = s.found, colours[s.optimizer]
+        probes = [(float(lr), bool(d)) for lr, d in (found.get("probes") or [])]
+        stable = [lr for lr, d in probes if not d]
+        diverged = [lr for lr, d in probes if d]
+        ax.scatter([i] * len(stable), stable, marker="o", s=18, color=colour, zorder=3)
+        ax.scatter([i] * len(diverged), diverged, marker="x", s=24, color="red", zorder=3)
+        if found.get("lower") is not None and found.get("upper") is not None:
+            ax.plot([i, i], [found["lower"], found["upper"]], color=colour, lw=5, alpha=0.5,
+                    solid_capstyle="butt")
+        if found.get("value") is not None:
+            ax.scatter([i], [found["value"]], marker="D", s=40, color=colour, edgecolors="black", zorder=4)
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(searches)), [f"{s.optimizer}\nseed {s.seed}" + (f"\n{s.device}" if s.device != "cpu"
+                                                                             else "") for s in searches],
+                  fontsize=7)
+    ax.set_xlim(-0.6, len(searches) - 0.4)
+    ax.set_ylabel("learning rate")
+    ax.grid(True, which="major", alpha=0.25)
+    handles = [Line2D([], [], ls="", marker="o", color="0.4"), Line2D([], [], ls="", marker="x", color="red"),
+               Line2D([], [], lw=5, alpha=0.5, color="0.4"),
+               Line2D([], [], ls="", marker="D", color="0.4", markeredgecolor="black")]
+    ax.legend(handles, ["probe: stable", "probe: diverged", "edge interval", "critical lr"], fontsize=7,
+              loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.suptitle(title or f"{searches[0].case} — critical learning rate per seed", fontsize=10)
     return fig
 
 
@@ -540,30 +669,41 @@ def _title(fig, default: str) -> str:
 
 
 def case_figures(runs: Sequence[ReportRun], out_dir: str | Path, stem: str | None = None,
-                 formats: Sequence[str] = FORMATS, zoom_run: ReportRun | None = None) -> list[FigureInfo]:
-    """Draw and save the figures of one case's runs into ``out_dir``; returns what was written.
+                 formats: Sequence[str] = FORMATS, zoom_run: ReportRun | None = None,
+                 searches: Sequence[Any] = (), case: str | None = None) -> list[FigureInfo]:
+    """Draw and save the figures of one case's runs (and its critical-lr searches) into
+    ``out_dir``; returns what was written.
 
-    ``zoom_run`` picks the run the spikes figure zooms into (default: the first with a spike)."""
+    The spikes figure zooms into the largest spikes over all the case's runs, or only
+    ``zoom_run``'s when given (a triage bundle's run)."""
     runs = list(runs)
-    if not runs:
+    case = runs[0].result.case if runs else (case or (searches[0].case if searches else None))
+    if case is None:
         return []
-    case = runs[0].result.case
     stem = stem or safe_name(case)
     out = Path(out_dir)
     infos = []
-    fig = training_figure(runs)
-    title = _title(fig, case)
-    infos.append(FigureInfo("training", case, title, len(fig.axes), save_figure(fig, out / f"{stem}.training",
-                                                                                 formats, title)))
-    target = zoom_run if zoom_run is not None else _zoom_run(runs)
-    fig = spikes_figure(target) if target is not None else None
+    if runs:
+        fig = training_figure(runs)
+        title = _title(fig, case)
+        infos.append(FigureInfo("training", case, title, len(fig.axes),
+                                save_figure(fig, out / f"{stem}.training", formats, title)))
+        targets = [zoom_run] if zoom_run is not None else zoom_candidates(runs)
+        fig = spikes_figure(targets) if targets else None
+        if fig is not None:
+            title = _title(fig, case)
+            shown = [r.result.run_id for r, _, _ in largest_spikes(targets, 3)]
+            infos.append(FigureInfo("spikes", case, title, len(fig.axes),
+                                    save_figure(fig, out / f"{stem}.spikes", formats, title), run_id=shown[0],
+                                    run_ids=list(dict.fromkeys(shown))))
+        fig = sweep_figure(runs)
+        if fig is not None:
+            title = _title(fig, case)
+            infos.append(FigureInfo("sweep", case, title, len(fig.axes), save_figure(fig, out / f"{stem}.sweep",
+                                                                                      formats, title)))
+    fig = critical_lr_figure(searches)
     if fig is not None:
         title = _title(fig, case)
-        infos.append(FigureInfo("spikes", case, title, len(fig.axes),
-                                save_figure(fig, out / f"{stem}.spikes", formats, title), run_id=target.result.run_id))
-    fig = sweep_figure(runs)
-    if fig is not None:
-        title = _title(fig, case)
-        infos.append(FigureInfo("sweep", case, title, len(fig.axes), save_figure(fig, out / f"{stem}.sweep",
-                                                                                  formats, title)))
+        infos.append(FigureInfo("critical_lr", case, title, len(fig.axes),
+                                save_figure(fig, out / f"{stem}.critical_lr", formats, title)))
     return infos
