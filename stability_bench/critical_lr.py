@@ -28,14 +28,12 @@ from typing import TYPE_CHECKING, Any
 
 from stability_bench.expectations import COMPARATORS, Outcome
 from stability_bench.registry import nearest
-from stability_bench.typecheck import type_problem, unknown_message
+from stability_bench.typecheck import arguments, type_problem, unknown_message
+from stability_bench.types import DEFAULT_RTOL, Case, CriticalLrSpec, OptimizerSpec
 from stability_bench.yamlsource import Problem
 
-if TYPE_CHECKING:
-    from stability_bench.schema import Case, OptimizerSpec
 
 SECTION = "critical_lr"
-DEFAULT_RTOL = 0.02
 # key → (type check, what it must be), for the validator's messages.
 KEYS = {
     "bracket": "[lo, hi]: two learning rates, 0 < lo < hi",
@@ -48,27 +46,11 @@ KEYS = {
 }
 
 
-@dataclass(frozen=True)
-class CriticalLrSpec:
-    """One optimizer's ``critical_lr:`` entry, defaults filled in."""
-
-    optimizer: str
-    lo: float
-    hi: float
-    rtol: float = DEFAULT_RTOL
-    param: str = "lr"
-    steps: int | None = None
-    divergence: dict | None = None
-    expect: dict = field(default_factory=dict)
 
 
-def specs(case: "Case") -> dict[str, CriticalLrSpec]:
+def specs(case: Case) -> dict[str, CriticalLrSpec]:
     """The case's validated ``critical_lr:`` entries, by optimizer key."""
-    section = case.raw.get(SECTION) or {}
-    return {key: CriticalLrSpec(key, float(entry["bracket"][0]), float(entry["bracket"][1]),
-                                float(entry.get("rtol", DEFAULT_RTOL)), entry.get("param", "lr"),
-                                entry.get("steps"), entry.get("divergence"), dict(entry.get("expect") or {}))
-            for key, entry in section.items()}
+    return case.critical_lr
 
 
 # ------------------------------------------------------------------------------ search
@@ -178,6 +160,19 @@ def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def validate_section(raw: dict, got: dict, problems: list[Problem]) -> dict[str, CriticalLrSpec] | None:
+    """The case's ``critical_lr:`` section (its validator in :data:`stability_bench.schema.SECTIONS`):
+    each entry as a :class:`CriticalLrSpec`, defaults filled in; None with problems."""
+    found = section_problems(raw.get(SECTION), got["optimizers"])
+    problems += found
+    if found:
+        return None
+    return {key: CriticalLrSpec(key, float(entry["bracket"][0]), float(entry["bracket"][1]),
+                                float(entry.get("rtol", DEFAULT_RTOL)), entry.get("param", "lr"),
+                                entry.get("steps"), entry.get("divergence"), dict(entry.get("expect") or {}))
+            for key, entry in (raw.get(SECTION) or {}).items()}
+
+
 def section_problems(section: Any, optimizers: dict[str, "OptimizerSpec"],
                      path: tuple = (SECTION,)) -> list[Problem]:
     """Problems of a case's ``critical_lr:`` section (None: no section), located by key path."""
@@ -250,11 +245,9 @@ def _expect_problems(expect: Any, at: tuple) -> list[Problem]:
 
 def _param_problems(param: Any, optimizer: "OptimizerSpec", at: tuple) -> list[Problem]:
     """The searched hyperparameter exists; no other one is swept (one critical lr per entry)."""
-    import inspect
-
     if optimizer.cls is None:   # not in this torch (``min_torch``): the search is skipped
         return []
-    accepted = [n for n in list(inspect.signature(optimizer.cls.__init__).parameters)[2:]]
+    accepted = list(arguments(optimizer.cls.__init__, skip=2).defaults)   # past self, params
     if param not in accepted and param not in optimizer.fixed:
         guess = nearest(str(param), accepted)
         return [Problem(at + ("param",), f"{optimizer.class_name} has no hyperparameter {param!r}"

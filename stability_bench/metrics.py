@@ -27,8 +27,6 @@ Adding a metric::
         g = view.extra["grad_norm"]
         return float(g.max()) if len(g) else None
 """
-# No ``from __future__ import annotations``: SpikeConfig's field types must stay real types,
-# because the case schema checks a case's ``spikes:`` mapping against ``fields(SpikeConfig)``.
 import math
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -37,6 +35,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from .registry import Registry
+from .types import SpikeConfig
 
 __all__ = [
     "LOSS_FLOOR",
@@ -62,63 +61,6 @@ measures an exact-0 minimum differently: see its docstring)."""
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class SpikeConfig:
-    """Settings of the spike detector (:func:`detect_spikes`) and of ``spike_period``.
-
-    All thresholds are ratios, so the detector is scale-free: multiplying the loss by any positive
-    constant changes nothing. Defaults and why:
-
-    * ``window = 20``: the baseline is the median of the previous 20 finite losses. Between
-      Lightning's ``SpikeDetection`` (running mean of 10) and OLMo-core's
-      ``StabilityMonitorCallback`` (128): long enough that a median ignores a previous spike or a
-      short excursion (up to 9 elevated values in the window), short enough to follow a loss that
-      falls by orders of magnitude during a run.
-    * ``factor = 3.0``: a spike is a loss more than 3x its recent median, the same rule as
-      Lightning's default ``rtol=2.0`` (``loss - mean >= 2 * mean``). Step-to-step noise of
-      +-10 % (a ratio of at most 1.1/0.9 = 1.22) is far below it.
-    * ``min_gap = 1``: no extra refractory time beyond the excursion itself; raise it to merge
-      bursts of close onsets into one spike.
-    * ``min_history = None``: at least ``max(1, window // 2)`` (10) previous finite losses are
-      required before any step can be a spike, so the first steps of a run never are.
-    * ``period_tolerance = 1``: gaps between spike onsets that differ by at most 1 optimizer step
-      are grouped together when ``spike_period`` looks for the dominant spacing.
-    """
-
-    window: int = 20
-    """W: how many previous finite losses the baseline (their median) is taken over."""
-    factor: float = 3.0
-    """A step is a spike onset if ``loss > factor * baseline``; must be > 1."""
-    min_gap: int = 1
-    """Entries after an onset during which no new onset counts (on top of the excursion)."""
-    min_history: int | None = None
-    """Finite losses needed before detection starts; None means ``max(1, window // 2)``."""
-    period_tolerance: int = 1
-    """Gaps within +- this many optimizer steps are grouped by ``spike_period``."""
-
-    def __post_init__(self) -> None:
-        if int(self.window) != self.window or self.window < 1:
-            raise ValueError(f"SpikeConfig.window must be an integer >= 1, got {self.window!r}")
-        if not (math.isfinite(self.factor) and self.factor > 1.0):
-            raise ValueError(f"SpikeConfig.factor must be a finite number > 1, got {self.factor!r}")
-        if int(self.min_gap) != self.min_gap or self.min_gap < 1:
-            raise ValueError(f"SpikeConfig.min_gap must be an integer >= 1, got {self.min_gap!r}")
-        if self.min_history is not None and (
-            int(self.min_history) != self.min_history or not 1 <= self.min_history <= self.window
-        ):
-            raise ValueError(
-                f"SpikeConfig.min_history must be None or an integer in [1, window={self.window}], "
-                f"got {self.min_history!r}"
-            )
-        if int(self.period_tolerance) != self.period_tolerance or self.period_tolerance < 0:
-            raise ValueError(
-                f"SpikeConfig.period_tolerance must be an integer >= 0, got {self.period_tolerance!r}"
-            )
-
-    @property
-    def effective_min_history(self) -> int:
-        """``min_history``, or ``max(1, window // 2)`` when it is None."""
-        return int(self.min_history) if self.min_history is not None else max(1, int(self.window) // 2)
 
 
 @dataclass

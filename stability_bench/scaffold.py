@@ -74,8 +74,10 @@ def _existing_pytest_config(root: Path) -> Path | None:
 def _hyperparameters(cls: type, spec: str) -> dict[str, float]:
     """What the case must write for the class to build: ``lr`` when it has no default;
     any other hyperparameter without a default is one init cannot choose."""
-    params = list(inspect.signature(cls.__init__).parameters.values())[2:]
-    required = [p.name for p in params if p.default is p.empty and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+    from stability_bench.typecheck import arguments
+
+    defaults = arguments(cls.__init__, skip=2).defaults   # past self, params
+    required = [name for name, default in defaults.items() if default is inspect.Parameter.empty]
     unknown = [name for name in required if name != "lr"]
     if unknown:
         raise InitError(f"--optimizer {spec}: its __init__ needs {', '.join(map(repr, unknown))} without a "

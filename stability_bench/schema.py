@@ -16,7 +16,7 @@ import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Iterator, Literal, Mapping, Union
+from typing import Annotated, Any, Callable, Iterator, Literal, Mapping, Union
 
 from stability_bench.components import Count
 from stability_bench.components.building import HARNESS_KEYS, takes_context
@@ -24,73 +24,35 @@ from stability_bench.components.data import DATA
 from stability_bench.components.losses import LOSSES
 from stability_bench.components.models import MODELS
 from stability_bench.contracts import ContractError, step_contract
-from stability_bench.critical_lr import section_problems as critical_lr_problems
+from stability_bench.critical_lr import SECTION as CRITICAL_LR
+from stability_bench.critical_lr import validate_section as critical_lr_section
 from stability_bench.eval_metrics import EVAL_METRICS  # noqa: F401  (registers the eval_* metrics)
 from stability_bench.expectations import COMPARATORS, PARITY, PARITY_KEYS, THEORY_REFERENCES
-from stability_bench.metrics import METRICS, SpikeConfig
+from stability_bench.metrics import METRICS
 from stability_bench.optimizers.resolve import OptimizerResolveError, resolve_optimizer_class
 from stability_bench.registry import ImportPathError, Registry, UnknownNameError, describe_exception
 from stability_bench.registry import a_or_an, load_entry_points, nearest
+from stability_bench.types import Case, CaseError, Expectation, OptimizerSpec, SpikeConfig
 from stability_bench.typecheck import NUMBER_STRING as _NUMBER_STRING
 from stability_bench.typecheck import PLAIN as _PLAIN
+from stability_bench.typecheck import arguments as _arguments
 from stability_bench.typecheck import check_mapping as _check_mapping
 from stability_bench.typecheck import is_union as _is_union
 from stability_bench.typecheck import matches as _matches
 from stability_bench.typecheck import type_problem as _type_problem
 from stability_bench.typecheck import unknown_message as _unknown
+from stability_bench.unknown_theory import theory_problems
 from stability_bench.yamlsource import MARKER, KeyPath, Problem, Source, SourceError, read_yaml
 from stability_bench.yamlsource import dotted as _dotted
 
 FORMAT_VERSION = 1      # the value of the ``stability-bench:`` marker this version reads
-MAX_PROBLEMS = 20       # problems shown per file; a garbage file would otherwise print thousands
 # Every step's loss, gradient and update norm is kept in memory and written to the results
 # JSON (~100 bytes a step in all), so 10**7 steps is already ~1 GB; the shipped cases use <= 5000.
 MAX_STEPS = 10**7
 
 
-class CaseError(ValueError):
-    """A malformed case: one paragraph per problem, each naming file, line and key path."""
-
-    def __init__(self, source: Source, problems: list[Problem]):
-        self.source, self.problems = source, problems
-        super().__init__(str(self))
-
-    def __reduce__(self):  # rebuilt from its fields in another process (worker pools pickle it)
-        return type(self), (self.source, self.problems)
-
-    def __str__(self) -> str:
-        shown = [f"{self._where(p)}: {_dotted(p.path) or '(case)'}: {p.message}" for p in self.problems[:MAX_PROBLEMS]]
-        if len(self.problems) > MAX_PROBLEMS:
-            shown.append(f"… and {len(self.problems) - MAX_PROBLEMS} more problems")
-        return "\n".join(shown)
-
-    def _where(self, problem: Problem) -> str:
-        if problem.line is not None and self.source.file is not None:
-            return f"{self.source.file}:{problem.line}"
-        return self.source.where(problem.path)
-
 
 # ----------------------------------------------------------------------- components
-def _signature_params(factory: Any, skip: int) -> tuple[dict[str, Any], set[str], bool]:
-    """(name → hint, required names, accepts **kwargs) of a factory, skipping leading args."""
-    sig = inspect.signature(factory)
-    try:
-        hints = typing.get_type_hints(factory.__init__ if isinstance(factory, type) else factory,
-                                      include_extras=True)  # keep AtLeast limits
-    except Exception:
-        hints = {}
-    params = list(sig.parameters.values())[skip:]
-    allowed, required, var_kw = {}, set(), False
-    for p in params:
-        if p.kind is p.VAR_KEYWORD:
-            var_kw = True
-        elif p.kind is not p.VAR_POSITIONAL:
-            allowed[p.name] = hints.get(p.name, Any)
-            if p.default is p.empty:
-                required.add(p.name)
-    return allowed, required, var_kw
-
-
 def _resolve(registry: Registry, name: Any, path: KeyPath, problems: list[Problem], what: str) -> Any:
     """``registry.get(name)`` — a registered name, an import path or an entry point's
     component — or a located problem (unknown name, failed import, not callable)."""
@@ -120,7 +82,8 @@ def _check_component(spec: Any, registry: Registry, path: KeyPath, problems: lis
     if factory is None:
         return
     factory = registry.get(kind)
-    allowed, required, _ = _signature_params(factory, skip=1 if takes_context(factory) else 0)
+    args = _arguments(factory, skip=1 if takes_context(factory) else 0)
+    allowed, required = args.hints, args.required
     own = HARNESS_KEYS.get(registry.kind, {})  # keys the harness applies itself (loss: negate)
     params = {k: v for k, v in spec.items() if k != "kind"}
     n = len(problems)
@@ -146,71 +109,6 @@ def _check_targets(raw: dict, problems: list[Problem]) -> None:
 
 
 # ----------------------------------------------------------------------- optimizers
-@dataclass
-class OptimizerSpec:
-    """One entry of ``optimizers:``; sweeps expand into :meth:`points`."""
-
-    key: str
-    class_name: str
-    cls: type | None   # None when ``unavailable``
-    fixed: dict[str, Any]
-    sweeps: dict[str, list[Any]]
-    unavailable: str | None = None   # why this torch cannot run it (``min_torch``); its runs are skipped
-
-    _index: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # see sweep_value
-
-    def count(self) -> int:
-        """The number of sweep points: the product of the sweep sizes (nothing expanded)."""
-        return math.prod(len(values) for values in self.sweeps.values())
-
-    def iter_points(self) -> Iterator[dict[str, Any]]:
-        """Every hyperparameter combination (the Cartesian product of the sweeps), lazily."""
-        names = list(self.sweeps)
-        for combo in itertools.product(*(self.sweeps[n] for n in names)):
-            yield {**self.fixed, **dict(zip(names, combo))}
-
-    def points(self) -> list[dict[str, Any]]:
-        """Every hyperparameter combination (the Cartesian product of the sweeps)."""
-        return list(self.iter_points())
-
-    def each_value(self) -> Iterator[tuple[tuple, dict[str, Any]]]:
-        """Every swept value once, the others fixed: first ``((), point)`` with each sweep at
-        its first value, then ``((name, i), point)`` for each other value ``i`` of each sweep
-        — the sum of the sweep sizes, not their product."""
-        first = {**self.fixed, **{name: values[0] for name, values in self.sweeps.items()}}
-        yield (), first
-        for name, values in self.sweeps.items():
-            for i, value in enumerate(values[1:], start=1):
-                yield (name, i), {**first, name: value}
-
-    def points_to_check(self, exhaustive: int = 4096) -> Iterator[dict[str, Any]]:
-        """The points a validation check visits: all of them up to ``exhaustive``, else each
-        swept value once (:meth:`each_value`), so a huge sweep is never expanded."""
-        if self.count() <= exhaustive:
-            return self.iter_points()
-        return (point for _, point in self.each_value())
-
-    def sweep_value(self, name: str, value: Any) -> Any:
-        """The value of sweep ``name`` equal to ``value`` (YAML lists and tuples compare
-        equal), found by hashing (so matching every run with its parity partner is linear);
-        ``KeyError`` if the sweep has none."""
-        def key(v: Any) -> Any:
-            return tuple(v) if isinstance(v, (list, tuple)) else v
-
-        if name not in self._index:
-            try:
-                self._index[name] = {key(v): v for v in reversed(self.sweeps[name])}  # the first of equal ones
-            except TypeError:  # unhashable values: compare one by one
-                self._index[name] = None
-        index = self._index[name]
-        if index is None:
-            return next(v for v in self.sweeps[name] if key(v) == key(value))
-        return index[key(value)]
-
-    def label(self, point: Mapping[str, Any]) -> str:
-        """``lr=38.1`` — the swept values of a point, used in run ids."""
-        return ",".join(f"{k}={point[k]:g}" if isinstance(point[k], float) else f"{k}={point[k]}"
-                        for k in self.sweeps)
 
 
 def _coerce(value: Any, hint: Any) -> Any:
@@ -237,6 +135,13 @@ def _hparam_hint(default: Any, annotation: Any) -> Any:
     if isinstance(default, tuple) and default:
         return tuple[tuple(_hparam_hint(d, None) for d in default)]
     return Any
+
+
+def _unannotated(hint: Any) -> Any:
+    """A hint without its ``Annotated`` extras; Any (no annotation) as None."""
+    if typing.get_origin(hint) is Annotated:
+        hint = typing.get_args(hint)[0]
+    return None if hint is Any else hint
 
 
 def _check_hparam(value: Any, hint: Any, path: KeyPath, problems: list[Problem]) -> None:
@@ -300,15 +205,9 @@ def _optimizer_spec(key: str, spec: Any, path: KeyPath, problems: list[Problem],
     except ContractError as exc:
         problems.append(Problem(path + ("class",), str(exc)))
         return None
-    signature = inspect.signature(cls.__init__)
-    accepted = {n: p.default for n, p in list(signature.parameters.items())[2:]
-                if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
-    var_kw = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
-    try:
-        annotations = typing.get_type_hints(cls.__init__)
-    except Exception:  # unresolvable annotations: the defaults' types still apply
-        annotations = {}
-    hints = {name: _hparam_hint(default, annotations.get(name)) for name, default in accepted.items()}
+    args = _arguments(cls.__init__, skip=2)   # past self, params
+    accepted, var_kw = args.defaults, args.var_kw
+    hints = {name: _hparam_hint(default, _unannotated(args.hints[name])) for name, default in accepted.items()}
     for name in [n for n, d in accepted.items() if d is inspect.Parameter.empty]:
         if name not in spec and not nearest(name, [str(k) for k in spec if k not in accepted]):  # not a typo'd key
             problems.append(Problem(path, f"{spec['class']} needs the hyperparameter {name!r}"))
@@ -447,15 +346,6 @@ def _construction_problems(spec: OptimizerSpec, defaults: set[str], dtype: str, 
 
 
 # ---------------------------------------------------------------------- expectations
-@dataclass(frozen=True)
-class Expectation:
-    """``expect.<optimizer>.<metric>.<comparator>: <bound>`` at ``path`` in the case file."""
-
-    optimizer: str
-    metric: str
-    comparator: str
-    bound: Any
-    path: KeyPath
 
 
 def _check_bound(comparator: str, bound: Any, path: KeyPath, problems: list[Problem]) -> None:
@@ -548,8 +438,8 @@ def _check_probes(section: dict, path: KeyPath, problems: list[Problem]) -> None
         if isinstance(key, str) and ":" in key:  # a user's probe by import path
             probe = _resolve(PROBES, key, key_path, problems, "probe")
             if probe is not None:
-                allowed, required, _ = _signature_params(probe, skip=1)
-                _check_mapping(value if value is not None else {}, {**allowed, "every": int}, required,
+                args = _arguments(probe, skip=1)
+                _check_mapping(value if value is not None else {}, {**args.hints, "every": int}, args.required,
                                key_path, problems, f"probe {key!r}")
             continue
         if key not in PROBES and not (load_entry_points() and key in PROBES):
@@ -558,8 +448,8 @@ def _check_probes(section: dict, path: KeyPath, problems: list[Problem]) -> None
                                     + (f"; did you mean {guess!r}?" if guess else "")
                                     + f" Probes: {', '.join(PROBES.names())}; options: {', '.join(PLAN_OPTIONS)}."))
             continue
-        allowed, required, _ = _signature_params(PROBES.get(key), skip=1)
-        _check_mapping(value if value is not None else {}, {**allowed, "every": Count}, required,
+        args = _arguments(PROBES.get(key), skip=1)
+        _check_mapping(value if value is not None else {}, {**args.hints, "every": Count}, args.required,
                        key_path, problems, f"probe {key!r}")
 
 
@@ -684,7 +574,8 @@ def _check_schedule(spec: Any, path: KeyPath, problems: list[Problem]) -> None:
     if reason:
         problems.append(Problem(path + ("class",), reason))
         return
-    allowed, required, var_kw = _signature_params(cls, skip=0)
+    args = _arguments(cls)
+    allowed, required, var_kw = dict(args.hints), args.required, args.var_kw
     allowed.pop("optimizer", None)
     required.discard("optimizer")
     if "schedulers" in allowed:
@@ -698,7 +589,7 @@ def _check_schedule(spec: Any, path: KeyPath, problems: list[Problem]) -> None:
             _check_schedule(inner, path + ("schedulers", i), problems)
 
 
-def _check_clip(raw: dict, optimizers: Mapping[str, OptimizerSpec], problems: list[Problem]) -> dict | None:
+def _check_clip(raw: dict, got: dict, problems: list[Problem]) -> dict | None:
     """``clip_grad_norm`` / ``clip_grad_value``: arguments of torch.nn.utils.clip_grad_norm_ /
     clip_grad_value_ (checked against their signatures); one of the two."""
     import torch
@@ -711,14 +602,15 @@ def _check_clip(raw: dict, optimizers: Mapping[str, OptimizerSpec], problems: li
         return None
     key = given[0]
     fn = torch.nn.utils.clip_grad_norm_ if key == "clip_grad_norm" else torch.nn.utils.clip_grad_value_
-    allowed, required, _ = _signature_params(fn, skip=1)
+    args = _arguments(fn, skip=1)
+    allowed, required = args.hints, args.required
     n = len(problems)
     if _check_mapping(raw[key], allowed, required, (key,), problems, key):
         bound = "max_norm" if key == "clip_grad_norm" else "clip_value"
         value = raw[key].get(bound)
         if _matches(value, float) and not value > 0:
             problems.append(Problem((key, bound), f"{bound} must be > 0, got {value}"))
-    for opt_key, spec in optimizers.items():
+    for opt_key, spec in got["optimizers"].items():
         if spec.cls is not None and "create_graph" in step_contract(spec.cls):
             problems.append(Problem(("optimizers", opt_key, "class"),
                                     f"{spec.class_name} needs create_graph (it differentiates p.grad), and "
@@ -747,140 +639,207 @@ def _check_eval(spec: Any, problems: list[Problem]) -> dict | None:
     return None if len(problems) > n else {**EVAL_DEFAULTS, **spec}
 
 
-def _check_training(raw: dict, optimizers: Mapping[str, OptimizerSpec], problems: list[Problem]) -> dict:
-    """The schedule, clipping and eval sections, as Case fields."""
-    if raw.get("schedule") is not None:
-        _check_schedule(raw["schedule"], ("schedule",), problems)
-    clip = _check_clip(raw, optimizers, problems)
-    evaluation = _check_eval(raw["eval"], problems) if raw.get("eval") is not None else None
-    return {"schedule": raw.get("schedule"), "clip": clip, "eval": evaluation}
+# ------------------------------------------------------------------------- sections
+@dataclass(frozen=True)
+class Section:
+    """One section of a case file, validated the one way every section is: ``keys`` are its
+    top-level keys with their types (checked for the whole file first);
+    ``validate(raw, got, problems)`` checks them — reading the fields the sections before it
+    yielded in ``got`` — and returns the value of the :class:`Case` field ``field``."""
+
+    keys: Mapping[str, Any]
+    validate: Callable[[dict, dict, list[Problem]], Any]
+    field: str | None   # None: the section checks, and yields no field of its own
 
 
-# ----------------------------------------------------------------------------- case
-BatchSpec = Union[Literal["full"], dict]
-_BATCH_KEYS = {"size": int, "shuffle": bool, "drop_last": bool}
-_DIVERGENCE_KEYS = {"factor": float, "max_loss": Union[float, None]}
-_SPIKE_KEYS = typing.get_type_hints(SpikeConfig)
-
-# Top-level keys and their types; the component sections are checked against registries.
-TOP_LEVEL: dict[str, Any] = {
-    MARKER: int, "name": str, "description": str, "seeds": list[int], "devices": list[str],
-    "dtype": Literal["float32", "float64"], "model": dict, "data": dict, "loss": dict,
-    "batch": Union[str, dict], "steps": int, "optimizers": dict, "expect": dict,
-    "divergence": dict, "spikes": dict, "slow": bool, "variants": dict, "probes": dict,
-    "timeout": float,
-    "critical_lr": Union[dict, None],   # see stability_bench.critical_lr
-}
-# Training sections beyond the loop itself (see _check_training).
-TOP_LEVEL.update({"schedule": Union[dict, None], "clip_grad_norm": Union[dict, None],
-                  "clip_grad_value": Union[dict, None], "eval": Union[dict, None]})
-REQUIRED = {"name", "model", "loss", "steps", "optimizers"}
-_DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
+def _value(key: str, default: Any = None) -> Callable[[dict, dict, list[Problem]], Any]:
+    """The validator of a section its type check says all of: its value, or ``default``."""
+    return lambda raw, got, problems: raw.get(key, default)
 
 
-@dataclass
-class Case:
-    """A validated case: what to train, how, for how long, and what must hold."""
-
-    name: str
-    description: str
-    seeds: list[int]
-    devices: list[str]
-    dtype: str
-    model: dict
-    data: dict
-    loss: dict
-    batch: dict                      # {size: int | None, shuffle, drop_last}; size None = full
-    steps: int
-    optimizers: dict[str, OptimizerSpec]
-    expectations: list[Expectation]
-    divergence: dict
-    spikes: SpikeConfig
-    slow: bool
-    source: Source = field(repr=False)
-    raw: dict = field(repr=False)    # the case as written (variant merged), for reports/triage
-    probes: dict = field(default_factory=dict)  # the ``probes:`` section as written (validated)
-    timeout: float | None = None     # seconds per run, enforced by the runner; None: no limit
-    schedule: dict | None = None     # ``schedule:`` as written (validated), see schedules.py
-    clip: dict | None = None         # {"kind": "norm" | "value", **torch.nn.utils clip arguments}
-    eval: dict | None = None         # {"every", "split", "heldout_fraction"} with defaults filled in
-
-    def where(self, path: KeyPath = ()) -> str:
-        return self.source.where(path)
-
-
-def _validate(raw: Any, source: Source) -> Case:
-    problems: list[Problem] = []
-    if not _check_mapping(raw, TOP_LEVEL, REQUIRED, (), problems, "a case"):
-        raise CaseError(source, problems)
+def _check_marker(raw: dict, got: dict, problems: list[Problem]) -> None:
     if MARKER in raw and raw[MARKER] != FORMAT_VERSION and _matches(raw[MARKER], int):
         problems.append(Problem((MARKER,), f"case format version {raw[MARKER]} is not supported: this "
                                 f"stability-bench reads '{MARKER}: {FORMAT_VERSION}'"))
-    for key, registry in (("model", MODELS), ("data", DATA), ("loss", LOSSES)):
+
+
+def _component(key: str, registry: Registry, default: dict | None = None):
+    """The validator of a component section (``model:``, ``data:``, ``loss:``)."""
+    def validate(raw: dict, got: dict, problems: list[Problem]) -> dict | None:
         if isinstance(raw.get(key), dict):
             _check_component(raw[key], registry, (key,), problems)
-    _check_targets(raw, problems)
-    for key, example in (("seeds", "[0]"), ("devices", "[cpu]")):
-        if raw.get(key) == []:  # no seed or no device: no runs at all, which must not pass silently
+        if key == "loss":  # the loss comes after the data it reads
+            _check_targets(raw, problems)
+        return raw.get(key, default)
+    return validate
+
+
+def _nonempty(key: str, example: str, default: list):
+    """The validator of ``seeds:`` and ``devices:``: no seed or no device means no runs at
+    all, which must not pass silently."""
+    def validate(raw: dict, got: dict, problems: list[Problem]) -> list:
+        if raw.get(key) == []:
             problems.append(Problem((key,), f"{key} is empty, so the case has no runs; give at least one, "
                                             f"e.g. {key}: {example} (the default), or delete the key"))
-    devices = raw.get("devices", [])
-    for i, device in enumerate(devices if isinstance(devices, list) else []):
-        if isinstance(device, str) and not _DEVICE.match(device):
-            problems.append(Problem(("devices", i), f"unknown device {device!r}: use cpu, cuda or cuda:N"))
+        values = raw.get(key, default)
+        if key == "devices":
+            for i, device in enumerate(values if isinstance(values, list) else []):
+                if isinstance(device, str) and not _DEVICE.match(device):
+                    problems.append(Problem(("devices", i), f"unknown device {device!r}: use cpu, cuda or cuda:N"))
+        return list(values) if isinstance(values, list) else None
+    return validate
+
+
+def _check_steps(raw: dict, got: dict, problems: list[Problem]) -> int | None:
     steps = raw.get("steps")
     if _matches(steps, int) and steps < 1:
         problems.append(Problem(("steps",), f"steps must be at least 1, got {steps}"))
     elif _matches(steps, int) and steps > MAX_STEPS:
         problems.append(Problem(("steps",), f"steps must be at most {MAX_STEPS:,} (every step's record "
                                 f"is kept in memory and in the results), got {steps:,}"))
+    return steps
+
+
+def _check_timeout(raw: dict, got: dict, problems: list[Problem]) -> float | None:
     timeout = raw.get("timeout")
     if _matches(timeout, float) and not 0 < timeout < math.inf:
         problems.append(Problem(("timeout",), f"timeout is seconds per run, a positive finite number; "
                                 f"got {timeout!r}"))
+    return float(timeout) if _matches(timeout, float) else None
+
+
+_BATCH_KEYS = {"size": int, "shuffle": bool, "drop_last": bool}
+
+
+def _check_batch(raw: dict, got: dict, problems: list[Problem]) -> dict | None:
+    """``batch: full`` or ``{size, shuffle, drop_last}``, as ``{size: int | None, shuffle,
+    drop_last}`` (size None: the full batch)."""
     batch = raw.get("batch", "full")
     if isinstance(batch, str) and batch != "full":
         problems.append(Problem(("batch",), f"batch is 'full' or {{size: N, shuffle: true, "
                                             f"drop_last: false}}, got {batch!r}"))
-    elif isinstance(batch, dict):
-        _check_mapping(batch, _BATCH_KEYS, {"size"}, ("batch",), problems, "batch")
-        if isinstance(batch.get("size"), int) and batch["size"] < 1:
-            problems.append(Problem(("batch", "size"), "batch size must be at least 1"))
-    for key, allowed in (("divergence", _DIVERGENCE_KEYS), ("spikes", _SPIKE_KEYS)):
-        if key in raw:
-            _check_mapping(raw[key], allowed, set(), (key,), problems, key)
+        return None
+    if batch == "full":
+        return {"size": None, "shuffle": False, "drop_last": False}
+    if not isinstance(batch, dict):  # the type check said so
+        return None
+    n = len(problems)
+    _check_mapping(batch, _BATCH_KEYS, {"size"}, ("batch",), problems, "batch")
+    if isinstance(batch.get("size"), int) and batch["size"] < 1:
+        problems.append(Problem(("batch", "size"), "batch size must be at least 1"))
+    if len(problems) > n:
+        return None
+    return {"size": batch["size"], "shuffle": batch.get("shuffle", True), "drop_last": batch.get("drop_last", False)}
+
+
+_DIVERGENCE_KEYS = {"factor": float, "max_loss": Union[float, None]}
+
+
+def _check_divergence(raw: dict, got: dict, problems: list[Problem]) -> dict:
+    if "divergence" in raw and not _check_mapping(raw["divergence"], _DIVERGENCE_KEYS, set(), ("divergence",),
+                                                  problems, "divergence"):
+        return None
+    return {"factor": 1e10, "max_loss": None, **raw.get("divergence", {})}
+
+
+_SPIKE_KEYS = typing.get_type_hints(SpikeConfig)
+
+
+def _check_spikes(raw: dict, got: dict, problems: list[Problem]) -> SpikeConfig | None:
+    """``spikes:``: the detector's settings, by type, then by the detector's own rules."""
+    spikes, n = raw.get("spikes", {}), len(problems)
+    if "spikes" in raw:
+        _check_mapping(spikes, _SPIKE_KEYS, set(), ("spikes",), problems, "spikes")
+    if len(problems) > n:
+        return None
+    try:
+        return SpikeConfig(**spikes)
+    except (TypeError, ValueError) as exc:  # e.g. factor 0.5: no loss is a spike below its median
+        problems.append(Problem(("spikes",), str(exc)))
+        return None
+
+
+def _check_probes_section(raw: dict, got: dict, problems: list[Problem]) -> dict:
     if isinstance(raw.get("probes"), dict):
         _check_probes(raw["probes"], ("probes",), problems)
+    return raw.get("probes") or {}
+
+
+def _check_optimizers(raw: dict, got: dict, problems: list[Problem]) -> dict[str, OptimizerSpec]:
     optimizers: dict[str, OptimizerSpec] = {}
     if isinstance(raw.get("optimizers"), dict):
         if not raw["optimizers"]:
             problems.append(Problem(("optimizers",), "a case needs at least one optimizer"))
+        dtype = raw["dtype"] if raw.get("dtype") in ("float32", "float64") else "float32"
         for key, spec in raw["optimizers"].items():
-            parsed = _optimizer_spec(str(key), spec, ("optimizers", key), problems,
-                                     raw["dtype"] if raw.get("dtype") in ("float32", "float64") else "float32")
+            parsed = _optimizer_spec(str(key), spec, ("optimizers", key), problems, dtype)
             if parsed:
                 optimizers[str(key)] = parsed
+    return optimizers
+
+
+def _check_expect(raw: dict, got: dict, problems: list[Problem]) -> list[Expectation]:
     declared = raw["optimizers"] if isinstance(raw.get("optimizers"), dict) else {}  # else already a problem
-    expectations = _expectations(raw.get("expect", {}), declared, ("expect",), problems)
-    training = _check_training(raw, optimizers, problems)
-    problems += critical_lr_problems(raw.get("critical_lr"), optimizers)
+    return _expectations(raw.get("expect", {}), declared, ("expect",), problems)
+
+
+def _check_schedule_section(raw: dict, got: dict, problems: list[Problem]) -> dict | None:
+    if raw.get("schedule") is not None:
+        _check_schedule(raw["schedule"], ("schedule",), problems)
+    return raw.get("schedule")
+
+
+def _check_eval_section(raw: dict, got: dict, problems: list[Problem]) -> dict | None:
+    return _check_eval(raw["eval"], problems) if raw.get("eval") is not None else None
+
+
+# ----------------------------------------------------------------------------- case
+_DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
+
+# Every section of a case file, in the order they are validated (and their problems listed):
+# a section may read the fields of those before it (``expect`` and ``clip_grad_*`` read the
+# optimizers). Adding a section is one entry here and a Case field.
+SECTIONS: tuple[Section, ...] = (
+    Section({MARKER: int}, _check_marker, None),
+    Section({"model": dict}, _component("model", MODELS), "model"),
+    Section({"data": dict}, _component("data", DATA, {"kind": "none"}), "data"),
+    Section({"loss": dict}, _component("loss", LOSSES), "loss"),
+    Section({"seeds": list[int]}, _nonempty("seeds", "[0]", [0]), "seeds"),
+    Section({"devices": list[str]}, _nonempty("devices", "[cpu]", ["cpu"]), "devices"),
+    Section({"steps": int}, _check_steps, "steps"),
+    Section({"timeout": float}, _check_timeout, "timeout"),
+    Section({"batch": Union[str, dict]}, _check_batch, "batch"),
+    Section({"divergence": dict}, _check_divergence, "divergence"),
+    Section({"spikes": dict}, _check_spikes, "spikes"),
+    Section({"probes": dict}, _check_probes_section, "probes"),
+    Section({"optimizers": dict}, _check_optimizers, "optimizers"),
+    Section({"expect": dict}, _check_expect, "expectations"),
+    Section({"schedule": Union[dict, None]}, _check_schedule_section, "schedule"),
+    Section({"clip_grad_norm": Union[dict, None], "clip_grad_value": Union[dict, None]}, _check_clip, "clip"),
+    Section({"eval": Union[dict, None]}, _check_eval_section, "eval"),
+    Section({CRITICAL_LR: Union[dict, None]}, critical_lr_section, "critical_lr"),
+    Section({"name": str}, _value("name"), "name"),
+    Section({"description": str}, lambda raw, got, problems: str(raw.get("description", "")).strip(), "description"),
+    Section({"dtype": Literal["float32", "float64"]}, _value("dtype", "float32"), "dtype"),
+    Section({"slow": bool}, lambda raw, got, problems: bool(raw.get("slow", False)), "slow"),
+)
+# Top-level keys and their types: the sections' keys, and ``variants:`` (see load_cases).
+TOP_LEVEL: dict[str, Any] = {**{k: t for section in SECTIONS for k, t in section.keys.items()}, "variants": dict}
+REQUIRED = {"name", "model", "loss", "steps", "optimizers"}
+
+
+def _validate(raw: Any, source: Source) -> Case:
+    problems: list[Problem] = []
+    if not _check_mapping(raw, TOP_LEVEL, REQUIRED, (), problems, "a case"):
+        raise CaseError(source, problems)
+    got: dict[str, Any] = {}
+    for section in SECTIONS:
+        value = section.validate(raw, got, problems)
+        if section.field is not None:
+            got[section.field] = value
     if problems:
         raise CaseError(source, problems)
-    batch_spec = ({"size": None, "shuffle": False, "drop_last": False} if batch == "full" else
-                  {"size": batch["size"], "shuffle": batch.get("shuffle", True),
-                   "drop_last": batch.get("drop_last", False)})
-    case = Case(
-        name=raw["name"], description=raw.get("description", "").strip(),
-        seeds=list(raw.get("seeds", [0])), devices=list(raw.get("devices", ["cpu"])),
-        dtype=raw.get("dtype", "float32"), model=raw["model"],
-        data=raw.get("data", {"kind": "none"}), loss=raw["loss"], batch=batch_spec,
-        steps=raw["steps"], optimizers=optimizers, expectations=expectations,
-        divergence={"factor": 1e10, "max_loss": None, **raw.get("divergence", {})},
-        spikes=SpikeConfig(**raw.get("spikes", {})), slow=bool(raw.get("slow", False)),
-        source=source, raw=raw, probes=raw.get("probes") or {}, **training,
-        timeout=float(raw["timeout"]) if "timeout" in raw else None)
-    from stability_bench.unknown_theory import theory_problems  # bounds on a threshold theory lacks
-
+    case = Case(**got, source=source, raw=raw)
     problems = theory_problems(case) + _unprobed_figures(case)
     if problems:
         raise CaseError(source, problems)

@@ -6,14 +6,43 @@ named as such, "did you mean" for unknown keys and names. (Only ``AtLeast`` come
 """
 from __future__ import annotations
 
+import inspect
 import math
 import re
 import typing
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Mapping, Union
 
 from stability_bench.components import AtLeast
 from stability_bench.registry import nearest
 from stability_bench.yamlsource import KeyPath, Problem
+
+@dataclass(frozen=True)
+class Arguments:
+    """What a callable takes by keyword (past ``skip`` leading parameters such as ``self,
+    params`` or a component's ``ctx``): the one reading of a signature that the schema's
+    checks of components, probes, schedulers, clipping and optimizers share."""
+
+    hints: dict[str, Any]      # name → type hint (Annotated limits kept); Any where none
+    defaults: dict[str, Any]   # name → default; inspect.Parameter.empty where required
+    var_kw: bool               # takes **kwargs
+
+    @property
+    def required(self) -> set[str]:
+        return {name for name, default in self.defaults.items() if default is inspect.Parameter.empty}
+
+
+def arguments(fn: Any, skip: int = 0) -> Arguments:
+    """The :class:`Arguments` of ``fn`` (a class: its constructor's)."""
+    parameters = list(inspect.signature(fn).parameters.values())
+    try:
+        hints = typing.get_type_hints(fn.__init__ if isinstance(fn, type) else fn, include_extras=True)
+    except Exception:  # unresolvable annotations: the names still count
+        hints = {}
+    named = [p for p in parameters[skip:] if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+    return Arguments({p.name: hints.get(p.name, Any) for p in named}, {p.name: p.default for p in named},
+                     any(p.kind is p.VAR_KEYWORD for p in parameters))
+
 
 NUMBER_STRING = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
