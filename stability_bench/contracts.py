@@ -11,16 +11,21 @@ class, so a case that cannot run is rejected at validation instead of crashing m
   methods.
 
 A class declares contracts with ``stability_bench_contract = "create_graph"`` (a name
-or a list of names); declared and detected contracts add up. Pure Python: no torch import.
+or a list of names), or its record in ``optimizers.records`` does (``contract``, found
+along the MRO while the subclass runs the recorded class's step, as ``optimizers.lookup``
+says); declared and detected contracts add up.
 """
 from __future__ import annotations
 
 import inspect
 
+from stability_bench.optimizers.lookup import ClassTable
+from stability_bench.optimizers.records import RECORDS
 from stability_bench.registry import nearest
 
 CONTRACTS = ("closure", "create_graph", "train_eval")
 ATTRIBUTE = "stability_bench_contract"
+RECORDED: ClassTable[frozenset] = ClassTable("step contract", None, RECORDS, "contract")
 
 
 class ContractError(ValueError):
@@ -31,13 +36,15 @@ def step_contract(cls: type) -> frozenset[str]:
     """The contracts of optimizer class ``cls`` (:class:`ContractError` if unsupported)."""
     declared = getattr(cls, ATTRIBUTE, ())
     declared = [declared] if isinstance(declared, str) else list(declared)
-    for name in declared:
+    recorded = RECORDED.lookup(cls)[0] or ()
+    for name, where in [(n, f"{cls.__name__}.{ATTRIBUTE}") for n in declared] + \
+            [(n, f"the record of {cls.__name__} (optimizers.records)") for n in recorded]:
         if name not in CONTRACTS:
             guess = nearest(str(name), list(CONTRACTS))
-            raise ContractError(f"{cls.__name__}.{ATTRIBUTE} = {name!r} is not a step contract"
+            raise ContractError(f"{where} = {name!r} is not a step contract"
                                 + (f"; did you mean {guess!r}?" if guess else "")
                                 + f" Known: {', '.join(CONTRACTS)}.")
-    contract = set(declared)
+    contract = set(declared) | set(recorded)
     params = list(inspect.signature(cls.step).parameters.values())[1:]
     for p in params:
         if p.default is not p.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):

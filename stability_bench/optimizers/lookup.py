@@ -1,5 +1,6 @@
 """Per-class facts about optimizers (a preconditioner reader, a threshold rule) that follow
-subclasses only as far as it is safe.
+subclasses only as far as it is safe. The facts are the fields of one record per class
+(``optimizers.records``); a :class:`ClassTable` is the lookup of one field.
 
 A fact registered for a class C — or a hook method (``stability_threshold``,
 ``preconditioner``, ``precond_inv_sqrt_apply``) defined on C — describes C's *update*.
@@ -19,13 +20,14 @@ subclass's own ``__dict__``; functions are compared unwrapped.
 from __future__ import annotations
 
 import inspect
-from typing import Callable, Generic, Iterator, TypeVar
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Generic, Iterator, TypeVar
 
 import torch
 from torch.optim import Optimizer
 
-__all__ = ["HOOKS", "UnknownTheory", "ClassTable", "class_label", "overridden_update_methods",
-           "trusted_hook", "no_preconditioner", "optim_class"]
+__all__ = ["HOOKS", "UnknownTheory", "Unknown", "Records", "ClassTable", "class_label",
+           "overridden_update_methods", "trusted_hook", "no_preconditioner", "optim_class"]
 
 T = TypeVar("T")
 
@@ -101,56 +103,112 @@ def trusted_hook(cls: type, name: str, what: str) -> tuple[Callable | None, str 
     return _function(vars(owner)[name]), None
 
 
-class ClassTable(Generic[T]):
-    """Class → fact, looked up along the MRO with the update-method rule above; classes can
-    also be registered as explicitly unknown, with the reason."""
+@dataclass(frozen=True)
+class Unknown:
+    """A record's answer "not known for this class", with the reason."""
 
-    def __init__(self, what: str, hook: str | None):
+    reason: str
+
+
+@dataclass(frozen=True)
+class _Fact:
+    """The record of a stand-alone :class:`ClassTable`: one fact."""
+
+    cls: type
+    fact: Any = None
+
+
+class Records:
+    """Class → record: a frozen dataclass with a ``cls`` field and one field per fact, None
+    where the record says nothing (a lookup then goes on up the MRO). ``make(cls)`` is the
+    empty record of ``cls``, for facts registered for a class that has none yet."""
+
+    def __init__(self, make: Callable[[type], Any]):
+        self._make = make
+        self._by_class: dict[type, Any] = {}
+
+    def add(self, *records: Any) -> None:
+        """Add (or replace) records; a record whose ``cls`` is None (a torch.optim class
+        this torch lacks, see :func:`optim_class`) is skipped."""
+        for record in records:
+            if record.cls is not None:
+                self._by_class[record.cls] = record
+
+    def get(self, cls: type) -> Any | None:
+        return self._by_class.get(cls)
+
+    def fact(self, cls: type, field: str) -> Any | None:
+        record = self._by_class.get(cls)
+        return None if record is None else getattr(record, field)
+
+    def set_fact(self, cls: type, field: str, value: Any) -> None:
+        record = self._by_class.get(cls)
+        self._by_class[cls] = replace(self._make(cls) if record is None else record, **{field: value})
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(list(self._by_class.values()))
+
+    def __len__(self) -> int:
+        return len(self._by_class)
+
+
+class ClassTable(Generic[T]):
+    """One fact of the optimizer records (the record field ``field``): class → fact, looked
+    up along the MRO with the update-method rule above; a record can also state the fact
+    explicitly unknown, with the reason (:class:`Unknown`). Registering here writes the
+    class's record. Without ``records`` the table keeps records of its own."""
+
+    def __init__(self, what: str, hook: str | None, records: Records | None = None, field: str = "fact"):
         self.what, self.hook = what, hook  # e.g. "preconditioner", "preconditioner"
-        self._known: dict[type, T] = {}
-        self._unknown: dict[type, str] = {}
+        self.records = Records(_Fact) if records is None else records
+        self.field = field
+
+    def _fact(self, cls: type) -> Any | None:
+        return self.records.fact(cls, self.field)
 
     def register(self, cls: type, fact: T | None = None):
         """``@table.register(torch.optim.Adam)`` or ``table.register(cls, fact)``."""
         def add(entry: T) -> T:
             if cls is not None:  # None: a torch.optim class this torch lacks (optim_class)
-                self._unknown.pop(cls, None)
-                self._known[cls] = entry
+                self.records.set_fact(cls, self.field, entry)
             return entry
         return add(fact) if fact is not None else add
 
     def register_unknown(self, cls: type | None, reason: str) -> None:
         if cls is None:
             return
-        self._known.pop(cls, None)
-        self._unknown[cls] = reason
+        self.records.set_fact(cls, self.field, Unknown(reason))
 
     def lookup(self, cls: type) -> tuple[T | None, str | None]:
-        """(fact, None), or (None, why not): the nearest registered ancestor decides, if
-        ``cls`` still runs its update."""
+        """(fact, None), or (None, why not): the nearest ancestor whose record states the
+        fact decides, if ``cls`` still runs its update."""
         for base in cls.__mro__:
-            if base in self._known or base in self._unknown:
+            fact = self._fact(base)
+            if fact is not None:
                 overridden = overridden_update_methods(cls, base)
                 if overridden:
                     return None, _refusal(cls, base, overridden, self.what, self.hook)
-                if base in self._unknown:
-                    return None, f"{class_label(base)}: {self._unknown[base]}"
-                return self._known[base], None
+                if isinstance(fact, Unknown):
+                    return None, f"{class_label(base)}: {fact.reason}"
+                return fact, None
         no_hook = f"it has no {self.hook}() method, and " if self.hook else ""
         return None, (f"{class_label(cls)} is not a class whose {self.what} is known: {no_hook}"
                       "neither it nor any ancestor is registered")
 
+    def _stated(self) -> list[tuple[type, Any]]:
+        return [(r.cls, getattr(r, self.field)) for r in self.records if getattr(r, self.field) is not None]
+
     def known(self) -> list[type]:
-        return list(self._known)
+        return [cls for cls, fact in self._stated() if not isinstance(fact, Unknown)]
 
     def unknown(self) -> dict[type, str]:
-        return dict(self._unknown)
+        return {cls: fact.reason for cls, fact in self._stated() if isinstance(fact, Unknown)}
 
     def names(self) -> list[str]:
-        return sorted(k.__name__ for k in self._known)
+        return sorted(k.__name__ for k in self.known())
 
     def __contains__(self, cls: object) -> bool:
-        return cls in self._known or cls in self._unknown
+        return isinstance(cls, type) and self._fact(cls) is not None
 
     def __iter__(self) -> Iterator[type]:
-        return iter(list(self._known) + list(self._unknown))
+        return iter(self.known() + list(self.unknown()))

@@ -26,9 +26,10 @@ second-moment statistics where they are — the same frozen-statistics P, one st
 2. ``preconditioner()`` on the optimizer: the diagonal, one tensor per parameter (the
    reference optimizers; the hook for users' own optimizers; None while unknown);
    ``preconditioner = optimizers.lookup.no_preconditioner`` declares P = I;
-3. ``PRECONDITIONERS``, keyed by class and followed along the MRO: a user's subclass of
-   torch's AdamW gets AdamW's reader unless it overrides AdamW's step (``optimizers.lookup``
-   says why that rule); every torch.optim class is in it:
+3. ``PRECONDITIONERS``, the ``preconditioner`` of the optimizer records
+   (``optimizers.records``, where the readers are), keyed by class and followed along the
+   MRO: a user's subclass of torch's AdamW gets AdamW's reader unless it overrides AdamW's
+   step (``optimizers.lookup`` says why that rule); every torch.optim class has one:
 
    SGD, ASGD    P = I (no preconditioner).
    Adam, AdamW  P = (1−β₁ᵗ)(√(v_t/(1−β₂ᵗ)) + ε), v = ``max_exp_avg_sq`` with amsgrad.
@@ -68,190 +69,32 @@ dtype and device.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable, Literal, Sequence
 
 import torch
 from torch.optim import Optimizer
 
-from stability_bench.optimizers import reference
-from stability_bench.optimizers.lookup import (
-    ClassTable,
-    class_label,
-    no_preconditioner,
-    optim_class,
-    trusted_hook,
+from stability_bench.optimizers.lookup import ClassTable, class_label, no_preconditioner, trusted_hook
+from stability_bench.optimizers.records import (
+    IDENTITY,
+    RECORDS,
+    Reader,
+    adafactor_second_moment,
+    radam_rectification,
 )
+from stability_bench.optimizers.state import per_param, steps_taken
 
 __all__ = ["PRECONDITIONERS", "IDENTITY", "Preconditioning", "preconditioning", "precond_status",
            "diagonal_preconditioner", "is_preconditioned", "second_moment", "second_moment_status", "SECOND_MOMENTS",
-           "flat_diagonal", "precond_sqrt_inv"]
+           "flat_diagonal", "precond_sqrt_inv", "adafactor_second_moment", "radam_rectification"]
 
-Reader = Callable[[Optimizer], "list[torch.Tensor] | None"]
-
-
-def IDENTITY(optimizer: Optimizer) -> None:
-    """The reader of methods without a preconditioner (P = I)."""
-    return None
-
-
-PRECONDITIONERS: ClassTable[Reader] = ClassTable("preconditioner", "preconditioner")
+PRECONDITIONERS: ClassTable[Reader] = ClassTable("preconditioner", "preconditioner", RECORDS, "preconditioner")
 NO_STEP_YET = "no optimizer step yet: P is built from the optimizer's state, which it does not have yet"
 
 
 def _params(optimizer: Optimizer) -> list[torch.Tensor]:
     return [p for group in optimizer.param_groups for p in group["params"]]
-
-
-def _per_param(optimizer: Optimizer, fn: Callable[[torch.Tensor, dict, dict], torch.Tensor | None]):
-    """fn(p, state, group) for every parameter, in param-group order; None if any is None."""
-    out = []
-    with torch.no_grad():
-        for group in optimizer.param_groups:
-            for p in group["params"]:
-                state = optimizer.state.get(p)
-                P = fn(p, state, group) if state else None
-                if P is None:
-                    return None
-                out.append(P)
-    return out
-
-
-def _step(state: dict) -> int:
-    return int(float(state["step"])) if "step" in state else 0
-
-
-def _after_first_step(optimizer: Optimizer, formula: Callable[..., torch.Tensor], with_param: bool = False):
-    """:func:`_per_param` of ``formula(state, group, t)`` (``formula(p, state, group, t)``
-    with ``with_param``) — P at step count t ≥ 1; None before the first step, where P_0 is
-    undefined with bias correction."""
-    def P(p, state, group):
-        t = _step(state)
-        if t < 1:
-            return None
-        return formula(p, state, group, t) if with_param else formula(state, group, t)
-    return _per_param(optimizer, P)
-
-
-for _name in ("SGD", "ASGD"):
-    PRECONDITIONERS.register(optim_class(_name), IDENTITY)
-
-
-@PRECONDITIONERS.register(optim_class("Adam"))
-@PRECONDITIONERS.register(optim_class("AdamW"))
-def _adam(optimizer: Optimizer) -> list[torch.Tensor] | None:
-    def P(state, group, t):
-        beta1, beta2 = (float(b) for b in group["betas"])
-        v = state["max_exp_avg_sq"] if group.get("amsgrad") else state["exp_avg_sq"]
-        bc1, bc2 = 1.0 - beta1 ** t, 1.0 - beta2 ** t
-        return bc1 * ((v / bc2).sqrt() + float(group["eps"]))
-    return _after_first_step(optimizer, P)
-
-
-@PRECONDITIONERS.register(optim_class("NAdam"))
-def _nadam(optimizer: Optimizer) -> list[torch.Tensor] | None:
-    def P(state, group, t):
-        beta2 = float(group["betas"][1])
-        return (state["exp_avg_sq"] / (1.0 - beta2 ** t)).sqrt() + float(group["eps"])
-    return _after_first_step(optimizer, P)
-
-
-def radam_rectification(beta2: float, t: int) -> float | None:
-    """RAdam's r_t (Liu et al. 2020, as torch computes it), or None while the SMA length
-    ρ_t ≤ 5 (torch then takes a plain momentum step)."""
-    rho_inf = 2.0 / (1.0 - beta2) - 1.0
-    rho_t = rho_inf - 2.0 * t * beta2 ** t / (1.0 - beta2 ** t)
-    if rho_t <= 5.0:
-        return None
-    return math.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
-
-
-@PRECONDITIONERS.register(optim_class("RAdam"))
-def _radam(optimizer: Optimizer) -> list[torch.Tensor] | None:
-    def P(state, group, t):
-        beta1, beta2 = (float(b) for b in group["betas"])
-        bc1, bc2 = 1.0 - beta1 ** t, 1.0 - beta2 ** t
-        r = radam_rectification(beta2, t)
-        if r is None:
-            return torch.full_like(state["exp_avg_sq"], bc1)
-        return bc1 * (state["exp_avg_sq"].sqrt() + float(group["eps"])) / (r * math.sqrt(bc2))
-    return _after_first_step(optimizer, P)
-
-
-@PRECONDITIONERS.register(optim_class("SparseAdam"))
-def _sparse_adam(optimizer: Optimizer) -> list[torch.Tensor] | None:
-    def P(state, group, t):
-        beta1, beta2 = (float(b) for b in group["betas"])
-        return (1.0 - beta1 ** t) * (state["exp_avg_sq"].sqrt() + float(group["eps"])) / math.sqrt(1.0 - beta2 ** t)
-    return _after_first_step(optimizer, P)
-
-
-@PRECONDITIONERS.register(optim_class("RMSprop"))
-def _rmsprop(optimizer: Optimizer) -> list[torch.Tensor] | None:
-    def P(state, group, t):
-        v = state["square_avg"]
-        if group.get("centered"):
-            v = v - state["grad_avg"].square()
-        return v.sqrt() + float(group["eps"])
-    return _after_first_step(optimizer, P)
-
-
-@PRECONDITIONERS.register(optim_class("Adagrad"))
-def _adagrad(optimizer: Optimizer) -> list[torch.Tensor] | None:
-    return _after_first_step(optimizer,
-                             lambda state, group, t: state["sum"].sqrt() + float(group["eps"]))
-
-
-@PRECONDITIONERS.register(optim_class("Adamax"))
-def _adamax(optimizer: Optimizer) -> list[torch.Tensor] | None:
-    return _after_first_step(optimizer,
-                             lambda state, group, t: (1.0 - float(group["betas"][0]) ** t) * state["exp_inf"])
-
-
-@PRECONDITIONERS.register(optim_class("Adadelta"))
-def _adadelta(optimizer: Optimizer) -> list[torch.Tensor] | None:
-    def P(state, group, t):
-        eps = float(group["eps"])
-        return (state["square_avg"] + eps).sqrt() / (state["acc_delta"] + eps).sqrt()
-    return _after_first_step(optimizer, P)
-
-
-def adafactor_second_moment(p: torch.Tensor, state: dict, group: dict) -> torch.Tensor:
-    """Adafactor's per-element estimate V̂ of E[g²] from its state: R·C/mean(R) over the
-    last two dims of a matrix (R, C the row and column EMAs of g²), the EMA itself for a
-    vector — as torch's step builds it (the mean of R clamped at ε₁)."""
-    if state.get("row_var") is not None and p.dim() > 1:
-        eps1 = _adafactor_eps1(p, group)
-        row = state["row_var"]
-        return (row @ state["col_var"]) / row.mean(dim=-2, keepdim=True).clamp(min=eps1)
-    return state["variance"]
-
-
-def _adafactor_eps1(p: torch.Tensor, group: dict) -> float:
-    eps1 = group["eps"][0]
-    return torch.finfo(p.dtype).eps if eps1 is None else float(eps1)
-
-
-@PRECONDITIONERS.register(optim_class("Adafactor"))
-def _adafactor(optimizer: Optimizer) -> list[torch.Tensor] | None:
-    def P(p, state, group, t):
-        eps1, eps2 = _adafactor_eps1(p, group), float(group["eps"][1])
-        scale = max(eps2, float(p.norm(2)) / math.sqrt(p.numel()))
-        return adafactor_second_moment(p, state, group).clamp(min=eps1 * eps1).sqrt() / scale
-    return _after_first_step(optimizer, P, with_param=True)
-
-
-PRECONDITIONERS.register_unknown(
-    optim_class("LBFGS"), "its P is the inverse of a low-rank quasi-Newton Hessian model rebuilt from the "
-    "last history_size steps, applied with a line search: not a diagonal, and not kept in a form the "
-    "probes can read")
-PRECONDITIONERS.register_unknown(
-    optim_class("Rprop"), "the step is sign(g) times per-element step sizes: it does not scale with g, so "
-    "no P turns it into x ← x − lr·P⁻¹g")
-PRECONDITIONERS.register_unknown(
-    optim_class("Muon"), "the step is the orthogonalised momentum (Newton–Schulz polar factor): a nonlinear "
-    "map of m, not P⁻¹m for any fixed P")
 
 
 def _reorder(Ps: list[torch.Tensor], optimizer: Optimizer, params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -403,7 +246,7 @@ def second_moment(optimizer: Optimizer, params: Sequence[torch.Tensor] | None = 
         if "exp_avg_sq" not in state:
             return adafactor_second_moment(p, state, group) if "row_var" in state or "variance" in state else None
         v = state["exp_avg_sq"]
-        t = _step(state)
+        t = steps_taken(state)
         if "betas" in group:
             beta2 = float(group["betas"][1])
         elif "beta2" in group:
@@ -414,18 +257,14 @@ def second_moment(optimizer: Optimizer, params: Sequence[torch.Tensor] | None = 
             v = v / (1.0 - beta2 ** t)
         return v
 
-    vs = _per_param(optimizer, v_of)
+    vs = per_param(optimizer, v_of)
     if vs is None:
         return None
     vs = [v.detach() for v in vs]
     return vs if params is None else _reorder(vs, optimizer, params)
 
 
-SECOND_MOMENTS: ClassTable[bool] = ClassTable("second-moment estimate v", None)
-for _name in ("Adam", "AdamW", "NAdam", "RAdam", "SparseAdam", "RMSprop", "Adadelta", "Adafactor"):
-    SECOND_MOMENTS.register(optim_class(_name), True)
-SECOND_MOMENTS.register(reference.Adam, True)
-SECOND_MOMENTS.register(reference.RMSprop, True)
+SECOND_MOMENTS: ClassTable[tuple[str, ...]] = ClassTable("second-moment estimate v", None, RECORDS, "second_moment")
 
 
 def second_moment_status(cls: type) -> str | None:
