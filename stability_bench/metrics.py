@@ -18,6 +18,11 @@ Conventions used by every built-in metric:
   ``divergence_step``, which pass the runner's verdict through.
 * Ratios (``late_instability``, the spike threshold) assume a non-negative loss.
 
+Every built-in metric, the ``eval_*`` metrics of the periodic ``eval:`` loss included, is
+defined and registered in this module; a user's metric registers in the user's module with
+the same decorator (loaded by an entry point or an import of the user's own). No module
+has to be imported for a side effect to see the built-in ones.
+
 Adding a metric::
 
     from stability_bench.metrics import METRICS
@@ -603,6 +608,44 @@ def v_decay_rate(view: RunView) -> float | None:
             per_step = (b_v[1:] / b_v[:-1]) ** (1.0 / np.diff(b_steps))
         rates.append(float(np.median(per_step)) if per_step.size else math.nan)
     return _median_over_spikes(rates)
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics of the periodic ``eval:`` loss (full training set or held-out split)
+# ---------------------------------------------------------------------------------------------
+# The eval loss is sparse in time: ``view.extra["evals"]`` holds ``step`` (the steps it was
+# taken at, before that step's update, plus ``steps`` — after the last update — for a run that
+# did not diverge) and ``eval_loss``. Each metric is ``None`` for a case without ``eval:``.
+
+
+def _finite_evals(view: RunView) -> tuple[np.ndarray, np.ndarray] | None:
+    evals = view.extra.get("evals") or {}
+    if len(evals.get("step", ())) == 0:
+        return None
+    steps, loss = np.asarray(evals["step"], dtype=float), np.asarray(evals["eval_loss"], dtype=float)
+    keep = np.isfinite(loss)
+    return steps[keep], loss[keep]
+
+
+@METRICS.register("eval_final_loss")
+def eval_final_loss(view: RunView) -> float | None:
+    """The last finite eval loss (after the final update when the run did not diverge)."""
+    found = _finite_evals(view)
+    return float(found[1][-1]) if found is not None and found[1].size else None
+
+
+@METRICS.register("eval_min_loss")
+def eval_min_loss(view: RunView) -> float | None:
+    """The smallest finite eval loss."""
+    found = _finite_evals(view)
+    return float(found[1].min()) if found is not None and found[1].size else None
+
+
+@METRICS.register("eval_min_loss_step")
+def eval_min_loss_step(view: RunView) -> int | None:
+    """The step of the first smallest eval loss."""
+    found = _finite_evals(view)
+    return int(found[0][int(np.argmin(found[1]))]) if found is not None and found[1].size else None
 
 
 # ---------------------------------------------------------------------------------------------

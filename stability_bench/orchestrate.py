@@ -415,19 +415,17 @@ def _parameter_count(model: str) -> int:
     return sum(p.numel() for p in MODELS.get(section["kind"])(ctx, **params).parameters())
 
 
-EIGEN_PROBES = ("sharpness", "precond_sharpness", "grad_alignment")  # Lanczos: up to max_iter HVPs each
 STEP_OVERHEAD_FLOP = 1e7  # a step's dispatch cost (~0.2 ms at 50 GFLOP/s): what a tiny model's step costs
 
 
 def _step_equivalents(spec: "RunSpec") -> float:
-    """A run's cost in training steps: its steps plus its Lanczos probes (an HVP costs about
-    two steps). Only orders the work queue, so rough is enough."""
-    from stability_bench.probes.registry import PLAN_DEFAULTS
+    """A run's cost in training steps: its steps plus its probes' HVPs, as each probe declares
+    them (an HVP costs about two steps). Only orders the work queue, so rough is enough."""
+    from stability_bench.probes.registry import PLAN_DEFAULTS, probe_step_hvps
 
     case, probes = spec.case, spec.case.probes
     options = {**PLAN_DEFAULTS, **{k: v for k, v in probes.items() if k in PLAN_DEFAULTS}}
-    eigen = sum(name in probes for name in EIGEN_PROBES)
-    return case.steps + case.steps / max(1, options["every"]) * eigen * options["max_iter"] * 2
+    return case.steps + case.steps / max(1, options["every"]) * probe_step_hvps(probes) * 2
 
 
 def _sizing(spec: "RunSpec", threads: int | None = None) -> tuple[int, float]:

@@ -24,7 +24,6 @@ from stability_bench.components.data import DATA, Batches, TensorData
 from stability_bench.components.losses import LOSSES
 from stability_bench.components.models import MODELS
 from stability_bench.contracts import step_contract
-from stability_bench.eval_metrics import EVAL_METRICS  # noqa: F401  (registers the eval_* metrics)
 from stability_bench.metrics import RunView, compute_metrics
 from stability_bench.optimizers.thresholds import threshold_and_reason
 from stability_bench.probes.registry import ProbePlan

@@ -26,7 +26,6 @@ from stability_bench.components.models import MODELS
 from stability_bench.contracts import ContractError, step_contract
 from stability_bench.critical_lr import SECTION as CRITICAL_LR
 from stability_bench.critical_lr import validate_section as critical_lr_section
-from stability_bench.eval_metrics import EVAL_METRICS  # noqa: F401  (registers the eval_* metrics)
 from stability_bench.expectations import COMPARATORS, PARITY, PARITY_KEYS, THEORY_REFERENCES
 from stability_bench.metrics import METRICS
 from stability_bench.optimizers.resolve import OptimizerResolveError, resolve_optimizer_class

@@ -5,11 +5,10 @@ validation, before anything runs, from the optimizer classes alone (no instance)
   ``predicted_diverged`` (also ``{of: threshold}``) for an optimizer (at some sweep point)
   whose stability threshold is unknown. Such a bound would resolve to None and the
   expectation could only fail; the schema raises these as a ``CaseError``.
-- :func:`case_warnings` — warnings, ``file:line: key: message``: a probe that needs P
-  (``precond_sharpness``, ``grad_alignment``, the preconditioned ``directional_curvature``),
-  v (``second_moment_ratio``) or the threshold (``threshold``) for an optimizer that lacks
-  it, and an expectation on a metric computed from the threshold. The run still records
-  NaN with the reason.
+- :func:`case_warnings` — warnings, ``file:line: key: message``: a probe that needs P, v or
+  the threshold (as it declares where it is registered: ``declares`` in
+  :mod:`stability_bench.probes.registry`) for an optimizer that lacks it, and an expectation
+  on a metric computed from the threshold. The run still records NaN with the reason.
 """
 from __future__ import annotations
 
@@ -21,7 +20,7 @@ from stability_bench.yamlsource import Problem, dotted
 if TYPE_CHECKING:
     from stability_bench.schema import Case, OptimizerSpec
 
-__all__ = ["theory_problems", "case_warnings", "PROBES_NEEDING"]
+__all__ = ["theory_problems", "case_warnings"]
 
 THEORY_BOUNDS = ("threshold", "predicted_diverged")
 
@@ -30,28 +29,6 @@ def _threshold_status(cls: type, point: dict) -> str | None:
     from stability_bench.optimizers.thresholds import threshold_status
 
     return threshold_status(cls, point)
-
-
-def _precond_status(cls: type, point: dict) -> str | None:
-    from stability_bench.probes.preconditioner import precond_status
-
-    return precond_status(cls, point)
-
-
-def _second_moment_status(cls: type, point: dict) -> str | None:
-    from stability_bench.probes.preconditioner import second_moment_status
-
-    return second_moment_status(cls)
-
-
-# probe -> (what it needs, the class-level status function)
-PROBES_NEEDING: dict[str, tuple[str, Callable[[type, dict], str | None]]] = {
-    "precond_sharpness": ("the preconditioner P", _precond_status),
-    "grad_alignment": ("the preconditioner P", _precond_status),
-    "directional_curvature": ("the preconditioner P (for its preconditioned column)", _precond_status),
-    "second_moment_ratio": ("the second-moment estimate v", _second_moment_status),
-    "threshold": ("the stability threshold", _threshold_status),
-}
 
 
 def _refers_to_theory(bound: Any) -> str | None:
@@ -102,15 +79,17 @@ def case_warnings(case: "Case") -> list[str]:
     def warn(path: tuple, message: str) -> None:
         out.append(f"{case.where(path)}: {dotted(path)}: {message}")
 
+    from stability_bench.probes.registry import PLAN_OPTIONS, probe_needs
+
     for probe in case.probes:
-        if probe not in PROBES_NEEDING:
+        if probe in PLAN_OPTIONS:
             continue
-        needs, status = PROBES_NEEDING[probe]
-        for key, spec in case.optimizers.items():
-            reason = _unknown_at(spec, status)
-            if reason:
-                warn(("probes", probe), f"needs {needs}, unknown for optimizer {key!r} ({spec.class_name}): "
-                                        f"{reason}; its runs record NaN with that reason")
+        for needs, status in probe_needs(probe):  # what the probe declares (``declares``)
+            for key, spec in case.optimizers.items():
+                reason = _unknown_at(spec, status)
+                if reason:
+                    warn(("probes", probe), f"needs {needs}, unknown for optimizer {key!r} ({spec.class_name}): "
+                                            f"{reason}; its runs record NaN with that reason")
     for e in case.expectations:
         spec = case.optimizers.get(e.optimizer)
         if spec is not None and e.metric in METRICS and "threshold" in probe_columns(e.metric):

@@ -71,3 +71,19 @@ def test_without_eval_the_metrics_are_unknown():
 def test_a_split_that_leaves_nothing_to_train_on_is_a_located_setup_error():
     with pytest.raises(RunSetupError, match=r"eval_minibatch.yaml:\d+: eval.heldout_fraction: 0.999 of 50"):
         start(spec("too_much"))
+
+
+def test_the_eval_metrics_are_registered_where_metrics_are_defined():
+    """``stability_bench.metrics`` alone knows the eval_* metrics: no other module has to be
+    imported for its side effect first (a fresh interpreter, nothing else imported)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from stability_bench.metrics import METRICS, RunView, compute_metrics; "
+            "assert not any(m in sys.modules for m in ('stability_bench.runner', 'stability_bench.schema')); "
+            "view = RunView([1.0, 0.5], [0, 1], False, None, 2, extra={'evals': {'step': [0, 2], 'eval_loss': [2.0, 1.0]}}); "
+            "m = compute_metrics(view, ['eval_final_loss', 'eval_min_loss', 'eval_min_loss_step']); "
+            "assert m == {'eval_final_loss': 1.0, 'eval_min_loss': 1.0, 'eval_min_loss_step': 2}, m")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr

@@ -66,14 +66,16 @@ def test_known_cases_have_no_warnings():
             assert case_warnings(case) == [], case.name
 
 
-def probe_once(optimizer: dict, steps: int = 2) -> ProbePlan:
+ALL_PROBES = {"precond_sharpness": {}, "threshold": {}, "sharpness": {}, "directional_curvature": {},
+              "grad_alignment": {"k": 1}, "second_moment_ratio": {}}
+
+
+def probe_once(optimizer: dict, steps: int = 2, probes: dict = ALL_PROBES) -> ProbePlan:
     """Probe a small quadratic run at step ``steps`` (after that many optimizer steps)."""
     case = load_case({"name": "p", "dtype": "float64", "steps": steps + 1,
                       "model": {"kind": "quadratic", "eigenvalues": [1.0, 4.0, 9.0], "basis": "random"},
                       "loss": {"kind": "quadratic"}, "optimizers": {"o": optimizer},
-                      "probes": {"every": 1, "precond_sharpness": {}, "threshold": {}, "sharpness": {},
-                                 "directional_curvature": {}, "grad_alignment": {"k": 1},
-                                 "second_moment_ratio": {}}})
+                      "probes": {"every": 1, **probes}})
     spec = plan_runs(case)[0]
     session = replay(spec, steps)
     x, y = next(iter(session.batches))
@@ -106,3 +108,41 @@ def test_a_known_adaptive_optimizer_has_no_reasons_after_its_first_step():
     before = probe_once({"class": "torch.optim.Adam", "lr": 0.1}, steps=0)
     assert math.isnan(before.columns["precond_sharpness"][0])
     assert "no optimizer step yet" in next(iter(before.reasons["precond_unknown_reason"]))
+
+
+def test_second_moment_mean_warns_like_the_other_reader_of_v():
+    """second_moment_mean reads v too: the same warning as second_moment_ratio, for the
+    optimizers without v only, and its runs record NaN with the reason the warning names."""
+    case = load_case({"name": "v", "dtype": "float64", "steps": 3,
+                      "model": {"kind": "quadratic", "eigenvalues": [1.0, 4.0]}, "loss": {"kind": "quadratic"},
+                      "optimizers": {"adam": {"class": "torch.optim.Adam", "lr": 0.1},
+                                     "sgd": {"class": "torch.optim.SGD", "lr": 0.1}},
+                      "probes": {"every": 1, "second_moment_ratio": {}, "second_moment_mean": {}}})
+    warnings = {w.split(": ", 2)[1]: w.split(": ", 2)[2] for w in case_warnings(case)}
+    assert set(warnings) == {"probes.second_moment_ratio", "probes.second_moment_mean"}
+    assert warnings["probes.second_moment_mean"] == warnings["probes.second_moment_ratio"]
+    assert warnings["probes.second_moment_mean"].startswith("needs the second-moment estimate v, unknown for "
+                                                            "optimizer 'sgd' (torch.optim.SGD): ")
+    plan = probe_once({"class": "torch.optim.SGD", "lr": 0.1}, probes={"second_moment_mean": {}})
+    assert math.isnan(plan.columns["v_mean"][0])
+    [reason] = plan.reasons["second_moment_unknown_reason"]
+    assert reason in warnings["probes.second_moment_mean"]
+
+
+# What each need's reason is recorded under when the optimizer lacks it.
+REASON_OF_NEED = {"preconditioner": "precond_unknown_reason", "second_moment": "second_moment_unknown_reason",
+                  "threshold": "threshold_unknown_reason"}
+
+
+@pytest.mark.parametrize("probe", ["sharpness", "precond_sharpness", "threshold", "directional_curvature",
+                                   "second_moment_ratio", "second_moment_mean", "grad_alignment"])
+def test_a_probe_records_a_reason_for_exactly_what_it_declares_it_needs(probe):
+    """Rprop lacks P, v and a threshold: the reasons a probe records are those of its
+    declared needs (``declares`` where it is registered), so validation warns for each."""
+    from stability_bench.probes.registry import PROBES, probe_needs
+
+    options = {"k": 1} if probe == "grad_alignment" else {}
+    plan = probe_once({"class": "torch.optim.Rprop", "lr": 1.0e-2}, probes={probe: options})
+    declared = PROBES.get(probe).needs
+    assert set(plan.reasons) == {REASON_OF_NEED[n] for n in declared}
+    assert len(probe_needs(probe)) == len(declared)

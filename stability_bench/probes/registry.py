@@ -18,7 +18,10 @@ probes:
 ```
 
 A probe is a function ``probe(ctx: ProbeContext, **options) -> dict[column, value]``
-registered in :data:`PROBES`. Probes run at step t after the backward pass and before the
+registered in :data:`PROBES`, declaring there the columns it records (:func:`records`),
+what it needs of the optimizer (P, v, the threshold) and how many HVPs one evaluation costs
+(:func:`declares`): validation's warnings (:mod:`stability_bench.unknown_theory`) and the
+cost estimate that orders the work queue read these declarations. Probes run at step t after the backward pass and before the
 optimizer's update, at the parameters x_t, with the optimizer's preconditioner as its last
 step left it (so P is the one used for step t−1, see :mod:`.preconditioner`). They never
 change training: everything runs inside :func:`~.hvp.untouched`.
@@ -27,7 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 
@@ -216,12 +219,95 @@ def probes_recording(column: str) -> list[str]:
     return [name for name in PROBES.names() if column in getattr(PROBES.get(name), "columns", ())]
 
 
+# What a probe can need of theory, by name: what a warning calls it, and the class-level
+# status (None: known once the optimizer has stepped; else why not), read at validation from
+# the optimizer class and a sweep point. The probe itself records NaN with the reason.
+def _precond_status(cls: type, point: dict) -> str | None:
+    from stability_bench.probes.preconditioner import precond_status
+
+    return precond_status(cls, point)
+
+
+def _second_moment_status(cls: type, point: dict) -> str | None:
+    from stability_bench.probes.preconditioner import second_moment_status
+
+    return second_moment_status(cls)
+
+
+def _threshold_status(cls: type, point: dict) -> str | None:
+    from stability_bench.optimizers.thresholds import threshold_status
+
+    return threshold_status(cls, point)
+
+
+NEEDS: dict[str, tuple[str, Callable[[type, dict], str | None]]] = {
+    "preconditioner": ("the preconditioner P", _precond_status),
+    "second_moment": ("the second-moment estimate v", _second_moment_status),
+    "threshold": ("the stability threshold", _threshold_status),
+}
+
+Hvps = int | float | Callable[[dict, dict], float]  # HVPs per evaluation, or f(plan options, probe options)
+
+
+def lanczos_hvps(plan_options: dict, options: dict) -> int:
+    """A Lanczos eigenvalue estimate: up to ``max_iter`` HVPs (the ``probes:`` option)."""
+    return plan_options["max_iter"]
+
+
+def declares(needs: Iterable[str] = (), hvps: Hvps = 0, partly: str | None = None) -> Callable[[Callable], Callable]:
+    """Declare what a probe needs and what it costs (``@declares(...)`` under
+    ``@PROBES.register``):
+
+    - ``needs``: names in :data:`NEEDS` (``"preconditioner"``, ``"second_moment"``,
+      ``"threshold"``) the probe reads from the optimizer; validation warns, with the
+      reason, for an optimizer of the case that lacks one (:mod:`stability_bench.unknown_theory`),
+      and the probe records NaN with that reason. ``partly`` qualifies the need when only
+      some of its columns have it (e.g. ``"for its preconditioned column"``).
+    - ``hvps``: Hessian-vector products per evaluation, a number or a function
+      ``(plan_options, probe_options) -> number`` (e.g. :func:`lanczos_hvps`); the cost
+      estimate that orders the work queue reads it (:func:`probe_step_hvps`).
+
+    A probe that declares nothing needs nothing and costs no HVP."""
+    needs = frozenset(needs)
+    unknown = sorted(needs - NEEDS.keys())
+    if unknown:
+        raise ValueError(f"unknown need {', '.join(map(repr, unknown))}; a probe can need: {', '.join(NEEDS)}")
+
+    def mark(fn: Callable) -> Callable:
+        fn.needs, fn.needs_partly, fn.hvps = needs, partly, hvps
+        return fn
+    return mark
+
+
+def probe_needs(name: str) -> list[tuple[str, Callable[[type, dict], str | None]]]:
+    """(what the probe ``name`` needs, in words, and its class-level status function), one
+    per declared need, in :data:`NEEDS` order."""
+    fn = PROBES.get(name)
+    needs, partly = getattr(fn, "needs", frozenset()), getattr(fn, "needs_partly", None)
+    return [(f"{what} ({partly})" if partly else what, status)
+            for need, (what, status) in NEEDS.items() if need in needs]
+
+
+def probe_step_hvps(section: dict) -> float:
+    """HVPs of one probe step of a ``probes:`` section: the sum of its probes' declared costs
+    (:func:`declares`) at the section's options."""
+    options = {**PLAN_DEFAULTS, **{k: v for k, v in section.items() if k in PLAN_OPTIONS}}
+    total = 0.0
+    for name, opts in section.items():
+        if name in PLAN_OPTIONS:
+            continue
+        hvps = getattr(PROBES.get(name), "hvps", 0)
+        total += hvps(options, dict(opts or {})) if callable(hvps) else hvps
+    return total
+
+
 def _nan_with_reason(columns: tuple[str, ...], reason_key: str, reason: str) -> dict:
     return {**{c: math.nan for c in columns}, reason_key: reason}
 
 
 @PROBES.register("threshold")
 @records("threshold")
+@declares(needs={"threshold"})
 def threshold(ctx: ProbeContext) -> dict:
     """The optimizer's stability threshold now (it follows lr schedules); NaN with
     ``threshold_unknown_reason`` where theory gives none."""
@@ -233,6 +319,7 @@ def threshold(ctx: ProbeContext) -> dict:
 
 @PROBES.register("sharpness")
 @records("sharpness", "sharpness_residual", "sharpness_hvps", "sharpness_top")
+@declares(hvps=lanczos_hvps)
 def sharpness(ctx: ProbeContext, k: int = 1) -> dict:
     """λ₁(H) (and the top k) of the probe loss, by Lanczos; with its relative residual."""
     result = ctx.eigen(preconditioned=False, k=k)
@@ -246,6 +333,7 @@ def sharpness(ctx: ProbeContext, k: int = 1) -> dict:
 @PROBES.register("precond_sharpness")
 @records("precond_sharpness", "precond_sharpness_residual", "precond_sharpness_hvps",
          "precond_sharpness_top")
+@declares(needs={"preconditioner"}, hvps=lanczos_hvps)
 def precond_sharpness(ctx: ProbeContext, k: int = 1) -> dict:
     """λ₁(P⁻¹H) = λ₁(P^{-1/2} H P^{-1/2}) with P the optimizer's current preconditioner
     (diagonal or operator); NaN with ``precond_unknown_reason`` where P is unknown."""
@@ -262,6 +350,7 @@ def precond_sharpness(ctx: ProbeContext, k: int = 1) -> dict:
 
 @PROBES.register("directional_curvature")
 @records("directional_curvature", "precond_directional_curvature")
+@declares(needs={"preconditioner"}, partly="for its preconditioned column", hvps=2)
 def directional_curvature(ctx: ProbeContext) -> dict:
     """gᵀHg/gᵀg and its preconditioned form, g the full-batch (probe) gradient — the curvature
     along which the next step moves; Xiong et al.'s spike trigger when it passes the threshold.
@@ -278,6 +367,7 @@ def directional_curvature(ctx: ProbeContext) -> dict:
 
 @PROBES.register("second_moment_ratio")
 @records("g2_over_v_median", "g2_over_v_p10", "g2_over_v_frac_below")
+@declares(needs={"second_moment"})
 def second_moment_ratio(ctx: ProbeContext, bound: float = 1e-3) -> dict:
     """g²/v over all parameters (g this step's minibatch gradient, v the optimizer's
     bias-corrected second moment before this step): median, 10th percentile and the fraction
@@ -299,22 +389,26 @@ def second_moment_ratio(ctx: ProbeContext, bound: float = 1e-3) -> dict:
 
 @PROBES.register("second_moment_mean")
 @records("v_mean")
+@declares(needs={"second_moment"})
 def second_moment_mean(ctx: ProbeContext) -> dict:
     """The mean over all parameters of the optimizer's raw second moment v (no bias
     correction: Xiong et al.'s v_{t+1} = β₂v_t + (1−β₂)g_t² decays like β₂ᵗ once g² ≪ v,
-    which the metric ``v_decay_rate`` reads from consecutive probes). NaN where the
-    optimizer keeps no v (or before its first step)."""
-    from stability_bench.probes.preconditioner import second_moment
+    which the metric ``v_decay_rate`` reads from consecutive probes). NaN with
+    ``second_moment_unknown_reason`` where the optimizer keeps no v (or before its first step)."""
+    from stability_bench.probes.preconditioner import NO_STEP_YET, second_moment, second_moment_status
 
-    v = second_moment(ctx.session.optimizer, ctx.session.params, bias_corrected=False)
+    s = ctx.session
+    v = second_moment(s.optimizer, s.params, bias_corrected=False)
     if v is None:
-        return {"v_mean": math.nan}
+        reason = second_moment_status(type(s.optimizer)) or NO_STEP_YET
+        return _nan_with_reason(("v_mean",), "second_moment_unknown_reason", reason)
     total = sum(float(t.double().sum()) for t in v)
     return {"v_mean": total / sum(t.numel() for t in v)}
 
 
 @PROBES.register("grad_alignment")
 @records("grad_alignment")
+@declares(needs={"preconditioner"}, hvps=lanczos_hvps)
 def grad_alignment(ctx: ProbeContext, k: int = 4) -> dict:
     """Fraction of ‖P^{-1/2}g‖² along the top-k eigenvectors of P^{-1/2} H P^{-1/2}
     (Cohen et al. App. E; see :func:`~.quantities.grad_alignment_parts` for the choice);
