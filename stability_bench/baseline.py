@@ -49,12 +49,11 @@ import math
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
-if TYPE_CHECKING:
-    from stability_bench.critical_lr import CriticalLr
-    from stability_bench.results import RunResult
-    from stability_bench.schema import Case
+from stability_bench.critical_lr import CriticalLr
+from stability_bench.results import RunResult
+from stability_bench.types import Case
 
 FORMAT, VERSION = "stability-bench-baseline", 2
 NOISE_FACTOR = 3.0

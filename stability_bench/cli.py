@@ -657,7 +657,7 @@ def _main(argv: Sequence[str] | None, signals) -> int:
     from stability_bench.baseline import BaselineError
     from stability_bench.orchestrate import PlanTooLarge, RunsFailed
     from stability_bench.runner import RunSetupError
-    from stability_bench.schema import CaseError
+    from stability_bench.types import CaseError
 
     args = build_parser().parse_args(argv)
     args.signals = signals

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import Any, Callable, Mapping
 
 from stability_bench.registry import Registry
 
-if TYPE_CHECKING:  # imported for annotations only: the schema imports this module
-    from stability_bench.results import RunResult
-    from stability_bench.schema import Case, Expectation
+from stability_bench.results import RunResult
+from stability_bench.types import Case, Expectation
 
 COMPARATORS: Registry = Registry("comparator")
 

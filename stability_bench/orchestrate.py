@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from stability_bench.critical_lr import CriticalLr
     from stability_bench.results import RunResult
     from stability_bench.runner import RunSpec
-    from stability_bench.schema import Case
+    from stability_bench.types import Case
 
 CUDA_MISSING = "CUDA is not available on this machine"
 SLOW = "slow: run it with --run-slow"

@@ -204,7 +204,7 @@ class CaseFile(pytest.File):
 
     def repr_failure(self, excinfo):
         from stability_bench.orchestrate import PlanTooLarge
-        from stability_bench.schema import CaseError
+        from stability_bench.types import CaseError
 
         if isinstance(excinfo.value, CaseError):
             return f"malformed case file:\n{excinfo.value}"

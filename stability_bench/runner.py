@@ -30,7 +30,7 @@ from stability_bench.probes.registry import ProbePlan
 from stability_bench.registry import describe_exception
 from stability_bench.results import RunResult, format_run_id
 from stability_bench.schedules import build_schedule
-from stability_bench.schema import Case, OptimizerSpec
+from stability_bench.types import Case, OptimizerSpec
 
 BLOCK = 128  # steps recorded on the device between host copies / divergence checks
 Progress = Callable[[int, int, float], None]  # (steps done, steps total, last loss)

@@ -12,13 +12,12 @@ validation, before anything runs, from the optimizer classes alone (no instance)
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from stability_bench.metrics import METRICS, probe_columns
 from stability_bench.yamlsource import Problem, dotted
 
-if TYPE_CHECKING:
-    from stability_bench.schema import Case, OptimizerSpec
+from stability_bench.types import Case, OptimizerSpec
 
 __all__ = ["theory_problems", "case_warnings"]
 
