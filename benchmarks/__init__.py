@@ -105,7 +105,8 @@ def start_session(case, device: str, optimizer: str | None = None):
     ``device``, built by the runner (``plan_runs`` + ``start``) as ``execute`` builds them.
     Missing data or device: NotImplementedError, which asv reports as a skip."""
     from stability_bench.components.cifar10 import DataNotFoundError
-    from stability_bench.runner import RunSetupError, plan_runs, start
+    from stability_bench.plan import plan_runs
+    from stability_bench.runner import RunSetupError, start
 
     require_device(device)
     specs = plan_runs(with_data_dir(case), devices=[device], seeds=[SEED],

@@ -36,7 +36,7 @@ LOSS_TRACKS_SKIP = {
 
 def _track_specs():
     """(label, RunSpec) of every run the loss-based tracks follow: seed 0, CPU."""
-    from stability_bench.runner import plan_runs
+    from stability_bench.plan import plan_runs
 
     return [(run_label(spec), spec) for case in shipped_cases() if case.name.split("/")[0] not in LOSS_TRACKS_SKIP
             for spec in plan_runs(case, devices=["cpu"], seeds=[SEED])]
@@ -45,7 +45,7 @@ def _track_specs():
 def _precond_specs():
     """The first run (first optimizer entry, first sweep point; seed 0, CPU) of each case
     declaring both the ``precond_sharpness`` and ``threshold`` probes."""
-    from stability_bench.runner import plan_runs
+    from stability_bench.plan import plan_runs
 
     return [(run_label(spec), spec) for case in shipped_cases()
             if {"precond_sharpness", "threshold"} <= set(case.probes)

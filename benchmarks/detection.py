@@ -104,7 +104,7 @@ def substitute(case, change: Change):
 # ----------------------------------------------------------------------- channels
 def classify(report) -> list[tuple[str, str]]:
     """(channel or "error", message) for everything failed in one run's or search's report."""
-    from stability_bench.orchestrate import SearchReport
+    from stability_bench.checks import SearchReport
 
     search = isinstance(report, SearchReport)
     out: list[tuple[str, str]] = []
@@ -128,7 +128,9 @@ def evaluate(change: Change, case_names: list[str] | None = None) -> dict:
     every message), the runs and searches it made, errors and seconds."""
     import torch
 
-    from stability_bench.orchestrate import Baselines, SearchReport, make_plan, run_plan
+    from stability_bench.checks import Baselines, SearchReport
+    from stability_bench.orchestrate import run_plan
+    from stability_bench.plan import make_plan
 
     torch.set_num_threads(1)   # the harness sets each run's threads itself; this only pins the parent
     started = time.perf_counter()

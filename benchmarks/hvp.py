@@ -54,7 +54,8 @@ from stability_bench.probes import (
     top_eigenpairs,
     untouched,
 )
-from stability_bench.runner import plan_runs, start
+from stability_bench.plan import plan_runs
+from stability_bench.runner import start
 from stability_bench.schema import load_case
 
 DEFAULT_CASE = Path(__file__).resolve().parent.parent / "cases" / "cifar_fc.yaml"

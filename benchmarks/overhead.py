@@ -46,7 +46,8 @@ from pathlib import Path
 
 import torch
 
-from stability_bench.runner import BLOCK, execute, plan_runs, start
+from stability_bench.plan import plan_runs
+from stability_bench.runner import BLOCK, execute, start
 from stability_bench.schema import load_cases
 
 DEFAULT_CASE = Path(__file__).resolve().parent.parent / "cases" / "bai_li_perceptron.yaml"

@@ -3,7 +3,7 @@
     python benchmarks/planning.py plan [--points 10000 100000] [--repeats 3]
     python benchmarks/planning.py validate [--repeats 3]
 
-``plan`` times :func:`stability_bench.orchestrate.make_plan` (no limit, no torch, no CUDA
+``plan`` times :func:`stability_bench.plan.make_plan` (no limit, no torch, no CUDA
 query) on a case of ``N`` sweep points — a 100-value lr sweep times an eps sweep of N/100
 values, one seed, one device — alone and with a parity partner (each run planned with its
 partner's run: 2N runs). It prints seconds (best of ``--repeats``), µs per run and the
@@ -50,7 +50,7 @@ def sweep_case(points: int, parity: bool) -> list:
 
 def measure_plan(cases: list, repeats: int) -> tuple[float, int]:
     """Best of ``repeats`` seconds of make_plan(cases) with no limit; and its number of runs."""
-    from stability_bench.orchestrate import make_plan
+    from stability_bench.plan import make_plan
 
     limit = {"max_runs": None} if "max_runs" in inspect.signature(make_plan).parameters else {}
     best, runs = float("inf"), 0

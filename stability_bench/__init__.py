@@ -12,10 +12,10 @@ __version__ = "0.1.0"
 # and the CLI, which only need the schema until they run something.
 _EXPORTS = {
     "load_case": "stability_bench.schema",
-    "Case": "stability_bench.schema",
-    "CaseError": "stability_bench.schema",
+    "Case": "stability_bench.types",
+    "CaseError": "stability_bench.types",
     "run_case": "stability_bench.orchestrate",
-    "make_plan": "stability_bench.orchestrate",
+    "make_plan": "stability_bench.plan",
     "run_plan": "stability_bench.orchestrate",
     "RunResult": "stability_bench.results",
 }

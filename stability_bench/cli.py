@@ -178,7 +178,7 @@ def _client(address: str | None):
 
 def _strict(args: argparse.Namespace) -> bool:
     """``--strict`` or ``$STABILITY_BENCH_STRICT=1`` (a malformed value: exit 2, naming it)."""
-    from stability_bench.orchestrate import strict_mode
+    from stability_bench.settings import strict_mode
 
     try:
         return strict_mode(getattr(args, "strict", False))
@@ -198,8 +198,11 @@ def _could_not_run(what: str, by_file: dict[str, list[str]], how: str) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from stability_bench.orchestrate import Baselines, make_plan, run_plan
-    from stability_bench.orchestrate import CUDA_MISSING, cuda_skip_problem, prepare_data, report_entry
+    from stability_bench.checks import Baselines
+    from stability_bench.orchestrate import run_plan
+    from stability_bench.plan import make_plan
+    from stability_bench.checks import report_entry
+    from stability_bench.plan import CUDA_MISSING, cuda_skip_problem, prepare_data
     from stability_bench.results import ResultsJournal
     from stability_bench.signals import StopSignals
 
@@ -381,7 +384,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     """Every file read, every problem reported; what ``run`` would refuse before training
     (a malformed case, hyperparameters the optimizer's constructor refuses, more runs than
     the limit) is refused here. Runs are counted from the sweep sizes, never expanded."""
-    from stability_bench.orchestrate import PlanTooLarge, check_run_limit, run_count
+    from stability_bench.plan import PlanTooLarge, check_run_limit, run_count
 
     errors: list = []
     cases = _load(args.cases, errors=errors)
@@ -409,8 +412,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from stability_bench.orchestrate import check_run_limit
-    from stability_bench.runner import plan_runs
+    from stability_bench.plan import check_run_limit
+    from stability_bench.plan import plan_runs
 
     cases = _load(args.cases)
     if args.runs:
@@ -489,7 +492,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 def _max_runs(args: argparse.Namespace) -> int | None:
     """``--max-runs N`` (0: no limit), else the default limit."""
-    from stability_bench.orchestrate import MAX_RUNS
+    from stability_bench.plan import MAX_RUNS
 
     value = getattr(args, "max_runs", None)
     if value is None:
@@ -523,7 +526,7 @@ def _exit_codes_help() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from stability_bench.orchestrate import MAX_RUNS
+    from stability_bench.plan import MAX_RUNS
 
     MAX_RUNS_HELP = (f"the most runs one invocation plans (default {MAX_RUNS:,}; 0: no limit), counted from "
                      f"the sweep sizes before any run is expanded")
@@ -655,7 +658,8 @@ def entry() -> None:
 def _main(argv: Sequence[str] | None, signals) -> int:
     from stability_bench.components.cifar10 import CIFAR10FormatError, DataNotFoundError
     from stability_bench.baseline import BaselineError
-    from stability_bench.orchestrate import PlanTooLarge, RunsFailed
+    from stability_bench.orchestrate import RunsFailed
+    from stability_bench.plan import PlanTooLarge
     from stability_bench.runner import RunSetupError
     from stability_bench.types import CaseError
 

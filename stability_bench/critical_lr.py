@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from stability_bench.expectations import COMPARATORS, Outcome
 from stability_bench.registry import nearest

@@ -58,7 +58,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: long-running; run with --run-slow")
     config.addinivalue_line("markers", "cuda: needs a CUDA device")
     _collect_cases_from_a_subdirectory(config)
-    from stability_bench.orchestrate import strict_mode   # torch-free
+    from stability_bench.settings import strict_mode   # torch-free
 
     try:
         config._stability_strict = strict_mode(config.getoption("--stability-strict"))
@@ -165,7 +165,7 @@ class CaseFile(pytest.File):
     """A case file: one item per requested run of its base case and variants."""
 
     def collect(self):
-        from stability_bench.orchestrate import make_plan
+        from stability_bench.plan import make_plan
         from stability_bench.schema import load_cases
         from stability_bench.unknown_theory import case_warnings
 
@@ -188,7 +188,7 @@ class CaseFile(pytest.File):
 
     def work(self, run_slow: bool) -> float:
         """Estimated flop of this file's CPU items (slow ones only with ``--run-slow``)."""
-        from stability_bench.orchestrate import estimated_work
+        from stability_bench.costs import estimated_work
 
         names = [item.name for item in self.items if item.spec.device == "cpu"
                  and (run_slow or not item.spec.case.slow)]
@@ -197,13 +197,13 @@ class CaseFile(pytest.File):
     def baselines(self):
         """The baseline beside this file (``--stability-baseline``), read once."""
         if not hasattr(self, "_baselines"):
-            from stability_bench.orchestrate import Baselines
+            from stability_bench.checks import Baselines
 
             self._baselines = Baselines(self.cases)
         return self._baselines
 
     def repr_failure(self, excinfo):
-        from stability_bench.orchestrate import PlanTooLarge
+        from stability_bench.plan import PlanTooLarge
         from stability_bench.types import CaseError
 
         if isinstance(excinfo.value, CaseError):
@@ -215,9 +215,9 @@ class CaseFile(pytest.File):
 
 def _session_run_limit(session: pytest.Session, cases: list) -> None:
     """Count ``cases``' runs (from the sweep sizes) into the session's total and raise
-    :class:`~stability_bench.orchestrate.PlanTooLarge` past ``--stability-max-runs``; None,
+    :class:`~stability_bench.plan.PlanTooLarge` past ``--stability-max-runs``; None,
     for make_plan: the limit is checked here, over every case file of the session."""
-    from stability_bench.orchestrate import MAX_RUNS, check_run_limit
+    from stability_bench.plan import MAX_RUNS, check_run_limit
 
     limit = session.config.getoption("--stability-max-runs")
     if limit is not None and limit < 0:
@@ -300,28 +300,11 @@ class SessionRuns:
         return getattr(session, cls.KEY)
 
     def report(self, plan, name: str, baselines=None):
-        """Train ``name`` (a run and its partners, once each; or a critical-lr search), then
-        check it — the orchestrator's own check."""
-        from stability_bench.orchestrate import Executor, Plan, check, prepare_data, run_one, run_searches
+        """Train ``name`` (a run and its partners, once each in the session; or a
+        critical-lr search), then check it: the orchestrator's :func:`report_one`."""
+        from stability_bench.orchestrate import report_one
 
-        prepare_data(plan)   # once per case file: data fetched on first use, before its first run
-        if name in plan.searches:
-            if name in plan.missing_data:
-                return check_missing_search(plan, name)
-            with Executor() as executor:
-                (report,) = run_searches(Plan(searches={name: plan.searches[name]}), executor, baselines)
-            return report
-        for need in (*plan.needs.get(name, ()), name):
-            if need not in self.finished and need not in plan.skipped:
-                self.finished[need] = run_one(plan.runs[need])
-        return check(plan, name, self.finished, baselines)
-
-
-def check_missing_search(plan, name: str):
-    """The report of a critical-lr search whose data is not here (as the orchestrator makes it)."""
-    from stability_bench.orchestrate import SearchReport
-
-    return SearchReport(search=plan.searches[name], failure=plan.data_failure(name))
+        return report_one(plan, name, self.finished, baselines)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
@@ -356,7 +339,7 @@ class CaseItem(pytest.Item):
         if self.spec.device.startswith("cuda"):
             import torch
 
-            from stability_bench.orchestrate import CUDA_MISSING, cuda_skip_problem
+            from stability_bench.plan import CUDA_MISSING, cuda_skip_problem
 
             if not torch.cuda.is_available():
                 self.strict_problem = cuda_skip_problem(CUDA_MISSING) if _strict(self.config) else None

@@ -59,6 +59,29 @@ class RunResult:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
+@dataclass
+class RunFailure:
+    """A run that did not finish: bad set-up (``setup``), its data missing here
+    (``missing_data``), an exception while training (``crash``) or past the case's
+    ``timeout:`` (``timeout``)."""
+
+    run_id: str
+    kind: str                 # setup | missing_data | crash | timeout
+    error: str                # "ExceptionType: message"
+    step: int | None = None   # the training step that raised, when known
+    traceback: str = ""
+
+    def describe(self) -> str:
+        at = f" at step {self.step}" if self.step is not None else ""
+        what = {"crash": "crashed", "timeout": "timed out", "setup": "could not be set up",
+                "missing_data": "has no data here"}[self.kind]
+        return f"{self.run_id}: {what}{at}: {self.error}"
+
+    def to_dict(self) -> dict:
+        return {"run_id": self.run_id, "kind": self.kind, "error": self.error, "step": self.step,
+                "traceback": self.traceback}
+
+
 def _json_safe(value: Any) -> Any:
     """Tuples become lists, non-finite floats become None (strict JSON has no inf/nan)."""
     if isinstance(value, dict):

@@ -13,7 +13,7 @@ import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -28,40 +28,13 @@ from stability_bench.metrics import RunView, compute_metrics
 from stability_bench.optimizers.thresholds import threshold_and_reason
 from stability_bench.probes.registry import ProbePlan
 from stability_bench.registry import describe_exception
-from stability_bench.results import RunResult, format_run_id
+from stability_bench.plan import RunSpec
+from stability_bench.results import RunResult
 from stability_bench.schedules import build_schedule
-from stability_bench.types import Case, OptimizerSpec
+from stability_bench.types import Case
 
 BLOCK = 128  # steps recorded on the device between host copies / divergence checks
 Progress = Callable[[int, int, float], None]  # (steps done, steps total, last loss)
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """One run of a case: optimizer entry, sweep point, seed, device."""
-
-    case: Case
-    optimizer: OptimizerSpec
-    params: dict
-    seed: int
-    device: str
-    perturb: int = 0  # nudge every parameter by this many ulps after init (baseline noise)
-
-    @property
-    def run_id(self) -> str:
-        return format_run_id(self.case.name, self.optimizer.key, self.optimizer.label(self.params),
-                             self.seed, self.device, self.perturb)
-
-
-def plan_runs(case: Case, devices: Iterable[str] | None = None,
-              seeds: Iterable[int] | None = None, optimizers: Iterable[str] | None = None) -> list[RunSpec]:
-    """Every run of ``case`` (optionally narrowed to some devices, seeds or optimizers)."""
-    devices = list(devices) if devices is not None else case.devices
-    seeds = list(seeds) if seeds is not None else case.seeds
-    chosen = list(optimizers) if optimizers is not None else list(case.optimizers)
-    return [RunSpec(case, case.optimizers[key], point, seed, device)
-            for key in chosen for point in case.optimizers[key].points()
-            for seed in seeds for device in devices]
 
 
 class RunSetupError(RuntimeError):

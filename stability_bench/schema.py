@@ -10,11 +10,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
-import itertools
 import math
 import re
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Callable, Iterator, Literal, Mapping, Union
 
@@ -42,7 +41,6 @@ from stability_bench.typecheck import type_problem as _type_problem
 from stability_bench.typecheck import unknown_message as _unknown
 from stability_bench.unknown_theory import theory_problems
 from stability_bench.yamlsource import MARKER, KeyPath, Problem, Source, SourceError, read_yaml
-from stability_bench.yamlsource import dotted as _dotted
 
 FORMAT_VERSION = 1      # the value of the ``stability-bench:`` marker this version reads
 # Every step's loss, gradient and update norm is kept in memory and written to the results

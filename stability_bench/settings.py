@@ -17,3 +17,13 @@ def env_flag(name: str) -> bool:
     if value in ("1", "true", "yes", "on"):
         return True
     raise ValueError(f"{name}={os.environ[name]!r}: expected 1 or 0")
+
+
+def strict_mode(flag: bool = False) -> bool:
+    """``--strict`` / ``--stability-strict``, or ``$STABILITY_BENCH_STRICT=1``: a case that
+    cannot run here (its data missing; CUDA items skipped on a machine that has a GPU) is a
+    failure, not a skip. A malformed variable is a ValueError naming it — this one, or
+    ``$STABILITY_BENCH_OFFLINE`` (checked here too, so that a typo is one usage error
+    before anything runs rather than an error in the middle of preparing the data)."""
+    env_flag(OFFLINE_ENV)
+    return flag or env_flag(STRICT_ENV)

@@ -145,8 +145,9 @@ def scaled_model():
 def message(path: Path) -> str:
     """What a user sees for ``path``: the CaseError of loading it, else the error of
     planning its runs (over the limit), else the setup error of starting its first run."""
-    from stability_bench.orchestrate import PlanTooLarge, check_run_limit
-    from stability_bench.runner import RunSetupError, plan_runs, start
+    from stability_bench.plan import PlanTooLarge, check_run_limit
+    from stability_bench.plan import plan_runs
+    from stability_bench.runner import RunSetupError, start
     from stability_bench.schema import CaseError, load_cases
 
     try:

@@ -25,7 +25,8 @@ from stability_bench.baseline import (
     write_baseline,
 )
 from stability_bench.results import RunResult, environment
-from stability_bench.runner import execute, plan_runs, start
+from stability_bench.plan import plan_runs
+from stability_bench.runner import execute, start
 from stability_bench.schema import load_case
 
 CASES = Path(__file__).parent.parent / "cases"

@@ -255,7 +255,7 @@ def test_run_json_keeps_the_old_file_if_writing_fails(tmp_path, monkeypatch):
 
 # -------------------------------------------------------------------------------- list
 def test_list_runs_prints_every_run_id(case_file, capsys):
-    from stability_bench.runner import plan_runs
+    from stability_bench.plan import plan_runs
     from stability_bench.schema import load_case
 
     path = case_file(SWEEP)

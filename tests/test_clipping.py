@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stability_bench.runner import execute, plan_runs, start
+from stability_bench.plan import plan_runs
+from stability_bench.runner import execute, start
 from stability_bench.schema import load_case
 
 CASE = Path(__file__).parent / "data" / "training" / "clipping.yaml"

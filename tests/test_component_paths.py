@@ -20,7 +20,8 @@ from stability_bench.components.data import DATA
 from stability_bench.components.losses import LOSSES
 from stability_bench.components.models import MODELS
 from stability_bench.registry import UnknownNameError
-from stability_bench.runner import execute, plan_runs, replay, start
+from stability_bench.plan import plan_runs
+from stability_bench.runner import execute, replay, start
 from stability_bench.schema import CaseError, load_case
 
 DATA_DIR = Path(__file__).parent / "data" / "training"

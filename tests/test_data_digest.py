@@ -12,7 +12,8 @@ import torch
 
 from stability_bench.baseline import check_against_baseline, record_baseline
 from stability_bench.components.data import TensorData
-from stability_bench.runner import execute, plan_runs
+from stability_bench.plan import plan_runs
+from stability_bench.runner import execute
 from stability_bench.schema import load_case
 
 DATA = Path(__file__).parent / "data" / "data_digest"

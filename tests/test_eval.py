@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from stability_bench.expectations import check_run
-from stability_bench.runner import RunSetupError, execute, plan_runs, replay, start
+from stability_bench.plan import plan_runs
+from stability_bench.runner import RunSetupError, execute, replay, start
 from stability_bench.schema import load_case
 
 CASE = Path(__file__).parent / "data" / "training" / "eval_minibatch.yaml"

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from stability_bench.components.cifar10 import DataNotFoundError
-from stability_bench.orchestrate import RunFailure, RunsFailed
+from stability_bench.orchestrate import RunsFailed
+from stability_bench.results import RunFailure
 from stability_bench.registry import UnknownNameError
 from stability_bench.schema import CaseError, load_case
 

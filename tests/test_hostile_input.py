@@ -16,8 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import hostile_cases as hostile
-from stability_bench.orchestrate import PlanTooLarge, check_run_limit
-from stability_bench.runner import RunSetupError, plan_runs, start
+from stability_bench.plan import PlanTooLarge, check_run_limit
+from stability_bench.plan import plan_runs
+from stability_bench.runner import RunSetupError, start
 from stability_bench.schema import CaseError, load_case, load_cases
 from stability_bench.types import MAX_PROBLEMS
 from stability_bench.yamlsource import MAX_BYTES, has_case_marker

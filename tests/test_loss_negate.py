@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from stability_bench.runner import execute, plan_runs, start, train_step
+from stability_bench.plan import plan_runs
+from stability_bench.runner import execute, start, train_step
 from stability_bench.schema import CaseError, load_case
 
 DATA = Path(__file__).parent / "data" / "negate"

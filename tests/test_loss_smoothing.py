@@ -9,7 +9,8 @@ import pytest
 
 from stability_bench.reports.collect import ReportRun
 from stability_bench.reports.figures import running_median, smoothing_window, training_figure
-from stability_bench.runner import execute, plan_runs
+from stability_bench.plan import plan_runs
+from stability_bench.runner import execute
 from stability_bench.schema import load_case
 
 pytest.importorskip("matplotlib")

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from stability_bench.cli import main
-from stability_bench.orchestrate import make_plan, run_plan
+from stability_bench.orchestrate import run_plan
+from stability_bench.plan import make_plan
 from stability_bench.schema import CaseError, load_case
 
 DATA = Path(__file__).parent / "data" / "min_torch"

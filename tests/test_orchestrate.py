@@ -9,7 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from stability_bench.orchestrate import RunFailure, RunsFailed, check, make_plan, run_case, run_plan
+from stability_bench.checks import check
+from stability_bench.orchestrate import RunsFailed, run_case, run_plan
+from stability_bench.plan import make_plan
+from stability_bench.results import RunFailure
 from stability_bench.schema import load_case
 
 DATA = Path(__file__).parent / "data" / "orchestrate"
@@ -47,7 +50,7 @@ def test_cuda_runs_are_skipped_with_the_reason_where_there_is_no_gpu():
 def test_check_never_trains(monkeypatch):
     """Checking reads finished results only: training during a check is an error here."""
     plan = make_plan([load_case(DATA / "sweep.yaml")], seeds=[0], cuda_available=False)
-    finished = dict(__import__("stability_bench.orchestrate", fromlist=["x"]).execute_plan(plan))
+    finished = dict(__import__("stability_bench.execute", fromlist=["x"]).execute_plan(plan))
     import stability_bench.runner as runner
 
     def no_training(*args, **kwargs):
@@ -125,8 +128,8 @@ def test_cli_exit_code_2_outranks_a_crash(crashy_module, capsys):
 def test_a_construction_failure_is_a_setup_failure_whatever_its_type(crashy_module, monkeypatch):
     """One rule: building the model, the data or the optimizer raising anything is "setup"
     (exit 2) with the exception named; only what raises from the first step on is a crash."""
-    from stability_bench.orchestrate import run_one
-    from stability_bench.runner import plan_runs
+    from stability_bench.execute import run_one
+    from stability_bench.plan import plan_runs
 
     (spec,) = plan_runs(load_case(DATA / "model_raises.yaml"))
     failure = run_one(spec)
@@ -357,23 +360,23 @@ class StandInPool:
             future.set_result(future.spec.run_id)
             return {future}, set()
 
-        monkeypatch.setattr("concurrent.futures.ProcessPoolExecutor", Pool)
-        monkeypatch.setattr("concurrent.futures.wait", wait)
+        monkeypatch.setattr("stability_bench.execute.ProcessPoolExecutor", Pool)
+        monkeypatch.setattr("stability_bench.execute.wait", wait)
 
 
 def test_worker_processes_never_share_a_gpu_nor_exceed_their_threads(monkeypatch):
     """Three runs on cuda:0 queued before a CPU run, jobs=2: two cuda:0 runs are never in
     flight together; the CPU run goes beside one. No GPU is needed: nothing trains."""
-    import stability_bench.orchestrate as orchestrate
-    from stability_bench.orchestrate import Executor
-    from stability_bench.runner import plan_runs
+    import stability_bench.execute as execute
+    from stability_bench.execute import Executor
+    from stability_bench.plan import plan_runs
 
     case = load_case(DATA / "sweep.yaml")
     gpu = plan_runs(case, devices=["cuda:0"], optimizers=["adam"])[:3]
     cpu = plan_runs(case, devices=["cpu"], seeds=[0], optimizers=["adam"])[:1]
     specs = {s.run_id: s for s in gpu + cpu}
     pool = StandInPool(monkeypatch)
-    monkeypatch.setattr(orchestrate, "_sizing", lambda spec, threads=None: (1, 0.0))
+    monkeypatch.setattr(execute, "sizing", lambda spec, threads=None: (1, 0.0))
     with Executor(jobs=2) as executor:
         done = dict(executor.run(specs))
     assert sorted(done) == sorted(specs)
@@ -387,8 +390,9 @@ def test_workers_take_critical_lr_probes_first_then_the_longest_runs(monkeypatch
     (steps, plus two steps per Lanczos HVP of their probes), whatever the order given."""
     import dataclasses
 
-    from stability_bench.orchestrate import Executor, SearchDriver
-    from stability_bench.runner import plan_runs
+    from stability_bench.execute import Executor
+    from stability_bench.orchestrate import SearchDriver
+    from stability_bench.plan import plan_runs
 
     short = plan_runs(load_case(DATA / "sweep.yaml"), devices=["cpu"], seeds=[0], optimizers=["adam"])[0]
     longer = dataclasses.replace(short, case=dataclasses.replace(short.case, steps=1000))
@@ -397,5 +401,5 @@ def test_workers_take_critical_lr_probes_first_then_the_longest_runs(monkeypatch
     specs = {"short": short, "longer": longer, "probed": probed, f"{SearchDriver.PREFIX}x@0.1": short}
     pool = StandInPool(monkeypatch)
     with Executor(jobs=2) as executor:
-        assert sorted(key for key, _ in executor.run(specs)) == sorted(specs)
+        assert sorted(key for key, _ in executor.run(specs, urgent=SearchDriver.owns)) == sorted(specs)
     assert [s.case for s in pool.submitted] == [short.case, probed.case, longer.case, short.case]

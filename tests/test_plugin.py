@@ -199,7 +199,7 @@ def test_a_malformed_strict_variable_is_a_usage_error(pytester, monkeypatch):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA items run here: nothing skips")
 def test_strict_mode_fails_cuda_items_skipped_on_a_machine_with_a_gpu(pytester, monkeypatch, gpu_path):
-    from stability_bench.orchestrate import hidden_gpu
+    from stability_bench.plan import hidden_gpu
 
     write_cases(pytester, "quad_cuda")
     if hidden_gpu() is None:  # a machine without a GPU: skipping CUDA items is right, strict or not

@@ -19,7 +19,7 @@ def test_every_built_in_probe_declares_its_needs_from_the_known_ones():
 def test_a_runs_cost_reads_the_hvps_its_probes_declare():
     """Lanczos probes declare up to max_iter HVPs each, directional_curvature two, the others
     none; a run's cost in steps adds them (an HVP ~ two steps) at every probe step."""
-    from stability_bench import orchestrate
+    from stability_bench import costs
 
     section = {"every": 10, "max_iter": 7, "sharpness": {"k": 2}, "precond_sharpness": {}, "grad_alignment": {},
                "threshold": {}, "second_moment_ratio": {}, "second_moment_mean": {}}
@@ -27,4 +27,4 @@ def test_a_runs_cost_reads_the_hvps_its_probes_declare():
     assert probe_step_hvps({"directional_curvature": {}}) == 2
     assert probe_step_hvps({"sharpness": {}}) == 30  # max_iter's default
     spec = SimpleNamespace(case=SimpleNamespace(steps=100, probes=section))
-    assert orchestrate._step_equivalents(spec) == 100 + 100 / 10 * 21 * 2
+    assert costs._step_equivalents(spec) == 100 + 100 / 10 * 21 * 2

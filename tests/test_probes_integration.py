@@ -62,7 +62,8 @@ def test_sharpness_of_a_quadratic_is_its_top_eigenvalue_and_gd_is_unprecondition
 
 def test_frozen_adam_precond_sharpness_matches_an_explicit_eigensolve():
     """λ₁(P⁻¹A) from the probe equals numpy's on the explicit matrices (P from the optimizer)."""
-    from stability_bench.runner import plan_runs, replay
+    from stability_bench.plan import plan_runs
+    from stability_bench.runner import replay
 
     case = stability_bench.load_case({
         "name": "frozen", "dtype": "float64", "steps": 8,

@@ -170,7 +170,8 @@ def test_classify_sorts_findings_into_channels():
     and a set-up failure are errors, never catches; a search's failures are the critical lr."""
     from types import SimpleNamespace
 
-    from stability_bench.orchestrate import RunFailure, RunReport, SearchReport
+    from stability_bench.checks import RunReport, SearchReport
+    from stability_bench.results import RunFailure
 
     def finding(figure, status):
         return SimpleNamespace(figure=figure, status=status, failed=status in ("outside", "missing"),
@@ -201,7 +202,9 @@ def test_valley_case_tells_precision_changes_from_rewrites(name):
     checked against the committed baseline as `stability-bench run --baseline` does: a
     regression leaves a band (measured: min loss 6–38 decades off, the bands are ±0.01),
     an equivalent leaves none (measured: equal to 4 digits). ~1 s."""
-    from stability_bench.orchestrate import Baselines, make_plan, run_plan
+    from stability_bench.checks import Baselines
+    from stability_bench.orchestrate import run_plan
+    from stability_bench.plan import make_plan
     from stability_bench.schema import load_cases
 
     change = next(c for c in CHANGES if c.name == name)

@@ -34,7 +34,8 @@ from stability_bench.metrics import SpikeConfig, detect_spikes
 from stability_bench.reports import INSTALL_HINT
 from stability_bench.results import RunResult, results_payload, write_json_atomic
 from stability_bench.orchestrate import run_case
-from stability_bench.runner import execute, plan_runs, start
+from stability_bench.plan import plan_runs
+from stability_bench.runner import execute, start
 from stability_bench.schema import load_case, load_cases
 
 matplotlib = pytest.importorskip("matplotlib")

@@ -12,7 +12,8 @@ import stability_bench
 from stability_bench.components import BuildContext
 from stability_bench.components.data import Batches, TensorData
 from stability_bench.components.losses import LOSSES
-from stability_bench.runner import StepRecorder, plan_runs
+from stability_bench.plan import plan_runs
+from stability_bench.runner import StepRecorder
 
 
 def quadratic_case(**overrides) -> dict:

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from stability_bench.runner import execute, plan_runs
+from stability_bench.plan import plan_runs
+from stability_bench.runner import execute
 from stability_bench.schema import load_case
 
 CASE = Path(__file__).parent / "data" / "training" / "schedule_sgd.yaml"

@@ -383,7 +383,7 @@ def test_sweep_expands_to_the_cartesian_product_with_labels():
 
 
 def test_sweep_run_ids_are_distinct_per_point_seed_and_device():
-    from stability_bench.runner import plan_runs
+    from stability_bench.plan import plan_runs
 
     case = _base_dict()
     case.update(seeds=[0, 1], devices=["cpu", "cuda"])
@@ -550,7 +550,7 @@ def test_validation_builds_each_optimizer_once_per_swept_value_not_per_point(mon
 def test_a_sweep_point_is_matched_with_its_parity_partner_by_lookup():
     """Planning is linear: a run's parity partner is found by hashing its swept values."""
     from stability_bench.expectations import partner_point
-    from stability_bench.runner import plan_runs
+    from stability_bench.plan import plan_runs
 
     case = load_case(Path(__file__).parent / "data" / "orchestrate" / "sweep.yaml")
     for spec in plan_runs(case, optimizers=["adam"]):

@@ -25,7 +25,7 @@ from stability_bench.baseline import (
     run_fingerprint,
 )
 from stability_bench.critical_lr import specs
-from stability_bench.runner import plan_runs
+from stability_bench.plan import plan_runs
 from stability_bench.schema import load_cases
 
 ROOT = Path(__file__).parent.parent

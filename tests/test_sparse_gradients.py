@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stability_bench.runner import execute, plan_runs, start
+from stability_bench.plan import plan_runs
+from stability_bench.runner import execute, start
 
 CASE = Path(__file__).parent / "data" / "sparse" / "embedding_bag.yaml"
 

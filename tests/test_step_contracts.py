@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from stability_bench.contracts import step_contract
-from stability_bench.runner import execute, plan_runs, start
+from stability_bench.plan import plan_runs
+from stability_bench.runner import execute, start
 from stability_bench.schema import load_case
 from training_components import CauchyStep, ScheduleFreeSGD
 

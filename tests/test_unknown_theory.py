@@ -11,7 +11,8 @@ import torch
 
 import stability_bench
 from stability_bench.probes.registry import ProbePlan
-from stability_bench.runner import plan_runs, replay
+from stability_bench.plan import plan_runs
+from stability_bench.runner import replay
 from stability_bench.schema import CaseError, load_case
 from stability_bench.unknown_theory import case_warnings
 

@@ -17,7 +17,7 @@ There is never a silent substitute: if no data is found, :class:`DataNotFoundErr
 lists every path that was tried and how to get the data.
 
 Data on first use: :func:`ensure_cifar10` (called once per plan, before any run trains:
-:func:`stability_bench.orchestrate.prepare_data`) fetches the official archive into the
+:func:`stability_bench.plan.prepare_data`) fetches the official archive into the
 cache folder when no copy is found in the default places (:mod:`.download`: MD5-checked,
 atomic, once under a file lock). Loading (:func:`load_cifar10`, in the hot path of a run)
 never touches the network.

@@ -27,7 +27,7 @@ FAILED_FINDINGS = FAILED_STATUSES   # baseline.Finding.failed, for findings read
 def _verdict(outcomes: list[dict], findings: list[dict]) -> str | None:
     """"failed" if an expectation or a baseline figure failed, "stale" if the baseline was
     recorded for another case definition (and nothing failed), "passed" if something was
-    checked and held, None if nothing was checked (as ``orchestrate.Report.status``)."""
+    checked and held, None if nothing was checked (as ``checks.Report.status``)."""
     if any(not o.get("passed") for o in outcomes) or any(f.get("status") in FAILED_FINDINGS for f in findings):
         return "failed"
     if any(f.get("status") == "stale" for f in findings):
@@ -68,7 +68,7 @@ class ReportRun:
 @dataclass
 class ReportSearch:
     """One critical-lr search of a results file (the ``search`` entry written by
-    ``orchestrate.report_entry``): the edge interval, its probes, expectations and baseline."""
+    ``checks.report_entry``): the edge interval, its probes, expectations and baseline."""
 
     search_id: str
     case: str
@@ -147,7 +147,7 @@ def _spike_config(raw: Mapping[str, Any], case: Any) -> SpikeConfig:
 def report_data(runs: Iterable[Mapping[str, Any]], failures: Iterable[Mapping[str, Any]] = (),
                 searches: Iterable[Mapping[str, Any]] = (), environment: Mapping[str, Any] | None = None,
                 cases: Mapping[str, Any] | None = None) -> ReportData:
-    """:class:`ReportData` from results-file entries (``orchestrate.report_entry`` form: the
+    """:class:`ReportData` from results-file entries (``checks.report_entry`` form: the
     ``runs``, ``failures`` and ``critical_lr`` lists of a results file, or the entries of a
     ``run`` in progress). ``cases`` (name → Case) supplies spike settings and descriptions;
     without it a run's recorded ``meta["spikes"]`` or the defaults are used."""

@@ -268,7 +268,8 @@ It is the state just before optimizer step {meta['worst_step']} (the parameters 
 step was measured at). Load it into the run's model and optimizer:
 
     import torch, stability_bench as sb
-    from stability_bench.runner import plan_runs, start
+    from stability_bench.plan import plan_runs
+    from stability_bench.runner import start
     session = start(plan_runs(sb.load_case("case.yaml"))[0])
     session.model.load_state_dict(torch.load("model_state.pt"))
     session.optimizer.load_state_dict(torch.load("optimizer_state.pt"))

@@ -1,0 +1,75 @@
+"""What a run costs: its intra-op thread count and its work in flop, from one model build
+per distinct ``model:`` section. Only orders work and sizes threads, so rough is enough;
+never changes what a run computes (see :mod:`stability_bench.threads`).
+"""
+from __future__ import annotations
+
+import functools
+import json
+
+from stability_bench.critical_lr import probe_count, specs
+from stability_bench.plan import Plan, RunSpec, probe_spec
+from stability_bench.probes.registry import PLAN_DEFAULTS, probe_step_hvps
+from stability_bench.threads import auto_threads, explicit_threads
+
+__all__ = ["sizing", "estimated_work", "threads_for", "STEP_OVERHEAD_FLOP"]
+
+
+def _flop_per_step(spec: RunSpec) -> float:
+    """6 × parameters × examples per step: the dense-network cost of one step."""
+    case = spec.case
+    rows = case.batch["size"] or case.data.get("n") or case.data.get("subset") or 1
+    return 6.0 * _parameter_count(json.dumps(case.model, sort_keys=True, default=str)) * rows
+
+
+@functools.lru_cache(maxsize=256)
+def _parameter_count(model: str) -> int:
+    """Parameters of the model a case's ``model:`` section (as JSON) builds: built once per
+    distinct section, since every run of a case (and every probe of a search) shares it."""
+    import torch   # here: only a run's sizing builds a model
+
+    from stability_bench.components import BuildContext
+    from stability_bench.components.models import MODELS
+
+    section = json.loads(model)
+    params = {k: v for k, v in section.items() if k != "kind"}
+    ctx = BuildContext(seed=0, dtype=torch.float32, generator=torch.Generator().manual_seed(0))
+    return sum(p.numel() for p in MODELS.get(section["kind"])(ctx, **params).parameters())
+
+
+STEP_OVERHEAD_FLOP = 1e7  # a step's dispatch cost (~0.2 ms at 50 GFLOP/s): what a tiny model's step costs
+
+
+def _step_equivalents(spec: RunSpec) -> float:
+    """A run's cost in training steps: its steps plus its probes' HVPs, as each probe declares
+    them (an HVP costs about two steps). Only orders the work queue, so rough is enough."""
+    case, probes = spec.case, spec.case.probes
+    options = {**PLAN_DEFAULTS, **{k: v for k, v in probes.items() if k in PLAN_DEFAULTS}}
+    return case.steps + case.steps / max(1, options["every"]) * probe_step_hvps(probes) * 2
+
+
+def sizing(spec: RunSpec, threads: int | None = None) -> tuple[int, float]:
+    """(intra-op threads, estimated work in flop) of a run, from one model build."""
+    chosen = explicit_threads(threads)
+    try:
+        flop = _flop_per_step(spec)
+    except Exception:  # an unusual model: the set-up itself will say what is wrong
+        return chosen or 1, 0.0
+    return chosen or auto_threads(flop), (flop + STEP_OVERHEAD_FLOP) * _step_equivalents(spec)
+
+
+def estimated_work(plan: Plan, name: str) -> float:
+    """Rough flop of what checking ``name`` trains: a run and its partners, or a critical-lr
+    search (its expected number of probes). Orders work only (the pytest plugin puts the
+    heaviest case files first, so a long file never starts last)."""
+    if name in plan.searches:
+        search = plan.searches[name]
+        entry = specs(search.case)[search.optimizer]
+        return sizing(probe_spec(search, entry.lo))[1] * probe_count(entry.lo, entry.hi, entry.rtol)
+    return sum(sizing(plan.runs[n])[1] for n in (*plan.needs.get(name, ()), name) if n not in plan.skipped)
+
+
+def threads_for(spec: RunSpec, threads: int | None = None) -> int:
+    """The run's intra-op thread count (see :mod:`stability_bench.threads`)."""
+    chosen = explicit_threads(threads)
+    return chosen if chosen is not None else sizing(spec)[0]
