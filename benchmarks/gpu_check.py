@@ -560,6 +560,14 @@ def write(report: dict, out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    threads = torch.get_num_threads()
+    try:
+        return _main(argv)
+    finally:  # called in-process (tests): leave torch's thread count as it was
+        torch.set_num_threads(threads)
+
+
+def _main(argv: list[str] | None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cuda", help="cuda (default) or cpu")
     ap.add_argument("--quick", action="store_true", help="small inputs: one case file, 20 optimizer steps")
