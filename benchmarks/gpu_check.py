@@ -326,7 +326,7 @@ def _cost(path: Path, device: str) -> float:
         from stability_bench.schema import load_cases
 
         plan = make_plan(load_cases(path), devices=[device], run_slow=False, cuda_available=True)
-        steps = sum(spec.steps for spec in plan.runs.values())
+        steps = sum(spec.case.steps for spec in plan.runs.values())
         for search in plan.searches.values():
             e = specs(search.case)[search.optimizer]
             steps += probe_count(e.lo, e.hi, e.rtol) * (e.steps or search.case.steps)
@@ -455,7 +455,7 @@ def cases_part(device: str, files: list[Path], budget: Budget, seconds: float, p
         started = [_cli(g, device, tmp / f"{device}-{i}.json", tmp / f"{device}-{i}.log", extra)
                    for i, g in enumerate(groups)]
         cpu = None
-        if cpu_reference and device != "cpu":
+        if cpu_reference:  # main asks for it with a GPU; on the CPU (tests) it exercises the attribution
             cpu = _cli(files, "cpu", tmp / "cpu.json", tmp / "cpu.log", ["--jobs", str(cpu_jobs), *extra])
         ends = _finish(started, deadline)
         device_wall = time.monotonic() - t0
@@ -470,11 +470,12 @@ def cases_part(device: str, files: list[Path], budget: Budget, seconds: float, p
                          "log_tail": (tmp / f"{device}-{i}.log").read_text(errors="replace")[-1500:]})
         reference = _load(tmp / "cpu.json") if cpu else None
         summary = summarize_cases(merged, reference)
-        if keep is not None:  # the raw results, gzipped (histories compress well)
+        if keep is not None:  # the raw results less the per-step histories (the tool brings back ≤ 16 MiB a file)
             for name, data in ((f"cases-{device}.json.gz", merged), ("cases-cpu.json.gz", reference)):
                 if data is not None:
+                    slim = {**data, "runs": [{k: v for k, v in r.items() if k != "history"} for r in data["runs"]]}
                     with gzip.open(keep / name, "wt") as fh:
-                        json.dump(data, fh)
+                        json.dump(slim, fh)
     stopped = [", ".join(log["files"]) for log in logs if log["stopped"]]
     unexpected_rc = [f"{', '.join(log['files'])}: exit {log['rc']}" for log in logs
                      if not log["stopped"] and log["rc"] not in (0, 1)]

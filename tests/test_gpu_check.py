@@ -74,6 +74,11 @@ def test_case_figure_outside_its_band_fails_the_check(tmp_path):
     assert out["runs"] == 2 and out["complete"]
     assert not out["passed"]
     assert any("gd[lr=1.9]" in m and "final_loss" in m for m in out["outside_on_device_only"])
+    # with the CPU run beside it against the same band, the same departure is the machine's, not the device's
+    out = gc.cases_part("cpu", [tmp_path / CASE.name], gc.Budget(120), 120, procs=1, cpu_reference=True, cpu_jobs=1,
+                        extra=["--optimizer", "gd", "--no-critical-lr"])
+    assert out["passed"] and out["cpu_reference"]["runs"] == 2 and not out["outside_on_device_only"]
+    assert any("gd[lr=1.9]" in m and "final_loss" in m for m in out["outside_on_cpu_too"])
 
 
 def test_quick_cpu_run_passes_and_writes_its_report(tmp_path):
