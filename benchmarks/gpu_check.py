@@ -207,15 +207,18 @@ def optimizer_agreement(device: str, steps: int = 200, variants: list[dict] | No
 
 # ---- 3. HVP and λ₁ timings --------------------------------------------------------------
 
-def _timed(fn, device: str, repeats: int) -> list[float]:
-    fn()  # warm-up
-    out = []
-    for _ in range(repeats):
-        _sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        out.append(time.perf_counter() - t0)
+def _timed(ops: dict, device: str, repeats: int) -> dict[str, list[float]]:
+    """Each op's times, interleaved (one warm-up round, then A B C … ``repeats`` times), so
+    that drift on a shared machine hits all alike; each timing synchronises the GPU."""
+    out: dict[str, list[float]] = {name: [] for name in ops}
+    for rep in range(repeats + 1):
+        for name, fn in ops.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            if rep:
+                out[name].append(time.perf_counter() - t0)
     return out
 
 
@@ -243,9 +246,9 @@ def probe_timings(case_name: str, device: str, repeats: int = 5, tol: float = 1e
         first = LossHessian(model, params, loss_fn, x, y, additive=additive, cache_bytes=0)
         v = torch.randn(cached.dim, generator=torch.Generator().manual_seed(0)).to(device=device,
                                                                                      dtype=params[0].dtype)
-        grad = _timed(lambda: torch.autograd.grad(loss_fn(model(x), y), params), device, repeats)
-        hvp_first = _timed(lambda: first.hvp(v), device, repeats)
-        hvp_cached = _timed(lambda: cached.hvp(v), device, repeats)
+        times = _timed({"grad": lambda: torch.autograd.grad(loss_fn(model(x), y), params),
+                        "hvp_first": lambda: first.hvp(v), "hvp_cached": lambda: cached.hvp(v)}, device, repeats)
+        grad, hvp_first, hvp_cached = times["grad"], times["hvp_first"], times["hvp_cached"]
         op = lambda u: cached.hvp(u).double()  # noqa: E731
         _sync(device)
         t0 = time.perf_counter()
