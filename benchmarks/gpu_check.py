@@ -325,7 +325,7 @@ def _cost(path: Path, device: str) -> float:
     so steps rather than flop. Falls back to the file's size."""
     try:
         from stability_bench.critical_lr import probe_count, specs
-        from stability_bench.orchestrate import make_plan
+        from stability_bench.plan import make_plan
         from stability_bench.schema import load_cases
 
         plan = make_plan(load_cases(path), devices=[device], run_slow=False, cuda_available=True)
