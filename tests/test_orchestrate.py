@@ -57,6 +57,7 @@ def test_check_never_trains(monkeypatch):
         raise AssertionError("a check trained a run")
 
     monkeypatch.setattr(runner, "execute", no_training)
+    monkeypatch.setattr("stability_bench.execute.execute", no_training)   # the executor's own reference
     reports = [check(plan, r, finished) for r in plan.requested]
     assert [r.status for r in reports] == ["passed"] * 4
     parity = [o for r in reports for o in r.outcomes if o.metric == "parity"]

@@ -540,12 +540,12 @@ def test_pytest_item_reports_the_first_departing_step(pytester):
 
 
 def test_cli_reports_the_departure_and_runs_the_partner_once(tmp_path, monkeypatch, capsys, late_adam):
-    import stability_bench.runner as runner
+    import stability_bench.execute as executing
     from stability_bench.cli import main
 
     calls = []
-    real = runner.execute
-    monkeypatch.setattr(runner, "execute", lambda spec, *a, **k: calls.append(spec.run_id) or real(spec, *a, **k))
+    real = executing.execute   # the runner's training loop, as the executor calls it
+    monkeypatch.setattr(executing, "execute", lambda spec, *a, **k: calls.append(spec.run_id) or real(spec, *a, **k))
     monkeypatch.setenv("STABILITY_BENCH_TRIAGE", str(tmp_path / "triage"))
     path = tmp_path / "cases" / "adam_parity.yaml"
     path.parent.mkdir()
