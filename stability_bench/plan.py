@@ -9,7 +9,7 @@ critical-lr searches they declare, and what cannot run here (and why).
 * A critical-lr search's probes are ordinary runs (:func:`probe_spec`), planned round by
   round as the search narrows.
 
-Planning imports no torch (unless asked whether CUDA is here) and trains nothing.
+Planning trains nothing; it asks torch about CUDA only when not told (``cuda_available``).
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Mapping
 
+from stability_bench.components.data import DATA
 from stability_bench.critical_lr import specs
 from stability_bench.expectations import PARITY, partner_point
 from stability_bench.results import RunFailure, format_run_id
@@ -329,8 +330,6 @@ def prepare_data(plan: Plan) -> dict[str, BaseException]:
     ``prepare`` hook — for ``cifar10``, find the data or fetch it on first use — once per
     distinct section, and mark every run and search whose data cannot be had in
     ``plan.missing_data``. Returns that mapping. Runs in the hot path never fetch."""
-    from stability_bench.components.data import DATA   # the registry (torch-free), for its prepare hooks
-
     if plan.prepared:
         return plan.missing_data
     plan.prepared = True

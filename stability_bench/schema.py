@@ -26,10 +26,12 @@ from stability_bench.contracts import ContractError, step_contract
 from stability_bench.critical_lr import SECTION as CRITICAL_LR
 from stability_bench.critical_lr import validate_section as critical_lr_section
 from stability_bench.expectations import COMPARATORS, PARITY, PARITY_KEYS, THEORY_REFERENCES
-from stability_bench.metrics import METRICS
+from stability_bench.metrics import METRICS, probe_columns
 from stability_bench.optimizers.resolve import OptimizerResolveError, resolve_optimizer_class
 from stability_bench.registry import ImportPathError, Registry, UnknownNameError, describe_exception
+from stability_bench.probes.registry import PLAN_OPTIONS, PROBES, probes_recording
 from stability_bench.registry import a_or_an, load_entry_points, nearest
+from stability_bench.schedules import SHORTHAND_KEYS, scheduler_class, unsupported_step
 from stability_bench.types import Case, CaseError, Expectation, OptimizerSpec, SpikeConfig
 from stability_bench.typecheck import NUMBER_STRING as _NUMBER_STRING
 from stability_bench.typecheck import PLAIN as _PLAIN
@@ -421,8 +423,6 @@ def _expectations(expect: Any, optimizers: Mapping[str, Any], path: KeyPath,
 def _check_probes(section: dict, path: KeyPath, problems: list[Problem]) -> None:
     """Plan options by type; every other key names a probe whose options are checked
     against the probe function's signature (plus ``every``)."""
-    from stability_bench.probes.registry import PLAN_OPTIONS, PROBES
-
     for key, value in section.items():
         key_path = path + (key,)
         if key in PLAN_OPTIONS:
@@ -457,9 +457,6 @@ def _unprobed_figures(case: "Case") -> list[Problem]:
     expectation could only fail (``measured None``), so it is an error here, at the metric's
     key, naming the probes to add. A user's probe that does not declare its columns may
     record anything: with one, nothing is refused."""
-    from stability_bench.metrics import probe_columns
-    from stability_bench.probes.registry import PLAN_OPTIONS, PROBES, probes_recording
-
     recorded: set[str] = set()
     for name in case.probes:
         if name in PLAN_OPTIONS:
@@ -543,8 +540,6 @@ def _check_schedule(spec: Any, path: KeyPath, problems: list[Problem]) -> None:
     """``{class: <scheduler>, **arguments}`` (arguments against the class's signature; a
     ``schedulers`` argument holds schedule specs) or the ``{warmup, then, min_factor}``
     shorthand (see :mod:`stability_bench.schedules`)."""
-    from stability_bench.schedules import SHORTHAND_KEYS, scheduler_class, unsupported_step
-
     if not isinstance(spec, dict) or ("class" in spec) == ("warmup" in spec):
         problems.append(Problem(path, "a schedule is {class: torch.optim.lr_scheduler.NAME (or "
                                       "package.module:Class), <its arguments>} or {warmup: N, then: "

@@ -37,6 +37,7 @@ from torch.optim import Optimizer
 from .lookup import ClassTable, UnknownTheory, class_label, trusted_hook
 from .records import RECORDS, Rule, adafactor_relative_step
 from .state import first_state
+from ..typecheck import arguments
 
 __all__ = ["TORCH_THRESHOLDS", "UnknownTheory", "stability_threshold", "threshold_and_reason",
            "threshold_status", "adafactor_relative_step"]
@@ -76,10 +77,10 @@ def stability_threshold(optimizer: Optimizer) -> float | None:
 
 def _signature_defaults(cls: type) -> dict[str, Any]:
     try:
-        parameters = inspect.signature(cls.__init__).parameters.values()
+        defaults = arguments(cls.__init__).defaults
     except (TypeError, ValueError):
         return {}
-    return {p.name: p.default for p in parameters if p.default is not p.empty}
+    return {name: default for name, default in defaults.items() if default is not inspect.Parameter.empty}
 
 
 def threshold_status(cls: type, hyperparams: dict | None = None) -> str | None:
