@@ -45,7 +45,11 @@ def test_probe_columns_are_aligned_and_the_first_adam_step_has_no_preconditioner
     assert math.isnan(columns["precond_sharpness"][0])  # Adam has no state before its first step
     assert all(math.isfinite(x) for x in columns["precond_sharpness"][1:])
     assert columns["threshold"] == [pytest.approx(38 / 1e-2)] * 3
-    assert all(r < 1e-3 for r in columns["sharpness_residual"])
+    # Each probe met its stopping rule: a relative residual < tol (1e-3) or λ₁ known to
+    # EIG_TOL (1e-3), whose residual is then about √(1e-3·gap/λ₁) (measured 1.2–2.5e-3);
+    # none ran out of iterations (max_iter 30, +1 verification matvec).
+    assert all(r < 3e-2 for r in columns["sharpness_residual"])
+    assert all(n < 31 for n in columns["sharpness_hvps"])
 
 
 def test_sharpness_of_a_quadratic_is_its_top_eigenvalue_and_gd_is_unpreconditioned():

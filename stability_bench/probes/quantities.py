@@ -13,7 +13,7 @@ from typing import Callable, NamedTuple, Sequence
 import torch
 
 from .hvp import LossHessian
-from .lanczos import EigResult, top_eigenpairs
+from .lanczos import EIG_TOL, EigResult, top_eigenpairs
 from .preconditioner import flat_diagonal, precond_sqrt_inv
 
 __all__ = ["sharpness", "precond_sharpness", "directional_curvature", "Curvature", "second_moment_ratio",
@@ -43,19 +43,32 @@ def precond_operator(H: LossHessian, P: Precond):
     return lambda u: S(H.hvp(S(u)).to(torch.float64))
 
 
+def _probe_tolerances(lanczos: dict) -> dict:
+    """The probes' stopping rule: ``tol`` (relative residual, default 1e-3) or the Ritz-value
+    error bound below ``eig_tol`` — by default ``EIG_TOL`` (1e-4), or ``tol`` where that is
+    smaller (a residual under ``tol`` bounds the eigenvalue error by ``tol``, so a smaller
+    ``tol`` asks at least that accuracy of λ). ``eig_tol=None`` gives the residual rule alone."""
+    if "eig_tol" not in lanczos:
+        tol = lanczos.get("tol", 1e-3)
+        lanczos = dict(lanczos, eig_tol=EIG_TOL if not tol else min(EIG_TOL, float(tol)))
+    return lanczos
+
+
 def sharpness(H: LossHessian, k: int = 1, v0: torch.Tensor | None = None, **lanczos) -> EigResult:
     """Top-k eigenvalues of H (largest algebraic), eigenvectors, residuals, ``n_hvp``.
     ``v0``: a warm start (e.g. the previous probe's ``vectors``). Extra keywords go to
-    ``top_eigenpairs`` (``max_iter``, ``tol``, ``verify``, ``seed``)."""
-    return top_eigenpairs(hessian_operator(H), H.dim, k, v0=v0, device=H.device, **lanczos)
+    ``top_eigenpairs`` (``max_iter``, ``tol``, ``eig_tol``, ``verify``, ``seed``); ``eig_tol``
+    defaults to ``EIG_TOL`` or ``tol`` where smaller (:func:`_probe_tolerances`)."""
+    return top_eigenpairs(hessian_operator(H), H.dim, k, v0=v0, device=H.device, **_probe_tolerances(lanczos))
 
 
 def precond_sharpness(H: LossHessian, P: Precond, k: int = 1, v0: torch.Tensor | None = None,
                       **lanczos) -> EigResult:
     """Top-k eigenvalues of P^{-1/2} H P^{-1/2} (the same as those of P⁻¹H; Cohen et al.'s
     preconditioned sharpness λ₁(P⁻¹H)). The eigenvectors are those of the symmetric
-    P^{-1/2}HP^{-1/2} (orthonormal); u ↦ P^{-1/2}u maps them to eigenvectors of P⁻¹H."""
-    return top_eigenpairs(precond_operator(H, P), H.dim, k, v0=v0, device=H.device, **lanczos)
+    P^{-1/2}HP^{-1/2} (orthonormal); u ↦ P^{-1/2}u maps them to eigenvectors of P⁻¹H.
+    Stopping rule as :func:`sharpness`."""
+    return top_eigenpairs(precond_operator(H, P), H.dim, k, v0=v0, device=H.device, **_probe_tolerances(lanczos))
 
 
 class Curvature(NamedTuple):
