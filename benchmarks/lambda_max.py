@@ -63,7 +63,8 @@ import torch
 from stability_bench.probes import LossHessian, additive_for, sharpness, top_eigenpairs
 from stability_bench.probes.hvp import math_attention
 from stability_bench.probes.lanczos import EIG_TOL
-from stability_bench.runner import plan_runs, start
+from stability_bench.plan import plan_runs
+from stability_bench.runner import start
 from stability_bench.schema import load_case
 
 ROOT = Path(__file__).resolve().parent.parent
