@@ -52,9 +52,8 @@ def cluster(tmp_path_factory):
         yield client
         client.close()
     finally:
-        for proc in reversed(procs):
-            proc.terminate()
-        for proc in procs:
+        for proc in reversed(procs):   # the workers first, each waited for: a worker that loses its
+            proc.terminate()           # scheduler mid-shutdown retries it for ~20 s before exiting
             try:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
