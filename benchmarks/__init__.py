@@ -67,6 +67,23 @@ def sync(device: str) -> None:
         torch.cuda.synchronize(device)
 
 
+def interleaved_times(ops: dict, device: str, repeats: int) -> dict[str, list[float]]:
+    """Each op's times, interleaved (one warm-up round, then A B C … ``repeats`` times), so
+    that drift on a shared machine hits all alike; each timing synchronises the GPU."""
+    import time
+
+    out: dict[str, list[float]] = {name: [] for name in ops}
+    for rep in range(repeats + 1):
+        for name, fn in ops.items():
+            sync(device)
+            started = time.perf_counter()
+            fn()
+            sync(device)
+            if rep:  # the first round is the warm-up
+                out[name].append(time.perf_counter() - started)
+    return out
+
+
 def with_data_dir(case):
     """``case`` with its CIFAR-10 ``data_dir`` pointed at this checkout's data when
     ``$STABILITY_BENCH_DATA`` is unset: asv runs benchmarks in a temporary directory, and

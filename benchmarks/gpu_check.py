@@ -72,6 +72,8 @@ if str(REPO) not in sys.path:  # `python benchmarks/gpu_check.py` puts benchmark
 
 import torch  # noqa: E402
 
+from benchmarks import interleaved_times, sync  # noqa: E402
+
 EPS32 = float(torch.finfo(torch.float32).eps)
 ULPS_PER_STEP = 4
 OWN_GRADIENT_RTOL = 1e-4      # cases/torch_optim_guards_adam.yaml: adam_fused parity rtol
@@ -91,11 +93,6 @@ class Budget:
 
     def share(self, wanted: float, reserve: float = 0.0) -> float:
         return max(0.0, min(wanted, self.left() - reserve))
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize(device)
 
 
 # ---- 1. environment ---------------------------------------------------------------------
@@ -207,21 +204,6 @@ def optimizer_agreement(device: str, steps: int = 200, variants: list[dict] | No
 
 # ---- 3. HVP and λ₁ timings --------------------------------------------------------------
 
-def _timed(ops: dict, device: str, repeats: int) -> dict[str, list[float]]:
-    """Each op's times, interleaved (one warm-up round, then A B C … ``repeats`` times), so
-    that drift on a shared machine hits all alike; each timing synchronises the GPU."""
-    out: dict[str, list[float]] = {name: [] for name in ops}
-    for rep in range(repeats + 1):
-        for name, fn in ops.items():
-            _sync(device)
-            t0 = time.perf_counter()
-            fn()
-            _sync(device)
-            if rep:
-                out[name].append(time.perf_counter() - t0)
-    return out
-
-
 def probe_timings(case_name: str, device: str, repeats: int = 5, tol: float = 1e-3, max_iter: int = 60,
                   threads: int | None = None) -> dict:
     """Gradient, HVP (first / cached) and λ₁ (Lanczos, ``tol``) on ``case_name``'s first run
@@ -246,14 +228,14 @@ def probe_timings(case_name: str, device: str, repeats: int = 5, tol: float = 1e
         first = LossHessian(model, params, loss_fn, x, y, additive=additive, cache_bytes=0)
         v = torch.randn(cached.dim, generator=torch.Generator().manual_seed(0)).to(device=device,
                                                                                      dtype=params[0].dtype)
-        times = _timed({"grad": lambda: torch.autograd.grad(loss_fn(model(x), y), params),
+        times = interleaved_times({"grad": lambda: torch.autograd.grad(loss_fn(model(x), y), params),
                         "hvp_first": lambda: first.hvp(v), "hvp_cached": lambda: cached.hvp(v)}, device, repeats)
         grad, hvp_first, hvp_cached = times["grad"], times["hvp_first"], times["hvp_cached"]
         op = lambda u: cached.hvp(u).double()  # noqa: E731
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         res = top_eigenpairs(op, cached.dim, 1, tol=tol, max_iter=max_iter)
-        _sync(device)
+        sync(device)
         lanczos_s = time.perf_counter() - t0
     med = statistics.median
     return {"case": case_name, "device": device, "params": cached.dim, "examples": int(x.shape[0]),

@@ -47,6 +47,11 @@ from pathlib import Path
 
 import torch
 
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `python benchmarks/hvp.py` puts benchmarks/ first, not the root
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import interleaved_times, sync  # noqa: E402
 from stability_bench.probes import (
     LossHessian,
     diagonal_preconditioner,
@@ -59,11 +64,6 @@ from stability_bench.runner import start
 from stability_bench.schema import load_case
 
 DEFAULT_CASE = Path(__file__).resolve().parent.parent / "cases" / "cifar_fc.yaml"
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize(device)
 
 
 def _session(case, device: str, optimizer: str | None):
@@ -90,16 +90,8 @@ def measure_ops(session, device: str, repeats: int, additive: str) -> dict:
 
     ops = {"grad": grad, "grad (probe)": probe_grad, "hvp db first": lambda: first.hvp(v),
            "hvp db cached": lambda: cached.hvp(v), "hvp fwd-rev": lambda: fwdrev.hvp(v)}
-    times = {name: [] for name in ops}
     with untouched(model, session.optimizer):
-        for rep in range(repeats + 1):
-            for name, op in ops.items():
-                _sync(device)
-                t0 = time.perf_counter()
-                op()
-                _sync(device)
-                if rep:  # the first round is the warm-up
-                    times[name].append(time.perf_counter() - t0)
+        times = interleaved_times(ops, device, repeats)
     # the three HVPs must agree
     a, b, c = cached.hvp(v).double(), first.hvp(v).double(), fwdrev.hvp(v).double()
     scale = float(a.norm())
@@ -145,10 +137,10 @@ def lanczos_counts(session, steps: int, gap: int, tol: float, max_iter: int, add
                     for label, v0 in starts.items():
                         if label == "warm" and v0 is None:
                             continue
-                        _sync(H.device.type)
+                        sync(H.device.type)
                         t0 = time.perf_counter()
                         res = top_eigenpairs(op, H.dim, 1, tol=tol, max_iter=max_iter, v0=v0)
-                        _sync(H.device.type)
+                        sync(H.device.type)
                         seconds = time.perf_counter() - t0
                         longer = top_eigenpairs(op, H.dim, 1, tol=1e-12, max_iter=max_iter, v0=v0, verify=False)
                         row[label] = {"hvps_tol": res.n_matvec, "converged": res.converged, "seconds": seconds,

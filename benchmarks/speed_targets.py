@@ -34,8 +34,8 @@ def timed(command: list[str], checkout: Path) -> tuple[float, int, str]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(checkout), os.environ.get("PYTHONPATH")]))}
     started = time.perf_counter()
     done = subprocess.run(command, cwd=checkout, env=env, capture_output=True, text=True)
-    lines = (done.stdout + done.stderr).strip().splitlines()
-    return time.perf_counter() - started, done.returncode, lines[-1] if lines else ""
+    lines = done.stdout.strip().splitlines()   # the summary line (warnings go to stderr)
+    return time.perf_counter() - started, done.returncode, lines[-1] if lines else done.stderr.strip()[-200:]
 
 
 def main() -> None:
