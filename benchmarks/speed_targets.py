@@ -35,7 +35,9 @@ def timed(command: list[str], checkout: Path) -> tuple[float, int, str]:
     started = time.perf_counter()
     done = subprocess.run(command, cwd=checkout, env=env, capture_output=True, text=True)
     lines = done.stdout.strip().splitlines()   # the summary line (warnings go to stderr)
-    return time.perf_counter() - started, done.returncode, lines[-1] if lines else done.stderr.strip()[-200:]
+    failed = [line for line in lines if line.startswith(("FAILED", "ERROR"))]
+    return (time.perf_counter() - started, done.returncode,
+            "; ".join([*failed, lines[-1]]) if lines else done.stderr.strip()[-300:])
 
 
 def main() -> None:
@@ -55,10 +57,10 @@ def main() -> None:
             print(f"{'command':6s} {'before':>9s} {'after':>9s} {'ratio':>6s} {'target':>7s}  (before = {args.before})")
             for what in args.what:
                 for _ in range(args.repeat):
-                    t_before, rc_before, _ = timed(COMMANDS[what], before)
+                    t_before, rc_before, last_before = timed(COMMANDS[what], before)
                     t_after, rc_after, last = timed(COMMANDS[what], ROOT)
                     print(f"{what:6s} {t_before:8.1f}s {t_after:8.1f}s {t_after / t_before:6.2f} {TARGETS[what]:6d}s"
-                          f"  exit {rc_before}/{rc_after}; after: {last}", flush=True)
+                          f"  exit {rc_before}/{rc_after}; before: {last_before} | after: {last}", flush=True)
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(before)], cwd=ROOT, capture_output=True)
 
