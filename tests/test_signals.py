@@ -14,8 +14,22 @@ pytestmark = pytest.mark.skipif(threading.current_thread() is not threading.main
 NAMES = ("SIGINT", "SIGTERM", "SIGHUP")
 
 
+@pytest.fixture
+def stop_signals_not_ignored():
+    """Each stop signal at its default for the test. A pytest started in the background of
+    a non-interactive shell (``cmd &``, a CI step) inherits SIGINT ignored, and StopSignals
+    keeps an ignored signal ignored (nohup's promise), so the signal would never arrive."""
+    saved = {name: signal.getsignal(getattr(signal, name)) for name in NAMES}
+    for name, handler in saved.items():
+        if handler is signal.SIG_IGN:
+            signal.signal(getattr(signal, name), signal.default_int_handler if name == "SIGINT" else signal.SIG_DFL)
+    yield
+    for name, handler in saved.items():
+        signal.signal(getattr(signal, name), handler)
+
+
 @pytest.mark.parametrize("name, code", [("SIGINT", 130), ("SIGTERM", 143), ("SIGHUP", 129)])
-def test_each_stop_signal_raises_interrupted_and_is_remembered(name, code):
+def test_each_stop_signal_raises_interrupted_and_is_remembered(name, code, stop_signals_not_ignored):
     number = getattr(signal, name)
     with StopSignals() as signals:
         with pytest.raises(Interrupted) as info:
