@@ -1,6 +1,7 @@
 """What a run costs: its intra-op thread count and its work in flop, from one model build
-per distinct ``model:`` section. Only orders work and sizes threads, so rough is enough;
-never changes what a run computes (see :mod:`stability_bench.threads`).
+per distinct ``model:`` section. The work only orders the queue, so rough is enough; the
+thread count is chosen from the run alone, never from the number of workers, so a run's
+CPU trajectory does not depend on ``jobs`` (see :mod:`stability_bench.threads`).
 """
 from __future__ import annotations
 
