@@ -5,7 +5,7 @@ probes:
   every: 10                 # default schedule (steps); each probe may set its own `every`
   subset: 1000              # probe the loss on the first N training examples (default: all)
   chunk_size: 500           # examples per HVP chunk (memory bound; results do not depend on it)
-  tol: 1.0e-3               # Lanczos relative residual
+  tol: 1.0e-3               # Lanczos: relative residual, or λ's error bound below min(tol, 1e-3)
   max_iter: 30              # Lanczos iterations (HVPs) per eigenvalue estimate
   late_window: 0.5          # precond_sharpness_ratio: median over the last half of the probes
   lead_window: 50           # a threshold crossing within this many steps before a spike "leads" it
