@@ -93,7 +93,7 @@ def _check_component(spec: Any, registry: Registry, path: KeyPath, problems: lis
         problems.extend(Problem(path + (key,), message) for key, message in check(factory_params))
 
 
-def _check_targets(raw: dict, problems: list[Problem]) -> None:
+def _check_targets(raw: dict, got: dict, problems: list[Problem]) -> None:
     """A loss that needs class labels on a data set that gives real-valued targets."""
     loss, data = raw.get("loss"), raw.get("data", {"kind": "none"})
     if not (isinstance(loss, dict) and isinstance(data, dict)
@@ -420,9 +420,12 @@ def _expectations(expect: Any, optimizers: Mapping[str, Any], path: KeyPath,
 
 
 # ---------------------------------------------------------------------------- probes
-def _check_probes(section: dict, path: KeyPath, problems: list[Problem]) -> None:
+def _check_probes(raw: dict, got: dict, problems: list[Problem]) -> dict:
     """Plan options by type; every other key names a probe whose options are checked
-    against the probe function's signature (plus ``every``)."""
+    against the probe function's signature (plus ``every``). Yields the section as written."""
+    section, path = raw.get("probes") or {}, ("probes",)
+    if not isinstance(section, dict):  # the type check has said so
+        return {}
     for key, value in section.items():
         key_path = path + (key,)
         if key in PLAN_OPTIONS:
@@ -448,6 +451,7 @@ def _check_probes(section: dict, path: KeyPath, problems: list[Problem]) -> None
         args = _arguments(PROBES.get(key), skip=1)
         _check_mapping(value if value is not None else {}, {**args.hints, "every": Count}, args.required,
                        key_path, problems, f"probe {key!r}")
+    return section
 
 
 def _unprobed_figures(case: "Case") -> list[Problem]:
@@ -616,8 +620,11 @@ _EVAL_KEYS = {"every": int, "split": Literal["full", "heldout"], "heldout_fracti
 EVAL_DEFAULTS = {"split": "full", "heldout_fraction": 0.2}
 
 
-def _check_eval(spec: Any, problems: list[Problem]) -> dict | None:
-    """``eval: {every: N, split: full|heldout, heldout_fraction: f}``."""
+def _check_eval(raw: dict, got: dict, problems: list[Problem]) -> dict | None:
+    """``eval: {every: N, split: full|heldout, heldout_fraction: f}``, defaults filled in."""
+    spec = raw.get("eval")
+    if spec is None:
+        return None
     n = len(problems)
     if not _check_mapping(spec, _EVAL_KEYS, {"every"}, ("eval",), problems, "eval"):
         return None
@@ -660,8 +667,6 @@ def _component(key: str, registry: Registry, default: dict | None = None):
     def validate(raw: dict, got: dict, problems: list[Problem]) -> dict | None:
         if isinstance(raw.get(key), dict):
             _check_component(raw[key], registry, (key,), problems)
-        if key == "loss":  # the loss comes after the data it reads
-            _check_targets(raw, problems)
         return raw.get(key, default)
     return validate
 
@@ -751,12 +756,6 @@ def _check_spikes(raw: dict, got: dict, problems: list[Problem]) -> SpikeConfig 
         return None
 
 
-def _check_probes_section(raw: dict, got: dict, problems: list[Problem]) -> dict:
-    if isinstance(raw.get("probes"), dict):
-        _check_probes(raw["probes"], ("probes",), problems)
-    return raw.get("probes") or {}
-
-
 def _check_optimizers(raw: dict, got: dict, problems: list[Problem]) -> dict[str, OptimizerSpec]:
     optimizers: dict[str, OptimizerSpec] = {}
     if isinstance(raw.get("optimizers"), dict):
@@ -781,10 +780,6 @@ def _check_schedule_section(raw: dict, got: dict, problems: list[Problem]) -> di
     return raw.get("schedule")
 
 
-def _check_eval_section(raw: dict, got: dict, problems: list[Problem]) -> dict | None:
-    return _check_eval(raw["eval"], problems) if raw.get("eval") is not None else None
-
-
 # ----------------------------------------------------------------------------- case
 _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 
@@ -796,6 +791,7 @@ SECTIONS: tuple[Section, ...] = (
     Section({"model": dict}, _component("model", MODELS), "model"),
     Section({"data": dict}, _component("data", DATA, {"kind": "none"}), "data"),
     Section({"loss": dict}, _component("loss", LOSSES), "loss"),
+    Section({}, _check_targets, None),   # the loss against the targets the data gives
     Section({"seeds": list[int]}, _nonempty("seeds", "[0]", [0]), "seeds"),
     Section({"devices": list[str]}, _nonempty("devices", "[cpu]", ["cpu"]), "devices"),
     Section({"steps": int}, _check_steps, "steps"),
@@ -803,12 +799,12 @@ SECTIONS: tuple[Section, ...] = (
     Section({"batch": Union[str, dict]}, _check_batch, "batch"),
     Section({"divergence": dict}, _check_divergence, "divergence"),
     Section({"spikes": dict}, _check_spikes, "spikes"),
-    Section({"probes": dict}, _check_probes_section, "probes"),
+    Section({"probes": dict}, _check_probes, "probes"),
     Section({"optimizers": dict}, _check_optimizers, "optimizers"),
     Section({"expect": dict}, _check_expect, "expectations"),
     Section({"schedule": Union[dict, None]}, _check_schedule_section, "schedule"),
     Section({"clip_grad_norm": Union[dict, None], "clip_grad_value": Union[dict, None]}, _check_clip, "clip"),
-    Section({"eval": Union[dict, None]}, _check_eval_section, "eval"),
+    Section({"eval": Union[dict, None]}, _check_eval, "eval"),
     Section({CRITICAL_LR: Union[dict, None]}, critical_lr_section, "critical_lr"),
     Section({"name": str}, _value("name"), "name"),
     Section({"description": str}, lambda raw, got, problems: str(raw.get("description", "")).strip(), "description"),
