@@ -15,19 +15,13 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from stability_bench.metrics import METRICS, probe_columns
-from stability_bench.yamlsource import Problem, dotted
-
+from stability_bench.optimizers.thresholds import threshold_status
 from stability_bench.types import Case, OptimizerSpec
+from stability_bench.yamlsource import Problem, dotted
 
 __all__ = ["theory_problems", "case_warnings"]
 
 THEORY_BOUNDS = ("threshold", "predicted_diverged")
-
-
-def _threshold_status(cls: type, point: dict) -> str | None:
-    from stability_bench.optimizers.thresholds import threshold_status
-
-    return threshold_status(cls, point)
 
 
 def _refers_to_theory(bound: Any) -> str | None:
@@ -63,7 +57,7 @@ def theory_problems(case: "Case") -> list["Problem"]:
         spec = case.optimizers.get(e.optimizer)
         if reference is None or spec is None:
             continue
-        reason = _unknown_at(spec, _threshold_status)
+        reason = _unknown_at(spec, threshold_status)
         if reason:
             problems.append(Problem(e.path, f"the bound refers to {reference!r}, but the stability threshold of "
                                             f"{spec.class_name} is unknown: {reason}"))
@@ -92,7 +86,7 @@ def case_warnings(case: "Case") -> list[str]:
     for e in case.expectations:
         spec = case.optimizers.get(e.optimizer)
         if spec is not None and e.metric in METRICS and "threshold" in probe_columns(e.metric):
-            reason = _unknown_at(spec, _threshold_status)
+            reason = _unknown_at(spec, threshold_status)
             if reason:
                 warn(e.path, f"{e.metric} is computed from the stability threshold, unknown for "
                              f"{spec.class_name}: {reason}; it will be None")

@@ -34,7 +34,9 @@ from typing import Any, Callable, Iterable
 
 import torch
 
+from stability_bench.optimizers.thresholds import threshold_status
 from stability_bench.probes.hvp import additive_for
+from stability_bench.probes.preconditioner import precond_status, second_moment_status
 from stability_bench.registry import Registry
 
 PROBES: Registry = Registry("probe")
@@ -222,28 +224,10 @@ def probes_recording(column: str) -> list[str]:
 # What a probe can need of theory, by name: what a warning calls it, and the class-level
 # status (None: known once the optimizer has stepped; else why not), read at validation from
 # the optimizer class and a sweep point. The probe itself records NaN with the reason.
-def _precond_status(cls: type, point: dict) -> str | None:
-    from stability_bench.probes.preconditioner import precond_status
-
-    return precond_status(cls, point)
-
-
-def _second_moment_status(cls: type, point: dict) -> str | None:
-    from stability_bench.probes.preconditioner import second_moment_status
-
-    return second_moment_status(cls)
-
-
-def _threshold_status(cls: type, point: dict) -> str | None:
-    from stability_bench.optimizers.thresholds import threshold_status
-
-    return threshold_status(cls, point)
-
-
 NEEDS: dict[str, tuple[str, Callable[[type, dict], str | None]]] = {
-    "preconditioner": ("the preconditioner P", _precond_status),
-    "second_moment": ("the second-moment estimate v", _second_moment_status),
-    "threshold": ("the stability threshold", _threshold_status),
+    "preconditioner": ("the preconditioner P", precond_status),
+    "second_moment": ("the second-moment estimate v", lambda cls, point: second_moment_status(cls)),
+    "threshold": ("the stability threshold", threshold_status),
 }
 
 Hvps = int | float | Callable[[dict, dict], float]  # HVPs per evaluation, or f(plan options, probe options)
