@@ -511,7 +511,7 @@ def _check_optimizer_filter(cases: list, names: list[str] | None) -> None:
     if unknown:
         raise UsageError("\n".join(
             f"--optimizer {name}: no case given has an optimizer entry of that name"
-            + (f"; did you mean {guess!r}?" if (guess := nearest(name, known)) else "")
+            + (f"; did you mean {guess!r}?" if (guess := nearest(name, known)) else ".")
             + f" Their optimizers: {', '.join(known)}." for name in unknown))
 
 

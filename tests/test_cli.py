@@ -420,6 +420,8 @@ def test_a_case_without_seeds_is_refused_naming_file_and_key(command, capsys):
 @pytest.mark.parametrize("args, message", [
     (["--optimizer", "adamm"], "--optimizer adamm: no case given has an optimizer entry of that name; "
                                "did you mean 'adam'? Their optimizers: adam, ref."),
+    (["--optimizer", "zzz"], "--optimizer zzz: no case given has an optimizer entry of that name. "
+                             "Their optimizers: adam, ref."),
     (["--variant", "fast"], "--variant fast: no case has a variant of that name; their variants: none"),
 ])
 def test_run_with_filters_that_leave_nothing_says_so(args, message, capsys):
