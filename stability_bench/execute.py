@@ -16,6 +16,7 @@ from stability_bench.costs import sizing, threads_for
 from stability_bench.plan import Plan, RunSpec, prepare_data
 from stability_bench.results import RunFailure, RunResult
 from stability_bench.runner import MissingDataError, RunSetupError, RunTimeout, execute
+from stability_bench.signals import start_resource_tracker
 from stability_bench.threads import torch_threads
 
 __all__ = ["Executor", "run_one", "execute_plan"]
@@ -47,6 +48,7 @@ More = Callable[[str, RunResult | RunFailure], Mapping[str, RunSpec]]
 
 def _pool_context():
     """``spawn``: forking a parent whose OpenMP pool is initialised can hang the child."""
+    start_resource_tracker()
     return multiprocessing.get_context("spawn")
 
 

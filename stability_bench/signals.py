@@ -119,3 +119,21 @@ class StopSignals:
         for number in self._saved:
             signal.signal(number, signal.SIG_IGN)
         self._saved.clear()
+
+
+def start_resource_tracker() -> None:
+    """Start multiprocessing's resource tracker (before a process pool does) with SIGHUP
+    blocked. The tracker ignores SIGINT and SIGTERM but not SIGHUP, so a closed terminal or
+    ``timeout -s HUP`` (the signal sent to the whole process group) killed it, and its
+    relaunch printed a ``KeyError`` traceback for every semaphore it had not seen. A blocked
+    signal stays blocked across fork and exec; the parent's own SIGHUP waits while blocked
+    and arrives on unblocking, so none is lost. Already running, it is left as it is."""
+    if not hasattr(signal, "pthread_sigmask") or not hasattr(signal, "SIGHUP"):
+        return   # Windows: no SIGHUP, no resource tracker
+    from multiprocessing import resource_tracker
+
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    try:
+        resource_tracker.ensure_running()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)

@@ -220,14 +220,15 @@ def test_validate_reports_every_bad_file_and_still_says_which_are_fine(tmp_path,
 STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
 
 
-def start_cli(args: list[str], pythonpath: list[Path] = ()) -> "subprocess.Popen":
+def start_cli(args: list[str], pythonpath: list[Path] = (), group: bool = False) -> "subprocess.Popen":
     """A real ``python -m stability_bench.cli ARGS`` process, with the stop signals at their
     defaults. A child keeps an *ignored* signal across exec — pytest started as a background
     job of a non-interactive shell ignores SIGINT, nohup ignores SIGHUP — and stability-bench,
     like Python, leaves a signal it was started ignoring ignored: that is why this test once
     saw exit 1 (SIGINT did nothing; the run went on to an expectation that fails at 1000
     steps). exec resets a *handled* signal to the default, so each ignored one gets a no-op
-    handler here while the child starts."""
+    handler here while the child starts. ``group``: the child leads a process group of its
+    own (its workers join it), to be signalled as a terminal or ``timeout`` signals one."""
     import signal
     import subprocess
     import threading
@@ -239,7 +240,7 @@ def start_cli(args: list[str], pythonpath: list[Path] = ()) -> "subprocess.Popen
     try:
         path = os.pathsep.join(map(str, [Path(__file__).parent.parent, *pythonpath]))
         return subprocess.Popen([sys.executable, "-m", "stability_bench.cli", *args], env={**os.environ, "PYTHONPATH": path},
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=group)
     finally:
         for number, previous in saved.items():
             signal.signal(number, previous)
@@ -261,15 +262,20 @@ def wait_until(condition, proc, timeout: float) -> None:
         time.sleep(0.05)
 
 
-@pytest.mark.parametrize("name, code, jobs", [("SIGINT", 130, 1), ("SIGTERM", 143, 1), ("SIGHUP", 129, 1),
-                                              ("SIGTERM", 143, 2)],
-                         ids=["SIGINT", "SIGTERM", "SIGHUP", "SIGTERM-jobs2"])
+@pytest.mark.parametrize("name, code, jobs, group", [
+    ("SIGINT", 130, 1, False), ("SIGTERM", 143, 1, False), ("SIGHUP", 129, 1, False), ("SIGTERM", 143, 2, False),
+    ("SIGHUP", 129, 2, True), ("SIGTERM", 143, 2, True), ("SIGINT", 130, 2, True)],
+    ids=["SIGINT", "SIGTERM", "SIGHUP", "SIGTERM-jobs2", "SIGHUP-group-jobs2", "SIGTERM-group-jobs2",
+         "SIGINT-group-jobs2"])
 def test_a_stop_signal_mid_run_exits_128_plus_its_number_and_the_results_file_keeps_the_finished_runs(
-        tmp_path, name, code, jobs):
+        tmp_path, name, code, jobs, group):
     """Ctrl-C, a CI timeout or docker stop (SIGTERM) and a closed terminal (SIGHUP) end a
     run alike: the runs that finished are compacted into --json FILE, the journal is gone,
     the exit code is 128 + the signal's number. Signalled only once a run has finished (a
-    journal line), so the moment is mid-run whatever the machine's speed."""
+    journal line), so the moment is mid-run whatever the machine's speed. ``group``: the
+    signal goes to the whole process group, workers and multiprocessing's resource tracker
+    included, as a closed terminal, Ctrl-C or ``timeout`` send it; the tracker once died of
+    SIGHUP and its relaunch printed a KeyError traceback per semaphore."""
     import signal
 
     case = tmp_path / "long.yaml"
@@ -277,16 +283,20 @@ def test_a_stop_signal_mid_run_exits_128_plus_its_number_and_the_results_file_ke
     out = tmp_path / "results.json"
     journal = tmp_path / ".results.json.journal"
     proc = start_cli(["run", str(case), "--json", str(out), "--optimizer", "adam", "--no-critical-lr",
-                      "--jobs", str(jobs)])
+                      "--jobs", str(jobs)], group=group)
     try:
         wait_until(lambda: journal.exists() and journal.read_text().count("\n") >= 1, proc, timeout=300)
-        proc.send_signal(getattr(signal, name))
+        if group:
+            os.killpg(proc.pid, getattr(signal, name))
+        else:
+            proc.send_signal(getattr(signal, name))
         _, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
     assert proc.returncode == code and f"stability-bench: interrupted ({name})" in err, err
+    assert "Traceback" not in err and "Warning" not in err, err
     runs = json.loads(out.read_text())["runs"]
     assert 1 <= len(runs) < 4 and not journal.exists()  # of adam's 4 runs (2 lr x 2 seeds)
     assert all(run["optimizer"] == "adam" and len(run["history"]["loss"]) == 1000 for run in runs)
