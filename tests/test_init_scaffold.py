@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 import stability_bench.pytest_plugin  # noqa: F401  (loaded before pytester's in-process runs)
+from prewarmed import run_module
 from stability_bench.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,8 +32,9 @@ def env(*paths: Path) -> dict:
 
 
 def sh(args: list[str], cwd: Path, environment: dict, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], cwd=cwd, env=environment, capture_output=True, text=True,
-                          timeout=timeout)
+    """``python ARGS`` in ``cwd``: a new process (forked from a pre-warmed interpreter:
+    tests/prewarmed.py)."""
+    return run_module(args, cwd, environment, timeout)
 
 
 @pytest.fixture

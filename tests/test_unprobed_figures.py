@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import math
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import stability_bench
+from prewarmed import run_module
 from stability_bench.metrics import METRICS, RunView, SpikeConfig, probe_columns
 from stability_bench.probes.registry import PROBES, probes_recording
 from stability_bench.schema import CaseError, load_case
@@ -53,19 +52,18 @@ def test_only_the_figures_whose_probes_are_missing_are_errors_each_naming_its_pr
 
 def test_validate_and_pytest_refuse_it_before_training(tmp_path):
     """The CLI's validate (exit 2, one located line per problem, no traceback) and pytest's
-    collection (an error of the file, located) — both in subprocesses, as a user runs them."""
+    collection (an error of the file, located) — both in new processes, as a user runs them
+    (forked from a pre-warmed interpreter: tests/prewarmed.py)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     path = DATA / "no_probes.yaml"
-    done = subprocess.run([sys.executable, "-m", "stability_bench.cli", "validate", str(path)],
-                          capture_output=True, text=True, env=env, timeout=120)
+    done = run_module(["-m", "stability_bench.cli", "validate", str(path)], Path.cwd(), env, timeout=120)
     assert done.returncode == 2, done.stderr
     assert f"{path}:{line_of(path, 'precond_sharpness_ratio')}: expect.adam.precond_sharpness_ratio:" in done.stderr
     assert "Traceback" not in done.stderr
     (tmp_path / "cases").mkdir()
     (tmp_path / "cases" / path.name).write_bytes(path.read_bytes())
-    done = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:randomly", "-p", "no:cacheprovider",
-                           "-n0", "--rootdir", str(tmp_path), "cases"], cwd=tmp_path,
-                          capture_output=True, text=True, env=env, timeout=120)
+    done = run_module(["-m", "pytest", "-p", "no:randomly", "-p", "no:cacheprovider", "-n0", "--rootdir", str(tmp_path),
+                       "cases"], tmp_path, env, timeout=120)
     assert done.returncode == pytest.ExitCode.INTERRUPTED, done.stdout   # a collection error
     assert f"no_probes.yaml:{line_of(path, 'precond_sharpness_ratio')}: expect.adam.precond_sharpness_ratio:" \
         in done.stdout, done.stdout
