@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import stability_bench.registry as registry
+from prewarmed import run_module
 from stability_bench.components.data import DATA
 from stability_bench.components.losses import LOSSES
 from stability_bench.components.models import MODELS
@@ -84,9 +85,8 @@ def test_an_unknown_user_model_is_a_case_error(user_site):
 def cli(case: Path, out: Path, *pythonpath: Path, jobs: int = 1) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, (ROOT, *pythonpath))), "OMP_NUM_THREADS": "1"}
     seeds = [arg for seed in range(jobs) for arg in ("--seed", str(seed))]  # a run per worker
-    return subprocess.run([sys.executable, "-m", "stability_bench.cli", "run", str(case), "--json", str(out),
-                           "--jobs", str(jobs), *seeds],
-                          cwd=out.parent, env=env, capture_output=True, text=True, timeout=300)
+    return run_module(["-m", "stability_bench.cli", "run", str(case), "--json", str(out), "--jobs", str(jobs), *seeds],
+                      out.parent, env, timeout=300)
 
 
 @pytest.mark.parametrize("jobs", [1, 2])
