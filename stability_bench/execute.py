@@ -6,7 +6,6 @@ exception: the other runs go on.
 """
 from __future__ import annotations
 
-import gc
 import multiprocessing
 import time
 import traceback
@@ -28,7 +27,6 @@ def run_one(spec: RunSpec, threads: int | None = None,
     """Train one run at its thread count; any exception becomes a :class:`RunFailure`.
 
     Module-level and picklable, so worker processes and Dask workers call it as it is."""
-    _freeze_startup_heap()
     try:
         with torch_threads(threads_for(spec, threads)):
             return execute(spec, progress)
@@ -43,23 +41,6 @@ def run_one(spec: RunSpec, threads: int | None = None,
     except Exception as exc:  # a user's optimizer or model raised: report it, go on
         return RunFailure(spec.run_id, "crash", f"{type(exc).__name__}: {exc}",
                           getattr(exc, "step", None), traceback.format_exc())
-
-
-_heap_frozen = False
-
-
-def _freeze_startup_heap() -> None:
-    """Once per process, before its first run: collect, then move every object alive now
-    (torch's and the other imported modules', ~10⁶) out of the cyclic collector's reach
-    (``gc.freeze``). Each full collection re-scans them all, ~0.15 s a pass, and a long
-    run triggers several (a Transformer run: 0.64 s of full collections, 0.13 s frozen).
-    They live as long as the process anyway; what runs create is collected as before.
-    Collection never changes a number a run computes."""
-    global _heap_frozen
-    if not _heap_frozen:
-        _heap_frozen = True
-        gc.collect()
-        gc.freeze()
 
 
 More = Callable[[str, RunResult | RunFailure], Mapping[str, RunSpec]]
