@@ -16,7 +16,7 @@ from stability_bench.costs import sizing, threads_for
 from stability_bench.plan import Plan, RunSpec, prepare_data
 from stability_bench.results import RunFailure, RunResult
 from stability_bench.runner import MissingDataError, RunSetupError, RunTimeout, execute
-from stability_bench.signals import start_resource_tracker
+from stability_bench.signals import ignore_terminal_signals, start_resource_tracker
 from stability_bench.threads import torch_threads
 
 __all__ = ["Executor", "run_one", "execute_plan"]
@@ -128,7 +128,8 @@ class Executor:
 
     def _processes(self, specs: Mapping[str, RunSpec], more: More, urgent: Callable[[str], bool]):
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(self.jobs, mp_context=_pool_context())
+            self._pool = ProcessPoolExecutor(self.jobs, mp_context=_pool_context(),
+                                             initializer=ignore_terminal_signals)
         specs = dict(specs)
         threads, work, cost = {}, {}, {}
         queue, running, free, gpus = [], {}, self.jobs, set()

@@ -137,3 +137,14 @@ def start_resource_tracker() -> None:
         resource_tracker.ensure_running()
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def ignore_terminal_signals() -> None:
+    """A worker process's initializer. A terminal sends SIGINT (Ctrl-C) and SIGHUP to the
+    whole process group, workers included; the parent decides what follows (it stops its
+    workers with SIGTERM), so a worker neither dies by SIGHUP nor prints a
+    ``KeyboardInterrupt`` traceback of its own while it waits for work."""
+    for name in ("SIGINT", "SIGHUP"):
+        number = getattr(signal, name, None)
+        if number is not None:
+            signal.signal(number, signal.SIG_IGN)
