@@ -1,15 +1,18 @@
-"""pytester's ``python -m pytest`` subprocesses, forked from a pre-warmed interpreter.
+"""The tests' ``python -m …`` processes, forked from a pre-warmed interpreter.
 
 pytester runs pytest in a subprocess here (conftest.py: in-process runs leak module state
-between tests). A fresh interpreter spends ~3 s before it runs anything: torch (~1.3 s),
-pytest's plugins (~0.5 s) and, at the first optimizer step, torch._dynamo (~1 s) — over
-forty such runs in the suite. The server in this file imports those modules once (per
-pytest-xdist worker) and forks one child per run. A child is a new process whose modules
-are its own: nothing one run does reaches the next or the test process, exactly as with
-a fresh interpreter; it merely starts with these modules imported. It runs pytest's
-console entry point with the arguments, folder, environment and ``sys.path`` that
-``python -m pytest`` would have. Nothing but those commands goes this way, and where the
-server cannot run (no ``os.fork``), pytester starts a real interpreter as before.
+between tests), and a few tests run ``python -m stability_bench.cli …`` or ``python -m
+pytest …`` as a user types them. A fresh interpreter spends ~3 s before it runs anything:
+torch (~1.3 s), pytest's plugins (~0.5 s) and, at the first optimizer step, torch._dynamo
+(~1 s) — over forty such runs in the suite. The server in this file imports those modules
+once (per pytest-xdist worker) and forks one child per run. A child is a new process whose
+modules are its own: nothing one run does reaches the next or the test process, exactly as
+with a fresh interpreter; it merely starts with these modules imported. It runs the module
+(``runpy``, as ``-m`` does) with the arguments, folder, environment and ``sys.path`` that
+``python -m MODULE`` would have. Only pytester's ``python -m pytest`` commands and
+:func:`run_module` go this way (the signal tests start real interpreters: a process's own
+start-up is what they check), and where the server cannot run (no ``os.fork``) a real
+interpreter starts as before.
 
 Run as a script, this file is the server: one JSON request per line on stdin; for each,
 the child's pid and then its exit code (``Popen.returncode``'s convention) on stdout.
@@ -167,7 +170,7 @@ def prewarmed_popen(server: Server, original, close_stdin):
     return popen
 
 
-SERVER = Server()   # one per test process; conftest closes it when the session ends
+SERVER = Server()   # one per test process: closed by conftest's session fixture, else it ends with this process (its stdin closes)
 
 
 def run_module(args: list[str], cwd: Path, env: dict, timeout: float) -> subprocess.CompletedProcess:
