@@ -86,6 +86,18 @@ def test_two_worker_processes_give_bit_identical_cpu_results():
     assert _histories(parallel) == _histories(sequential)
 
 
+def test_workers_get_the_sys_path_and_environment_of_now_not_of_their_first_start(monkeypatch):
+    """Workers fork from a server that keeps the sys.path and environment it started with; a
+    user's module put on sys.path after that, and the setting it reads, reach them all the
+    same (the pool's initializer brings this process's current ones)."""
+    run_case(load_case(DATA / "sweep.yaml"), jobs=2)   # the worker machinery has started
+    monkeypatch.syspath_prepend(str(DATA / "late"))
+    monkeypatch.setenv("SB_LATE_SETTING", "yes")
+    monkeypatch.delitem(sys.modules, "late_optimizers", raising=False)
+    results = run_case(load_case(DATA / "late" / "late.yaml"), jobs=2)   # RunsFailed if a worker could not import it
+    assert [r.optimizer_class for r in results] == ["late_optimizers:LateSGD"] * 2 and all(r.steps == 20 for r in results)
+
+
 def test_a_crashing_run_is_reported_and_the_others_finish(crashy_module):
     with pytest.raises(RunsFailed) as info:
         run_case(load_case(DATA / "crashy.yaml"), jobs=2)
