@@ -140,10 +140,11 @@ def start_resource_tracker() -> None:
 
 
 def ignore_terminal_signals() -> None:
-    """A worker process's initializer. A terminal sends SIGINT (Ctrl-C) and SIGHUP to the
-    whole process group, workers included; the parent decides what follows (it stops its
-    workers with SIGTERM), so a worker neither dies by SIGHUP nor prints a
-    ``KeyboardInterrupt`` traceback of its own while it waits for work."""
+    """Part of a worker process's initializer (``execute._start_worker``). A terminal
+    sends SIGINT (Ctrl-C) and SIGHUP to the whole process group, workers included; the
+    parent decides what follows (it stops its workers with SIGTERM), so a worker neither
+    dies by SIGHUP nor prints a ``KeyboardInterrupt`` traceback of its own while it waits
+    for work."""
     for name in ("SIGINT", "SIGHUP"):
         number = getattr(signal, name, None)
         if number is not None:
