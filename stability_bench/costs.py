@@ -19,8 +19,28 @@ __all__ = ["sizing", "estimated_work", "threads_for", "STEP_OVERHEAD_FLOP"]
 def _flop_per_step(spec: RunSpec) -> float:
     """6 × parameters × examples per step: the dense-network cost of one step."""
     case = spec.case
-    rows = case.batch["size"] or case.data.get("n") or case.data.get("subset") or 1
+    rows = case.batch["size"] or case.data.get("n") or case.data.get("subset") \
+        or _examples(json.dumps(case.data, sort_keys=True, default=str))
     return 6.0 * _parameter_count(json.dumps(case.model, sort_keys=True, default=str)) * rows
+
+
+@functools.lru_cache(maxsize=256)
+def _examples(data: str) -> int:
+    """What one full-batch step feeds the network, for a ``data:`` section (as JSON) that
+    states no count (``n:``, ``subset:``): its examples, times the tokens of each where the
+    inputs are token ids (every token passes through the dense layers). The data is built
+    once per distinct section (here, in the planning process): a full-batch Transformer
+    case counted as one example was queued behind runs a tenth of its length, last."""
+    import torch
+
+    from stability_bench.components import BuildContext
+    from stability_bench.components.building import build_component
+    from stability_bench.components.data import DATA
+
+    ctx = BuildContext(seed=0, dtype=torch.float32, generator=torch.Generator().manual_seed(0))
+    x = build_component(DATA, json.loads(data), ctx).x
+    tokens = x[0].numel() if not x.is_floating_point() and x.dim() > 1 else 1
+    return max(1, len(x) * tokens)
 
 
 @functools.lru_cache(maxsize=256)
