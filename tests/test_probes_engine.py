@@ -325,6 +325,42 @@ def test_lanczos_is_deterministic_and_leaves_the_global_rng_alone():
     assert torch.equal(a.values, b.values) and torch.equal(a.vectors, b.vectors) and torch.equal(a.vectors, c.vectors)
 
 
+@pytest.mark.parametrize("spectrum", ["realistic", "graded", "clustered", "rank 3"])
+def test_lanczos_basis_stays_orthogonal_to_rounding_through_convergence(spectrum):
+    """One Gram–Schmidt pass after the three-term recurrence, a second only where the first
+    cancelled much (DGKS): the basis must stay orthonormal to rounding long past
+    convergence (residual 0 or 120 steps), where plain Lanczos loses orthogonality (Paige) — graded
+    eigenvalues down to 1e-12, a cluster at the top, and a rank-3 matrix that breaks down
+    and restarts. The basis is read back from the ``workspace`` it was built in."""
+    n = 400
+    lam = {"realistic": realistic_spectrum(n),
+           "graded": torch.logspace(0, -12, n, dtype=F64),
+           "clustered": torch.cat([torch.tensor([1.0, 0.999, 0.998], dtype=F64), torch.linspace(-0.5, 0.9, n - 3, dtype=F64)]),
+           "rank 3": torch.cat([torch.tensor([3.0, 2.0, 1.0], dtype=F64), torch.zeros(n - 3, dtype=F64)])}[spectrum]
+    A = symmetric(lam, seed=7)
+    workspace = {}
+    res = top_eigenpairs(lambda v: A @ v, n, 2, max_iter=120, tol=0, eig_tol=0, workspace=workspace)
+    Q = workspace["basis"][: res.iterations]
+    assert res.iterations >= 30   # until the residual estimate underflows to 0 (or 120 steps)
+    assert float((Q @ Q.T - torch.eye(res.iterations, dtype=F64)).abs().max()) < 1e-13
+    np.testing.assert_allclose(res.values.numpy(), np.sort(lam.numpy())[::-1][:2], rtol=1e-12, atol=1e-14)
+
+
+def test_lanczos_workspace_is_reused_and_changes_no_result():
+    """A run's probes keep one basis buffer: the same solve with and without it is bit for
+    bit the same, a smaller solve reuses the buffer, a larger one replaces it."""
+    A = symmetric(realistic_spectrum(seed=3), seed=8)
+    workspace = {}
+    plain = top_eigenpairs(lambda v: A @ v, 400, 2)
+    kept = top_eigenpairs(lambda v: A @ v, 400, 2, workspace=workspace)
+    assert torch.equal(plain.values, kept.values) and torch.equal(plain.vectors, kept.vectors)
+    buffer = workspace["basis"]
+    top_eigenpairs(lambda v: A @ v, 400, 1, max_iter=10, workspace=workspace)
+    assert workspace["basis"] is buffer
+    top_eigenpairs(lambda v: A @ v, 400, 1, max_iter=60, tol=0, eig_tol=0, workspace=workspace)
+    assert workspace["basis"].shape == (60, 400)
+
+
 # ---- preconditioned quantities ----------------------------------------------------------
 
 

@@ -117,7 +117,7 @@ class ProbeContext:
 
         def build():
             lanczos = {"max_iter": self.plan.options["max_iter"], "tol": self.plan.options["tol"],
-                       "v0": self.plan.warm.get(key)}
+                       "v0": self.plan.warm.get(key), "workspace": self.plan.workspace}
             result = sharpness(self.hessian, k, **lanczos) if P is None else \
                 precond_sharpness(self.hessian, P, k, **lanczos)
             self.plan.warm[key] = result.vectors.clone()
@@ -144,6 +144,7 @@ class ProbePlan:
     # Kept out of ``columns``, which hold numbers only.
     reasons: dict[str, dict[str, int]] = field(default_factory=dict)
     warm: dict[str, torch.Tensor] = field(default_factory=dict)
+    workspace: dict = field(default_factory=dict)   # Lanczos' basis buffer, reused by every solve of the run
     _data: tuple | None = None
 
     @classmethod
