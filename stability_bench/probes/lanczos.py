@@ -38,8 +38,8 @@ meets one of two tolerances, whichever comes first:
   pass there (tests/test_lanczos_eig_tol.py: small MLPs with λ₂/λ₁ ≈ 0.9–0.95, random
   starts: eig_tol 1e-3 missed λ₁ in 1 of 160 solves, as often as the residual rule at
   1e-2; the residual rule at 1e-3, which iterates longer, in none). The probes' warm start
-  makes such a start unlikely; from the previous top eigenvector alone it was not, where λ₁
-  and λ₂ trade places between probes, so it is the previous top three (see Warm start).
+  (the previous top eigenvector) makes such a start unlikely except where λ₁ and λ₂ trade
+  places between probes.
 
 The residual of a converged eigenvalue is roughly its square root (for relative gap g,
 ‖r‖/|θ| ≈ √(eig_tol·g)), so an eigenvalue-only request stops several steps earlier than the
@@ -65,13 +65,6 @@ Hessians (one extra matvec) and matrices smaller than ``max_iter`` are handled.
 Warm start. ``v0`` is a starting vector — typically the previous probe's top eigenvector,
 which makes the next solve much shorter when the matrix changed a little. A (dim, m)
 ``v0`` (several previous eigenvectors) starts from the sum of its normalised columns.
-``EigResult.warm`` holds the top ``keep`` (default 3) Ritz vectors for that: where the top
-of the spectrum is a cluster whose members trade places between probes (λ₂/λ₁ of
-P^{-1/2}HP^{-1/2} at 0.97–0.993 at the edge of stability, cases/transformer_spikes.yaml's
-β₂ = 0.95 control), a start from the previous top vector alone is almost an eigenvector of
-what is now λ₂, and both stopping checks pass there: measured on that run (seed 0, 51
-probes, against 60-step solves), λ₁ off by 1.0e-2 and 1.5e-2 at two probes with eig_tol
-1e-3; started from the sum of the top three, every probe within 6.4e-4, for 5 % more HVPs.
 With ``v0=None`` the start is N(0, I) from a private ``torch.Generator`` seeded with
 ``seed``: deterministic, and the global RNG is never touched.
 """
@@ -102,8 +95,7 @@ class EigResult:
     iterations: Lanczos steps; converged: every wanted pair met ``tol`` or ``eig_tol`` (by
     the estimates); value_errors: (k,) the gap-based relative error bounds e_i/|θ_i| of the
     Ritz values at the stop (from the estimates; see the module docstring);
-    ritz_history: the wanted Ritz values after each step (for convergence studies); warm:
-    (dim, max(k, keep)) the top Ritz vectors, the next solve's start (:attr:`start`)."""
+    ritz_history: the wanted Ritz values after each step (for convergence studies)."""
 
     values: torch.Tensor
     vectors: torch.Tensor
@@ -114,13 +106,6 @@ class EigResult:
     converged: bool
     ritz_history: list[list[float]] = field(default_factory=list)
     value_errors: torch.Tensor | None = None
-    warm: torch.Tensor | None = None
-
-    @property
-    def start(self) -> torch.Tensor:
-        """What the next solve of a nearby matrix starts from (its ``v0``): the top ``keep``
-        Ritz vectors (see the module docstring), or ``vectors`` where there are none."""
-        return self.vectors if self.warm is None else self.warm
 
     @property
     def top(self) -> float:
@@ -196,7 +181,7 @@ def _orthogonalise(w: torch.Tensor, basis: torch.Tensor) -> tuple[torch.Tensor, 
 def top_eigenpairs(matvec: Matvec, dim: int, k: int = 1, *, max_iter: int = 30, tol: float | None = 1e-3,
                    eig_tol: float | None = None, v0: torch.Tensor | None = None, dtype: torch.dtype = torch.float64,
                    device: torch.device | str = "cpu", verify: bool = True, seed: int = 0,
-                   workspace: dict | None = None, keep: int = 3) -> EigResult:
+                   workspace: dict | None = None) -> EigResult:
     """The k largest (algebraic) eigenvalues of the symmetric operator ``matvec`` on
     R^``dim`` and their eigenvectors; see the module docstring. ``matvec`` receives a flat
     float64 vector on ``device`` and may return any float dtype. ``dtype`` must be
@@ -209,7 +194,6 @@ def top_eigenpairs(matvec: Matvec, dim: int, k: int = 1, *, max_iter: int = 30, 
     ``EIG_TOL`` (or ``tol`` where smaller): the eigenvalue accuracy their users need, with a
     wide margin — see ``EIG_TOL``.
 
-    ``keep``: the Ritz vectors :attr:`EigResult.warm` holds for the next solve's start.
     ``workspace``: a dict the caller keeps between solves (a run's probes do), in which the
     basis buffer is kept and reused. A fresh (max_iter, dim) float64 buffer is mapped anew
     by the allocator on every call and its pages faulted in row by row: 2.6 ms per row of
@@ -301,9 +285,8 @@ def top_eigenpairs(matvec: Matvec, dim: int, k: int = 1, *, max_iter: int = 30, 
 
     wanted = min(k, m)
     values = theta[:wanted].clone()
-    ritz = Q[:m].T @ S[:, :max(wanted, min(keep, m))].to(device)
-    ritz = ritz / torch.linalg.vector_norm(ritz, dim=0)
-    vectors = ritz[:, :wanted]
+    vectors = Q[:m].T @ S[:, :wanted].to(device)
+    vectors = vectors / torch.linalg.vector_norm(vectors, dim=0)
     residual_estimates = est.clone()
     residuals = residual_estimates
     if verify:
@@ -316,4 +299,4 @@ def top_eigenpairs(matvec: Matvec, dim: int, k: int = 1, *, max_iter: int = 30, 
         residuals = torch.tensor(true, dtype=f64)
     return EigResult(values=values, vectors=vectors, residuals=residuals,
                      residual_estimates=residual_estimates, n_matvec=n_matvec, iterations=m,
-                     converged=converged, ritz_history=history, value_errors=bound.clone(), warm=ritz)
+                     converged=converged, ritz_history=history, value_errors=bound.clone())

@@ -120,7 +120,7 @@ class ProbeContext:
                        "v0": self.plan.warm.get(key), "workspace": self.plan.workspace}
             result = sharpness(self.hessian, k, **lanczos) if P is None else \
                 precond_sharpness(self.hessian, P, k, **lanczos)
-            self.plan.warm[key] = result.start.clone()
+            self.plan.warm[key] = result.vectors.clone()
             return result
         return self.cached(key, build)
 
