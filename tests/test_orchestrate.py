@@ -328,12 +328,12 @@ def test_a_stop_signal_after_the_results_file_is_written_never_kills_the_process
     try:
         wait_until(out.exists, proc, timeout=300)
         proc.send_signal(signal.SIGINT)
-        proc.communicate(timeout=120)
+        _, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.communicate()
-    assert proc.returncode in (0, 130), proc.returncode
+            _, err = proc.communicate()
+    assert proc.returncode in (0, 130), (proc.returncode, err[-2000:])  # exit 1 once in CI: say why
     assert len(json.loads(out.read_text())["runs"]) == 4
 
 
