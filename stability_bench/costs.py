@@ -31,14 +31,9 @@ def _examples(data: str) -> int:
     inputs are token ids (every token passes through the dense layers). The data is built
     once per distinct section (here, in the planning process): a full-batch Transformer
     case counted as one example was queued behind runs a tenth of its length, last."""
-    import torch
-
-    from stability_bench.components import BuildContext
-    from stability_bench.components.building import build_component
     from stability_bench.components.data import DATA
 
-    ctx = BuildContext(seed=0, dtype=torch.float32, generator=torch.Generator().manual_seed(0))
-    x = build_component(DATA, json.loads(data), ctx).x
+    x = _build(DATA, data).x
     tokens = x[0].numel() if not x.is_floating_point() and x.dim() > 1 else 1
     return max(1, len(x) * tokens)
 
@@ -47,15 +42,21 @@ def _examples(data: str) -> int:
 def _parameter_count(model: str) -> int:
     """Parameters of the model a case's ``model:`` section (as JSON) builds: built once per
     distinct section, since every run of a case (and every probe of a search) shares it."""
-    import torch   # here: only a run's sizing builds a model
-
-    from stability_bench.components import BuildContext
     from stability_bench.components.models import MODELS
 
-    section = json.loads(model)
-    params = {k: v for k, v in section.items() if k != "kind"}
+    return sum(p.numel() for p in _build(MODELS, model).parameters())
+
+
+def _build(registry, section: str):
+    """The component a case section (as JSON) names, built as the runner builds it (seed 0,
+    float32): what sizing measures."""
+    import torch   # here: only a run's sizing builds components
+
+    from stability_bench.components import BuildContext
+    from stability_bench.components.building import build_component
+
     ctx = BuildContext(seed=0, dtype=torch.float32, generator=torch.Generator().manual_seed(0))
-    return sum(p.numel() for p in MODELS.get(section["kind"])(ctx, **params).parameters())
+    return build_component(registry, json.loads(section), ctx)
 
 
 STEP_OVERHEAD_FLOP = 1e7  # a step's dispatch cost (~0.2 ms at 50 GFLOP/s): what a tiny model's step costs

@@ -282,10 +282,10 @@ def top_eigenpairs(matvec: Matvec, dim: int, k: int = 1, *, max_iter: int = 30, 
         if breakdown:  # invariant subspace: continue from a fresh direction, decoupled
             beta[j] = 0.0
             for _ in range(3):
-                w, _ = _orthogonalise(torch.randn(dim, generator=generator, dtype=f64).to(device), basis)
-                if torch.linalg.vector_norm(w) > 1e-8:
+                w, norm = _orthogonalise(torch.randn(dim, generator=generator, dtype=f64).to(device), basis)
+                if norm > 1e-8:
                     break
-            q = w / torch.linalg.vector_norm(w)
+            q = w / norm
             block_start = j + 1
         else:
             beta[j] = b
