@@ -6,7 +6,9 @@ Times, on this machine and its defaults, the README's main job
 (``stability-bench run cases/ --jobs 2``), the test suite (``python -m pytest``) and the
 shipped cases as test items (``python -m pytest cases/``), for a checkout of ``--before``
 (a temporary git worktree) and for this checkout, alternating the two so that both see
-the same machine. Each command runs with the checkout's own code first on ``PYTHONPATH``.
+the same machine: with ``--repeat N`` the pairs run before-after, after-before, … (on this
+VM the second command of a pair ran slower, systematically, in one session), and the
+median ratio of the N pairs is printed last. Each command runs with the checkout's own code first on ``PYTHONPATH``.
 Absolute times drift on a shared machine: quote the ratio, measured side by side.
 Targets (issue 19, idle 2-core machine): main ≤ 180 s, tests ≤ 150 s, cases ≤ 240 s.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -56,11 +59,17 @@ def main() -> None:
         try:
             print(f"{'command':6s} {'before':>9s} {'after':>9s} {'ratio':>6s} {'target':>7s}  (before = {args.before})")
             for what in args.what:
-                for _ in range(args.repeat):
-                    t_before, rc_before, last_before = timed(COMMANDS[what], before)
-                    t_after, rc_after, last = timed(COMMANDS[what], ROOT)
-                    print(f"{what:6s} {t_before:8.1f}s {t_after:8.1f}s {t_after / t_before:6.2f} {TARGETS[what]:6d}s"
-                          f"  exit {rc_before}/{rc_after}; before: {last_before} | after: {last}", flush=True)
+                ratios = []
+                for pair in range(args.repeat):
+                    order = (before, ROOT) if pair % 2 == 0 else (ROOT, before)
+                    measured = {checkout: timed(COMMANDS[what], checkout) for checkout in order}
+                    (t_before, rc_before, last_before), (t_after, rc_after, last) = measured[before], measured[ROOT]
+                    ratios.append(t_after / t_before)
+                    print(f"{what:6s} {t_before:8.1f}s {t_after:8.1f}s {ratios[-1]:6.2f} {TARGETS[what]:6d}s"
+                          f"  {'before first' if order[0] == before else 'after first'}; exit {rc_before}/{rc_after};"
+                          f" before: {last_before} | after: {last}", flush=True)
+                if len(ratios) > 1:
+                    print(f"{what:6s} median ratio of {len(ratios)} pairs: {statistics.median(ratios):.2f}", flush=True)
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(before)], cwd=ROOT, capture_output=True)
 

@@ -286,3 +286,24 @@ def test_the_heaviest_case_file_comes_first_then_the_other_tests(pytester):
         result = run(pytester, "--collect-only", "-q", "-p", "randomly", "-p", "no:xdist", "--randomly-seed", seed)
         files = list(dict.fromkeys(line.split("::")[0] for line in result.outlines if "::" in line))
         assert files == ["cases/a_heavy.yaml", "cases/quad_pass.yaml", "test_plain.py"], (seed, result.outlines)
+
+
+def test_xdist_keeps_that_order_under_the_projects_own_options(pytester):
+    """The order above only helps if xdist keeps it. Since pytest-xdist 3.5, ``--dist
+    loadfile`` hands out files with more items first unless ``--no-loadscope-reorder`` is
+    given, so the heavy case files ran last. With the distribution options of this
+    project's addopts and one worker, the heaviest case file (8 items) runs before a plain
+    test file of 12 items; with xdist's reorder it would run after it."""
+    pyproject = (Path(__file__).parent.parent / "pyproject.toml").read_text(encoding="utf-8")
+    addopts = re.search(r'^addopts\s*=\s*"([^"]*)"', pyproject, re.M).group(1).split()
+    dist = [opt for i, opt in enumerate(addopts)
+            if opt.startswith(("--dist", "--no-loadscope")) or (i and addopts[i - 1] == "--dist")]
+    assert "--no-loadscope-reorder" in dist, addopts
+    heavy = case_text("quad_pass").replace("name: quad_pass", "name: quad_heavy").replace("steps: 20", "steps: 2000")
+    write_cases(pytester, a_heavy=heavy)
+    pytester.makepyfile(test_many="".join(f"def test_{i}():\n    assert True\n" for i in range(12)))
+    result = run(pytester, "-n", "1", *dist, "-v", "-p", "randomly", "--randomly-seed", "2")
+    ran = [line.split()[-1].split("::")[0] for line in result.outlines
+           if line.startswith("[gw0]") and ("PASSED" in line or "SKIPPED" in line)]
+    assert ran and ran[0] == "cases/a_heavy.yaml", result.outlines
+    assert ran.index("test_many.py") > max(i for i, f in enumerate(ran) if f == "cases/a_heavy.yaml"), ran
