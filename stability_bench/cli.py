@@ -635,10 +635,12 @@ def main(argv: Sequence[str] | None = None, *, process: bool = False) -> int:
 
     with StopSignals() as signals:  # first: a signal while torch imports is handled too
         try:
-            code: int | None = _main(argv, signals)
-        except KeyboardInterrupt:
+            try:
+                code: int | None = _main(argv, signals)
+            finally:
+                signals.hold_from_now()  # the command has ended: a late signal only counts
+        except KeyboardInterrupt:  # in the command, or (Python < 3.11) as the hold began
             code = None
-        signals.hold_from_now()  # the command has ended: a late signal only counts
         if code is None or signals.signum is not None:
             signum = signals.signum or signal.SIGINT
             print(f"stability-bench: interrupted ({signal_name(signum)})", file=sys.stderr)

@@ -15,6 +15,15 @@ Where a signal can land, and what the handler does about it:
   remembered and :meth:`StopSignals.check` — called after every finished run — raises it;
 * inside :meth:`StopSignals.held` (a journal line being written, the results file being
   compacted): only remembered, so the file is never left half-written, and checked after;
+* as a hold *begins*: CPython (3.11+) runs a pending handler at the first instruction of
+  the next Python function called, so a signal that arrived while C code ran (freeing a
+  finished command's objects, say) is handled in the frame of :meth:`~StopSignals.held`,
+  its ``__enter__`` or :meth:`~StopSignals.hold_from_now` *before* the hold is taken.
+  Raised there, it skipped the write the hold was for, or escaped ``cli.main`` between the
+  command's end and its exit code (an uncaught :class:`Interrupted` exits 1: seen in CI).
+  The handler knows those frames by their code and only remembers the signal there;
+  ``cli.main`` also catches what is raised as its hold begins (Pythons before 3.11 run
+  handlers at any instruction, so there the handler may run just before the call);
 * once the command has decided its exit code (:meth:`StopSignals.hold_from_now`): a signal
   before that decision still makes it 128 + the signal; after it, in the interpreter's
   teardown, the process entry point ignores it (:meth:`StopSignals.ignore_from_now`), so the
@@ -30,10 +39,8 @@ ignored SIGINT alone. (Such a job cannot be stopped with that signal; send SIGTE
 """
 from __future__ import annotations
 
-import contextlib
 import signal
 import threading
-from typing import Iterator
 
 STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")   # SIGHUP does not exist on Windows: skipped there
 
@@ -66,6 +73,7 @@ class StopSignals:
     def __init__(self) -> None:
         self.signum: int | None = None
         self._holding = 0
+        self._hold = _Hold(self)
         self._saved: dict[int, object] = {}
 
     def __enter__(self) -> "StopSignals":
@@ -86,8 +94,9 @@ class StopSignals:
     def _handle(self, signum: int, frame) -> None:
         if self.signum is None:
             self.signum = signum
-        if not self._holding:
-            raise Interrupted(signum)
+        if self._holding or (frame is not None and frame.f_code in _HOLD_ENTRIES):
+            return   # held, or a hold beginning (module docstring): remembered only
+        raise Interrupted(signum)
 
     def check(self) -> None:
         """Raise :class:`Interrupted` if a stop signal arrived (one whose exception was
@@ -95,14 +104,10 @@ class StopSignals:
         if self.signum is not None:
             raise Interrupted(self.signum)
 
-    @contextlib.contextmanager
-    def held(self) -> Iterator[None]:
-        """Inside: a stop signal is remembered, not raised (a write that must be whole)."""
-        self._holding += 1
-        try:
-            yield
-        finally:
-            self._holding -= 1
+    def held(self) -> "_Hold":
+        """A context manager inside which a stop signal is remembered, not raised (a write
+        that must be whole). Reentrant."""
+        return self._hold
 
     def hold_from_now(self) -> None:
         """From here to the end of the ``with`` block signals are only remembered (the
@@ -119,6 +124,26 @@ class StopSignals:
         for number in self._saved:
             signal.signal(number, signal.SIG_IGN)
         self._saved.clear()
+
+
+class _Hold:
+    """What :meth:`StopSignals.held` returns: a class, not a generator, so that the handler
+    can tell the frames that begin a hold by their code (:data:`_HOLD_ENTRIES`)."""
+
+    __slots__ = ("signals",)
+
+    def __init__(self, signals: StopSignals) -> None:
+        self.signals = signals
+
+    def __enter__(self) -> None:
+        self.signals._holding += 1
+
+    def __exit__(self, *exc) -> None:
+        self.signals._holding -= 1
+
+
+# The functions that begin a hold: a handler run at their first instruction only remembers.
+_HOLD_ENTRIES = frozenset({StopSignals.held.__code__, StopSignals.hold_from_now.__code__, _Hold.__enter__.__code__})
 
 
 def start_resource_tracker() -> None:

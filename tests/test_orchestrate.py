@@ -333,7 +333,7 @@ def test_a_stop_signal_after_the_results_file_is_written_never_kills_the_process
         if proc.poll() is None:
             proc.kill()
             _, err = proc.communicate()
-    assert proc.returncode in (0, 130), (proc.returncode, err[-2000:])  # exit 1 once in CI: say why
+    assert proc.returncode in (0, 130), (proc.returncode, err[-2000:])  # exit 1 once in CI: tests/test_signals.py
     assert len(json.loads(out.read_text())["runs"]) == 4
 
 
