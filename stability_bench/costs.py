@@ -10,7 +10,7 @@ import json
 
 from stability_bench.critical_lr import probe_count, specs
 from stability_bench.plan import Plan, RunSpec, probe_spec
-from stability_bench.probes.registry import PLAN_DEFAULTS, probe_step_hvps
+from stability_bench.probes.registry import probe_hvps_per_step
 from stability_bench.threads import auto_threads, explicit_threads
 
 __all__ = ["sizing", "estimated_work", "threads_for", "STEP_OVERHEAD_FLOP"]
@@ -63,11 +63,11 @@ STEP_OVERHEAD_FLOP = 1e7  # a step's dispatch cost (~0.2 ms at 50 GFLOP/s): what
 
 
 def _step_equivalents(spec: RunSpec) -> float:
-    """A run's cost in training steps: its steps plus its probes' HVPs, as each probe declares
-    them (an HVP costs about two steps). Only orders the work queue, so rough is enough."""
-    case, probes = spec.case, spec.case.probes
-    options = {**PLAN_DEFAULTS, **{k: v for k, v in probes.items() if k in PLAN_DEFAULTS}}
-    return case.steps + case.steps / max(1, options["every"]) * probe_step_hvps(probes) * 2
+    """A run's cost in training steps: its steps plus the HVPs of the probes it takes, as each
+    probe declares them, at each probe's own ``every`` (an HVP costs about two steps). Only
+    orders the work queue, so rough is enough."""
+    case = spec.case
+    return case.steps + case.steps * probe_hvps_per_step(case.probes, spec.optimizer.key) * 2
 
 
 def sizing(spec: RunSpec, threads: int | None = None) -> tuple[int, float]:

@@ -29,7 +29,7 @@ from stability_bench.expectations import COMPARATORS, PARITY, PARITY_KEYS, THEOR
 from stability_bench.metrics import METRICS, probe_columns
 from stability_bench.optimizers.resolve import OptimizerResolveError, resolve_optimizer_class
 from stability_bench.registry import ImportPathError, Registry, UnknownNameError, describe_exception
-from stability_bench.probes.registry import PLAN_OPTIONS, PROBES, probes_recording
+from stability_bench.probes.registry import PLAN_OPTIONS, PROBES, probes_for, probes_recording
 from stability_bench.registry import a_or_an, load_entry_points, nearest
 from stability_bench.schedules import SHORTHAND_KEYS, scheduler_class, unsupported_step
 from stability_bench.types import Case, CaseError, Expectation, OptimizerSpec, SpikeConfig
@@ -438,9 +438,7 @@ def _check_probes(raw: dict, got: dict, problems: list[Problem]) -> dict:
         if isinstance(key, str) and ":" in key:  # a user's probe by import path
             probe = _resolve(PROBES, key, key_path, problems, "probe")
             if probe is not None:
-                args = _arguments(probe, skip=1)
-                _check_mapping(value if value is not None else {}, {**args.hints, "every": int}, args.required,
-                               key_path, problems, f"probe {key!r}")
+                _check_probe_options(raw, key, value, probe, int, key_path, problems)
             continue
         if key not in PROBES and not (load_entry_points() and key in PROBES):
             guess = nearest(str(key), PROBES.names() + list(PLAN_OPTIONS))
@@ -448,42 +446,74 @@ def _check_probes(raw: dict, got: dict, problems: list[Problem]) -> dict:
                                     + (f"; did you mean {guess!r}?" if guess else "")
                                     + f" Probes: {', '.join(PROBES.names())}; options: {', '.join(PLAN_OPTIONS)}."))
             continue
-        args = _arguments(PROBES.get(key), skip=1)
-        _check_mapping(value if value is not None else {}, {**args.hints, "every": Count}, args.required,
-                       key_path, problems, f"probe {key!r}")
+        _check_probe_options(raw, key, value, PROBES.get(key), Count, key_path, problems)
     return section
+
+
+def _check_probe_options(raw: dict, key: str, value: Any, probe: Any, every: Any, path: KeyPath,
+                         problems: list[Problem]) -> None:
+    """A probe's options against its function's signature (plus ``every``), and its
+    ``optimizers:``: a list of the case's optimizer entries, or a mapping from entry to
+    overrides of the same options."""
+    args, label = _arguments(probe, skip=1), f"probe {key!r}"
+    hints = {**args.hints, "every": every}
+    options = dict(value) if isinstance(value, dict) else ({} if value is None else value)
+    chosen = options.pop("optimizers", None) if isinstance(options, dict) else None
+    _check_mapping(options, hints, args.required, path, problems, label)
+    if chosen is None:
+        return
+    path = path + ("optimizers",)
+    entries = list(raw.get("optimizers") or {}) if isinstance(raw.get("optimizers"), dict) else []
+    if not isinstance(chosen, (list, dict)) or not chosen:
+        problems.append(Problem(path, f"optimizers takes a list of this case's optimizer entries, or a mapping "
+                                      f"from entry to its options for this probe (e.g. {{control: {{every: 20}}}}); "
+                                      f"got {chosen!r}"))
+        return
+    for i, name in enumerate(chosen):
+        where = path + ((name,) if isinstance(chosen, dict) else (i,))
+        if not isinstance(name, str) or name not in entries:
+            guess = nearest(str(name), entries)
+            problems.append(Problem(where, f"{name!r} is not an optimizer entry of this case"
+                                           + (f"; did you mean {guess!r}?" if guess else "")
+                                           + f" Entries: {', '.join(map(str, entries)) or 'none'}."))
+        elif isinstance(chosen, dict) and chosen[name] is not None:
+            if isinstance(chosen[name], dict) and "optimizers" in chosen[name]:
+                problems.append(Problem(where + ("optimizers",), "optimizers cannot be nested"))
+            else:
+                _check_mapping(chosen[name], hints, set(), where, problems, f"{label} for optimizer {name!r}")
 
 
 def _unprobed_figures(case: "Case") -> list[Problem]:
     """Expectations on a figure computed from probe columns (``reads_probes`` in
-    :mod:`stability_bench.metrics`) that none of the case's probes records (``records`` in
-    :mod:`stability_bench.probes.registry`): such a figure would be None at run time and the
+    :mod:`stability_bench.metrics`) that none of the probes the expectation's optimizer entry
+    takes records (``records`` in :mod:`stability_bench.probes.registry`; a probe's
+    ``optimizers:`` narrows who takes it): such a figure would be None at run time and the
     expectation could only fail (``measured None``), so it is an error here, at the metric's
     key, naming the probes to add. A user's probe that does not declare its columns may
     record anything: with one, nothing is refused."""
-    recorded: set[str] = set()
-    for name in case.probes:
-        if name in PLAN_OPTIONS:
-            continue
-        columns = getattr(PROBES.get(name), "columns", None)
-        if columns is None:
-            return []
-        recorded.update(columns)
     problems, seen = [], set()
     for e in case.expectations:
         if e.metric not in METRICS or (e.optimizer, e.metric) in seen:
             continue
         seen.add((e.optimizer, e.metric))
+        declared = [getattr(PROBES.get(name), "columns", None) for name in probes_for(case.probes, e.optimizer)]
+        if any(columns is None for columns in declared):
+            continue
+        recorded = {c for columns in declared for c in columns}
         missing = [c for c in probe_columns(e.metric) if c not in recorded]
         if not missing:
             continue
         add = list(dict.fromkeys(p for c in missing for p in probes_recording(c)))
-        section = ", ".join(f"{p}: {{}}" for p in add)
-        where = (f"add {section} under probes:" if case.probes else
-                 f"add a probes: section, e.g. probes: {{every: 10, {section}}}")
+        elsewhere = [p for p in add if p in case.probes]   # declared, but not taken by this entry
+        section = ", ".join(f"{p}: {{}}" for p in add if p not in elsewhere)
+        where = "; ".join(([f"add {e.optimizer} to the optimizers: of {' and '.join(elsewhere)}"] if elsewhere else [])
+                          + ([] if not section else [f"add {section} under probes:" if case.probes else
+                                                     f"add a probes: section, e.g. probes: {{every: 10, {section}}}"]))
         problems.append(Problem(e.path[:-1], f"{e.metric} is computed from the probe column"
-                                f"{'s' if len(missing) > 1 else ''} {', '.join(missing)}, which no probe of "
-                                f"this case records, so it would be None at run time: {where} "
+                                f"{'s' if len(missing) > 1 else ''} {', '.join(missing)}, which "
+                                + (f"none of the probes optimizer entry {e.optimizer!r} takes records" if elsewhere
+                                   else "no probe of this case records")
+                                + f", so it would be None at run time: {where} "
                                 f"(the probe{'s' if len(add) > 1 else ''} {' and '.join(add)})"))
     return problems
 

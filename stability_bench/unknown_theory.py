@@ -72,13 +72,15 @@ def case_warnings(case: "Case") -> list[str]:
     def warn(path: tuple, message: str) -> None:
         out.append(f"{case.where(path)}: {dotted(path)}: {message}")
 
-    from stability_bench.probes.registry import PLAN_OPTIONS, probe_needs
+    from stability_bench.probes.registry import PLAN_OPTIONS, probe_needs, probes_for
 
     for probe in case.probes:
         if probe in PLAN_OPTIONS:
             continue
         for needs, status in probe_needs(probe):  # what the probe declares (``declares``)
             for key, spec in case.optimizers.items():
+                if probe not in probes_for(case.probes, key):  # its ``optimizers:`` leave this entry out
+                    continue
                 reason = _unknown_at(spec, status)
                 if reason:
                     warn(("probes", probe), f"needs {needs}, unknown for optimizer {key!r} ({spec.class_name}): "

@@ -15,7 +15,16 @@ probes:
   directional_curvature: {}
   second_moment_ratio: {bound: 1.0e-3}
   grad_alignment: {k: 4}
+  directional_curvature: {optimizers: [adam]}            # taken by these optimizer entries only
+  precond_sharpness: {optimizers: {adam: {}, control: {every: 20}}}   # per entry: its own options
 ```
+
+``optimizers:`` under a probe names the optimizer entries whose runs take it, as a list, or
+as a mapping from entry to that entry's overrides of the probe's options (``every``, or the
+probe's own); the entries not named do not take it, and the figures that read its columns
+are None for them (validation refuses an expectation on such a figure). Without it every
+entry takes the probe. A control run that only needs a late-window median can be probed
+more sparsely than the run whose spikes are timed (cases/transformer_spikes.yaml).
 
 A probe is a function ``probe(ctx: ProbeContext, **options) -> dict[column, value]``
 registered in :data:`PROBES`, declaring there the columns it records (:func:`records`),
@@ -148,17 +157,15 @@ class ProbePlan:
     _data: tuple | None = None
 
     @classmethod
-    def from_case(cls, case) -> "ProbePlan | None":
+    def from_case(cls, case, optimizer: str | None = None) -> "ProbePlan | None":
+        """The probe plan of a run of ``case``'s optimizer entry ``optimizer`` (None: every
+        probe, each with its own options); None where that run takes no probe."""
         section = case.probes
-        if not section:
+        taken = probes_for(section, optimizer) if section else {}
+        if not taken:
             return None
         options = {**PLAN_DEFAULTS, **{k: v for k, v in section.items() if k in PLAN_OPTIONS}}
-        specs = []
-        for name, opts in section.items():
-            if name in PLAN_OPTIONS:
-                continue
-            opts = dict(opts or {})
-            specs.append(ProbeSpec(name, int(opts.pop("every", options["every"])), opts))
+        specs = [ProbeSpec(name, int(opts.pop("every", options["every"])), opts) for name, opts in taken.items()]
         loss = case.loss
         additive = additive_for(loss["kind"], loss.get("reduction", "mean"), loss.get("divide_by_batch_size", False))
         return cls(specs, options, additive=additive)
@@ -273,17 +280,45 @@ def probe_needs(name: str) -> list[tuple[str, Callable[[type, dict], str | None]
             for need, (what, status) in NEEDS.items() if need in needs]
 
 
-def probe_step_hvps(section: dict) -> float:
-    """HVPs of one probe step of a ``probes:`` section: the sum of its probes' declared costs
-    (:func:`declares`) at the section's options."""
-    options = {**PLAN_DEFAULTS, **{k: v for k, v in section.items() if k in PLAN_OPTIONS}}
-    total = 0.0
+def probes_for(section: dict, optimizer: str | None = None) -> dict[str, dict]:
+    """The probes of a ``probes:`` section that a run of the optimizer entry ``optimizer``
+    takes, each with its options: the entry's overrides under the probe's ``optimizers:``
+    merged in, that key itself dropped. ``optimizer=None``: every probe, its own options."""
+    taken = {}
     for name, opts in section.items():
         if name in PLAN_OPTIONS:
             continue
+        opts = dict(opts or {})
+        chosen = opts.pop("optimizers", None)
+        if chosen is not None and optimizer is not None:
+            if optimizer not in chosen:
+                continue
+            if isinstance(chosen, dict):
+                opts.update(chosen[optimizer] or {})
+        taken[name] = opts
+    return taken
+
+
+def _declared_hvps(section: dict, optimizer: str | None) -> list[tuple[int, float]]:
+    """(every, declared HVPs) of each probe ``optimizer`` takes, at the section's options."""
+    options = {**PLAN_DEFAULTS, **{k: v for k, v in section.items() if k in PLAN_OPTIONS}}
+    out = []
+    for name, opts in probes_for(section, optimizer).items():
         hvps = getattr(PROBES.get(name), "hvps", 0)
-        total += hvps(options, dict(opts or {})) if callable(hvps) else hvps
-    return total
+        out.append((int(opts.get("every", options["every"])), hvps(options, opts) if callable(hvps) else hvps))
+    return out
+
+
+def probe_step_hvps(section: dict, optimizer: str | None = None) -> float:
+    """HVPs of one step at which every probe a run of ``optimizer`` takes is due: the sum of
+    their declared costs (:func:`declares`) at the section's options."""
+    return float(sum(hvps for _, hvps in _declared_hvps(section, optimizer)))
+
+
+def probe_hvps_per_step(section: dict, optimizer: str | None = None) -> float:
+    """HVPs per training step of the probes a run of ``optimizer`` takes: each probe's
+    declared cost over its own ``every``."""
+    return float(sum(hvps / max(1, every) for every, hvps in _declared_hvps(section, optimizer)))
 
 
 def _nan_with_reason(columns: tuple[str, ...], reason_key: str, reason: str) -> dict:
