@@ -15,16 +15,21 @@ probes:
   directional_curvature: {}
   second_moment_ratio: {bound: 1.0e-3}
   grad_alignment: {k: 4}
-  directional_curvature: {optimizers: [adam]}            # taken by these optimizer entries only
-  precond_sharpness: {optimizers: {adam: {}, control: {every: 20}}}   # per entry: its own options
+```
+
+and, per probe, which optimizer entries' runs take it:
+
+```yaml
+  directional_curvature: {optimizers: [adam]}                         # adam's runs only
+  precond_sharpness: {optimizers: {adam: {}, control: {every: 20}}}   # control: its own options
 ```
 
 ``optimizers:`` under a probe names the optimizer entries whose runs take it, as a list, or
 as a mapping from entry to that entry's overrides of the probe's options (``every``, or the
 probe's own); the entries not named do not take it, and the figures that read its columns
 are None for them (validation refuses an expectation on such a figure). Without it every
-entry takes the probe. A control run that only needs a late-window median can be probed
-more sparsely than the run whose spikes are timed (cases/transformer_spikes.yaml).
+entry takes the probe. A control whose claims read fewer columns than the run it controls
+skips the probes it does not need (cases/transformer_spikes.yaml).
 
 A probe is a function ``probe(ctx: ProbeContext, **options) -> dict[column, value]``
 registered in :data:`PROBES`, declaring there the columns it records (:func:`records`),
