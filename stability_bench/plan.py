@@ -136,11 +136,13 @@ class SearchSpec:
 
 def probe_spec(search: SearchSpec, lr: float) -> RunSpec:
     """The run of one probe: the searched hyperparameter set to ``lr`` (shown in the run id
-    as a one-point sweep), with the entry's steps and divergence rule."""
+    as a one-point sweep), with the entry's steps and divergence rule. It takes none of the
+    case's curvature probes: the search reads only whether the run diverged, and probes
+    never change training (so the answer is the same, without their HVPs)."""
     entry, optimizer = specs(search.case)[search.optimizer], search.case.optimizers[search.optimizer]
     fixed = {k: v for k, v in optimizer.fixed.items() if k != entry.param}
     probe_optimizer = dataclasses.replace(optimizer, fixed=fixed, sweeps={entry.param: [lr]})
-    changes: dict[str, Any] = {}
+    changes: dict[str, Any] = {"probes": {}} if search.case.probes else {}
     if entry.steps is not None:
         changes["steps"] = entry.steps
     if entry.divergence is not None:

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import stability_bench
 from stability_bench.critical_lr import CriticalLrSearch, check_critical_lr, probe_count, specs
 from stability_bench.orchestrate import find_critical_lr
 from stability_bench.optimizers import theory
@@ -155,3 +156,18 @@ def test_expectation_on_the_critical_lr(tmp_path):
     narrow = load_case({**case.raw, "critical_lr": {"gd": {"bracket": [3.0, 10.0], "expect": {"above": 1.0}}}})
     (outcome,) = check_critical_lr(narrow, "gd", find_critical_lr(narrow, "gd"))
     assert not outcome.passed and "critical lr below the bracket" in outcome.value
+
+
+def test_a_searchs_probe_runs_take_no_curvature_probes(monkeypatch):
+    """A search asks each probe run one thing, whether it diverged, and probes never change
+    training: so its runs take none of the case's probes, and find the same edge."""
+    from stability_bench.probes.registry import ProbePlan
+
+    section = {"critical_lr": {"gd": {"bracket": [0.5, 10.0], "rtol": 0.05}}}
+    probed = load_case({**QUADRATIC_GD, **section, "probes": {"every": 5, "sharpness": {}}})
+    probe_steps, run = [], ProbePlan.run
+    monkeypatch.setattr(ProbePlan, "run", lambda self, session, step: probe_steps.append(step) or run(self, session, step))
+    found = find_critical_lr(probed, "gd")
+    assert probe_steps == []
+    assert found == find_critical_lr(load_case({**QUADRATIC_GD, **section}), "gd")
+    assert stability_bench.run_case(probed, devices=["cpu"])[0].probes["step"][:2] == [0, 5]   # runs still probe
