@@ -74,12 +74,13 @@ def case_warnings(case: "Case") -> list[str]:
 
     from stability_bench.probes.registry import PLAN_OPTIONS, probe_needs, probes_for
 
+    taken = {key: probes_for(case.probes, key) for key in case.optimizers}   # a probe's ``optimizers:``
     for probe in case.probes:
         if probe in PLAN_OPTIONS:
             continue
         for needs, status in probe_needs(probe):  # what the probe declares (``declares``)
             for key, spec in case.optimizers.items():
-                if probe not in probes_for(case.probes, key):  # its ``optimizers:`` leave this entry out
+                if probe not in taken[key]:
                     continue
                 reason = _unknown_at(spec, status)
                 if reason:

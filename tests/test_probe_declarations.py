@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from stability_bench.probes.registry import NEEDS, PROBES, declares, probe_step_hvps
+from stability_bench.probes.registry import NEEDS, PROBES, declares, probe_hvps_per_step
 
 
 def test_every_built_in_probe_declares_its_needs_from_the_known_ones():
@@ -23,25 +23,22 @@ def test_a_runs_cost_reads_the_hvps_its_probes_declare():
 
     section = {"every": 10, "max_iter": 7, "sharpness": {"k": 2}, "precond_sharpness": {}, "grad_alignment": {},
                "threshold": {}, "second_moment_ratio": {}, "second_moment_mean": {}}
-    assert probe_step_hvps(section) == 21
-    assert probe_step_hvps({"directional_curvature": {}}) == 2
-    assert probe_step_hvps({"sharpness": {}}) == 30  # max_iter's default
+    assert probe_hvps_per_step(section) == pytest.approx(21 / 10)
+    assert probe_hvps_per_step({"directional_curvature": {}}) == pytest.approx(2 / 10)   # every's default
+    assert probe_hvps_per_step({"sharpness": {}}) == pytest.approx(30 / 10)  # max_iter's default
     spec = SimpleNamespace(case=SimpleNamespace(steps=100, probes=section), optimizer=SimpleNamespace(key="adam"))
-    assert costs._step_equivalents(spec) == 100 + 100 / 10 * 21 * 2
+    assert costs._step_equivalents(spec) == pytest.approx(100 + 100 / 10 * 21 * 2)
 
 
 def test_a_runs_cost_counts_the_probes_its_optimizer_takes_at_their_own_schedules():
     """``optimizers:`` under a probe: the entries named take it (a mapping: with their own
     options); each probe's HVPs count once per its own ``every``."""
     from stability_bench import costs
-    from stability_bench.probes.registry import probe_hvps_per_step
 
     section = {"every": 10, "sharpness": {"every": 50, "optimizers": ["adam"]},
                "precond_sharpness": {"optimizers": {"adam": {}, "control": {"every": 20}}},
                "directional_curvature": {}}
-    assert probe_step_hvps(section, "adam") == 30 + 30 + 2
-    assert probe_step_hvps(section, "control") == 30 + 2
-    assert probe_step_hvps(section, "other") == 2
+    assert probe_hvps_per_step(section, "other") == pytest.approx(2 / 10)
     assert probe_hvps_per_step(section, "adam") == pytest.approx(30 / 50 + 30 / 10 + 2 / 10)
     assert probe_hvps_per_step(section, "control") == pytest.approx(30 / 20 + 2 / 10)
     spec = SimpleNamespace(case=SimpleNamespace(steps=100, probes=section), optimizer=SimpleNamespace(key="control"))

@@ -262,7 +262,7 @@ def declares(needs: Iterable[str] = (), hvps: Hvps = 0, partly: str | None = Non
       some of its columns have it (e.g. ``"for its preconditioned column"``).
     - ``hvps``: Hessian-vector products per evaluation, a number or a function
       ``(plan_options, probe_options) -> number`` (e.g. :func:`lanczos_hvps`); the cost
-      estimate that orders the work queue reads it (:func:`probe_step_hvps`).
+      estimate that orders the work queue reads it (:func:`probe_hvps_per_step`).
 
     A probe that declares nothing needs nothing and costs no HVP."""
     needs = frozenset(needs)
@@ -304,26 +304,15 @@ def probes_for(section: dict, optimizer: str | None = None) -> dict[str, dict]:
     return taken
 
 
-def _declared_hvps(section: dict, optimizer: str | None) -> list[tuple[int, float]]:
-    """(every, declared HVPs) of each probe ``optimizer`` takes, at the section's options."""
-    options = {**PLAN_DEFAULTS, **{k: v for k, v in section.items() if k in PLAN_OPTIONS}}
-    out = []
-    for name, opts in probes_for(section, optimizer).items():
-        hvps = getattr(PROBES.get(name), "hvps", 0)
-        out.append((int(opts.get("every", options["every"])), hvps(options, opts) if callable(hvps) else hvps))
-    return out
-
-
-def probe_step_hvps(section: dict, optimizer: str | None = None) -> float:
-    """HVPs of one step at which every probe a run of ``optimizer`` takes is due: the sum of
-    their declared costs (:func:`declares`) at the section's options."""
-    return float(sum(hvps for _, hvps in _declared_hvps(section, optimizer)))
-
-
 def probe_hvps_per_step(section: dict, optimizer: str | None = None) -> float:
     """HVPs per training step of the probes a run of ``optimizer`` takes: each probe's
-    declared cost over its own ``every``."""
-    return float(sum(hvps / max(1, every) for every, hvps in _declared_hvps(section, optimizer)))
+    declared cost (:func:`declares`, at the section's options) over its own ``every``."""
+    options = {**PLAN_DEFAULTS, **{k: v for k, v in section.items() if k in PLAN_OPTIONS}}
+    total = 0.0
+    for name, opts in probes_for(section, optimizer).items():
+        hvps = getattr(PROBES.get(name), "hvps", 0)
+        total += (hvps(options, opts) if callable(hvps) else hvps) / max(1, int(opts.get("every", options["every"])))
+    return total
 
 
 def _nan_with_reason(columns: tuple[str, ...], reason_key: str, reason: str) -> dict:
