@@ -463,7 +463,7 @@ def _check_probe_options(raw: dict, key: str, value: Any, probe: Any, every: Any
     if chosen is None:
         return
     path = path + ("optimizers",)
-    entries = list(raw.get("optimizers") or {}) if isinstance(raw.get("optimizers"), dict) else []
+    entries = [str(k) for k in raw["optimizers"]] if isinstance(raw.get("optimizers"), dict) else []
     if not isinstance(chosen, (list, dict)) or not chosen:
         problems.append(Problem(path, f"optimizers takes a list of this case's optimizer entries, or a mapping "
                                       f"from entry to its options for this probe (e.g. {{control: {{every: 20}}}}); "
@@ -472,10 +472,7 @@ def _check_probe_options(raw: dict, key: str, value: Any, probe: Any, every: Any
     for i, name in enumerate(chosen):
         where = path + ((name,) if isinstance(chosen, dict) else (i,))
         if not isinstance(name, str) or name not in entries:
-            guess = nearest(str(name), entries)
-            problems.append(Problem(where, f"{name!r} is not an optimizer entry of this case"
-                                           + (f"; did you mean {guess!r}?" if guess else "")
-                                           + f" Entries: {', '.join(map(str, entries)) or 'none'}."))
+            problems.append(Problem(where, _unknown("optimizer entry", name, entries)))
         elif isinstance(chosen, dict) and chosen[name] is not None:
             if isinstance(chosen[name], dict) and "optimizers" in chosen[name]:
                 problems.append(Problem(where + ("optimizers",), "optimizers cannot be nested"))

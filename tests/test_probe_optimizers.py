@@ -55,7 +55,7 @@ def test_a_wrong_optimizers_key_is_an_error_naming_file_line_and_key():
     assert len(lines) == 4, lines
     unknown, option, empty, scalar = lines
     assert unknown.startswith(f"{path}:{line_of(path, 'contrl')}: probes.sharpness.optimizers[1]: ")
-    assert "'contrl' is not an optimizer entry" in unknown and "did you mean 'control'?" in unknown
+    assert "unknown optimizer entry 'contrl'" in unknown and "did you mean 'control'?" in unknown
     assert option.startswith(f"{path}:{line_of(path, 'evry')}: probes.precond_sharpness.optimizers.control.evry: ")
     assert "did you mean 'every'?" in option
     assert empty.startswith(f"{path}:{line_of(path, 'optimizers: []')}: probes.threshold.optimizers: ")

@@ -169,7 +169,7 @@ class ProbePlan:
         taken = probes_for(section, optimizer) if section else {}
         if not taken:
             return None
-        options = {**PLAN_DEFAULTS, **{k: v for k, v in section.items() if k in PLAN_OPTIONS}}
+        options = plan_options(section)
         specs = [ProbeSpec(name, int(opts.pop("every", options["every"])), opts) for name, opts in taken.items()]
         loss = case.loss
         additive = additive_for(loss["kind"], loss.get("reduction", "mean"), loss.get("divide_by_batch_size", False))
@@ -285,6 +285,11 @@ def probe_needs(name: str) -> list[tuple[str, Callable[[type, dict], str | None]
             for need, (what, status) in NEEDS.items() if need in needs]
 
 
+def plan_options(section: dict) -> dict[str, Any]:
+    """The options of a ``probes:`` section itself (:data:`PLAN_OPTIONS`), defaults filled in."""
+    return {**PLAN_DEFAULTS, **{k: v for k, v in section.items() if k in PLAN_OPTIONS}}
+
+
 def probes_for(section: dict, optimizer: str | None = None) -> dict[str, dict]:
     """The probes of a ``probes:`` section that a run of the optimizer entry ``optimizer``
     takes, each with its options: the entry's overrides under the probe's ``optimizers:``
@@ -307,7 +312,7 @@ def probes_for(section: dict, optimizer: str | None = None) -> dict[str, dict]:
 def probe_hvps_per_step(section: dict, optimizer: str | None = None) -> float:
     """HVPs per training step of the probes a run of ``optimizer`` takes: each probe's
     declared cost (:func:`declares`, at the section's options) over its own ``every``."""
-    options = {**PLAN_DEFAULTS, **{k: v for k, v in section.items() if k in PLAN_OPTIONS}}
+    options = plan_options(section)
     total = 0.0
     for name, opts in probes_for(section, optimizer).items():
         hvps = getattr(PROBES.get(name), "hvps", 0)
