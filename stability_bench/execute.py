@@ -19,7 +19,7 @@ from stability_bench.plan import Plan, RunSpec, prepare_data
 from stability_bench.results import RunFailure, RunResult
 from stability_bench.runner import MissingDataError, RunSetupError, RunTimeout, execute
 from stability_bench.signals import ignore_terminal_signals, start_resource_tracker
-from stability_bench.threads import torch_threads
+from stability_bench.threads import thread_limits
 
 __all__ = ["Executor", "run_one", "execute_plan"]
 
@@ -30,7 +30,7 @@ def run_one(spec: RunSpec, threads: int | None = None,
 
     Module-level and picklable, so worker processes and Dask workers call it as it is."""
     try:
-        with torch_threads(threads_for(spec, threads)):
+        with thread_limits(threads_for(spec, threads)):
             return execute(spec, progress)
     except RunTimeout as exc:
         return RunFailure(spec.run_id, "timeout", str(exc), getattr(exc, "step", None))

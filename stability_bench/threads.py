@@ -14,6 +14,12 @@ to torch:
 The count depends on the run and the machine, never on the number of parallel workers:
 intra-op threads change the order of floating-point sums (cifar_fc's trajectory differs
 from step 0 between one and two threads), and a result must not depend on ``--jobs``.
+
+The count holds for every pool a run computes with: torch's intra-op threads and the BLAS
+that numpy links (the recorder's norms, a user's metric). numpy's OpenBLAS starts one
+thread per core, and its idle workers spin after each call: with two runs on two cores, a
+cohen_fig5 run took 10.0 s instead of 7.0 s, its recorder's norms 2.3 s instead of 0.24 s
+(side by side, one process each, 2026-12-03). ``threadpoolctl`` sets the BLAS count.
 """
 from __future__ import annotations
 
@@ -54,15 +60,18 @@ def auto_threads(flop_per_step: float, cores: int | None = None) -> int:
 
 
 @contextlib.contextmanager
-def torch_threads(count: int) -> Iterator[None]:
-    """Run the block with ``count`` intra-op threads, then restore torch's setting."""
+def thread_limits(count: int) -> Iterator[None]:
+    """Run the block with ``count`` torch intra-op threads and ``count`` BLAS threads (every
+    BLAS library loaded, numpy's included), then restore both settings."""
     import torch
+    from threadpoolctl import threadpool_limits
 
     before = torch.get_num_threads()
     if count != before:
         torch.set_num_threads(count)
     try:
-        yield
+        with threadpool_limits(limits=count, user_api="blas"):
+            yield
     finally:
         if torch.get_num_threads() != before:
             torch.set_num_threads(before)
