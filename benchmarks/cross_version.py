@@ -80,7 +80,7 @@ def _pip(python: Path, *args: str) -> None:
 
 
 def setup_venv(venv: Path, torch_version: str, no_triton: bool, numpy_spec: str | None) -> Path:
-    """Create ``venv`` if needed and install torch==``torch_version``, numpy, PyYAML and
+    """Create ``venv`` if needed and install torch==``torch_version``, numpy, PyYAML, threadpoolctl and
     this project (editable, no dependencies). ``no_triton``: install torch without its
     dependencies, then every dependency but triton (the CUDA wheels of PyPI still need the
     nvidia-* libraries to import, even on a machine without a GPU; triton only serves
@@ -103,7 +103,7 @@ def setup_venv(venv: Path, torch_version: str, no_triton: bool, numpy_spec: str 
                 _pip(python, *needs)
         else:
             _pip(python, f"torch=={torch_version}")
-    _pip(python, numpy_spec or "numpy", "pyyaml")
+    _pip(python, numpy_spec or "numpy", "pyyaml", "threadpoolctl")
     _pip(python, "--no-deps", "-e", str(REPO))
     return python
 

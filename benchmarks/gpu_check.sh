@@ -5,9 +5,10 @@
 #   bash benchmarks/gpu_check.sh --device cpu --quick # here, ~15 s (results in ./gpu_check_out)
 #
 # Install: nothing is pip-installed. The device machine has no network; its python3 holds
-# torch (a CUDA build), numpy and pyyaml, which are all stability-bench needs, so the
-# checkout is put on PYTHONPATH (an editable `pip install --no-deps --no-build-isolation -e .`
-# would also work offline, but would write into that interpreter for nothing).
+# torch (a CUDA build), numpy and pyyaml, which stability-bench needs (threadpoolctl, which
+# sets the BLAS threads of CPU runs, is used where present), so the checkout is put on
+# PYTHONPATH (an editable `pip install --no-deps --no-build-isolation -e .` would also work
+# offline, but would write into that interpreter for nothing).
 # CIFAR-10: $STABILITY_BENCH_DATA, else .gpudata/ (carried to the device, see README
 # "GPU check"), else ../shared/data; without it the CIFAR cases report missing data.
 # Time: the whole thing runs under `timeout` (GPU_CHECK_LIMIT, default 570 s); the Python
@@ -27,7 +28,7 @@ fi
 {
   date -u; uname -a; command -v "$PY"; "$PY" --version
   nvidia-smi 2>&1 || echo "nvidia-smi: not available"
-  "$PY" -m pip list 2>/dev/null | grep -i -E '^(torch|numpy|pyyaml|triton) ' || true
+  "$PY" -m pip list 2>/dev/null | grep -i -E '^(torch|numpy|pyyaml|threadpoolctl|triton) ' || true
   echo "STABILITY_BENCH_DATA=${STABILITY_BENCH_DATA:-unset}"
 } >"$OUT/machine.txt" 2>&1
 "$PY" -c 'import torch, numpy, yaml, stability_bench' || { echo "gpu_check: cannot import what it needs"; exit 2; }

@@ -19,7 +19,9 @@ The count holds for every pool a run computes with: torch's intra-op threads and
 that numpy links (the recorder's norms, a user's metric). numpy's OpenBLAS starts one
 thread per core, and its idle workers spin after each call: with two runs on two cores, a
 cohen_fig5 run took 10.0 s instead of 7.0 s, its recorder's norms 2.3 s instead of 0.24 s
-(side by side, one process each, 2026-12-03). ``threadpoolctl`` sets the BLAS count.
+(side by side, one process each, 2026-12-03). ``threadpoolctl`` (a dependency) sets the BLAS
+count; where a checkout runs uninstalled without it (``benchmarks/gpu_check.sh`` on a machine
+with no network), only torch's count is set, and runs are as fast as BLAS's default allows.
 """
 from __future__ import annotations
 
@@ -59,18 +61,25 @@ def auto_threads(flop_per_step: float, cores: int | None = None) -> int:
     return int(max(1, min(max(1, cores // 2), flop_per_step // FLOP_PER_THREAD)))
 
 
+def _blas_limits(count: int) -> contextlib.AbstractContextManager:
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:   # an uninstalled checkout (module docstring)
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=count, user_api="blas")
+
+
 @contextlib.contextmanager
 def thread_limits(count: int) -> Iterator[None]:
     """Run the block with ``count`` torch intra-op threads and ``count`` BLAS threads (every
     BLAS library loaded, numpy's included), then restore both settings."""
     import torch
-    from threadpoolctl import threadpool_limits
 
     before = torch.get_num_threads()
     if count != before:
         torch.set_num_threads(count)
     try:
-        with threadpool_limits(limits=count, user_api="blas"):
+        with _blas_limits(count):
             yield
     finally:
         if torch.get_num_threads() != before:

@@ -50,3 +50,14 @@ def test_a_run_trains_under_its_thread_count_in_both_pools(two_threads_everywher
     execute.run_one(spec)                 # auto: one thread for this small model
     execute.run_one(spec, threads=2)      # the user's count
     assert seen == [(1, {1}), (2, {2})]
+
+
+def test_without_threadpoolctl_a_run_still_gets_its_torch_count(two_threads_everywhere, monkeypatch):
+    """An uninstalled checkout on a machine without threadpoolctl (benchmarks/gpu_check.sh)."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "threadpoolctl", None)   # import raises ImportError
+    with thread_limits(1):
+        assert torch.get_num_threads() == 1
+        assert blas_threads() == {2}
+    assert torch.get_num_threads() == 2
