@@ -19,18 +19,20 @@ pytest_plugins = ["pytester"]
 def pytest_configure(config):
     if config.getoption("runpytest", None) == "inprocess":
         config.option.runpytest = "subprocess"
-    _one_torch_thread()
+    _one_thread_per_worker()
 
 
-def _one_torch_thread():
-    """Unit tests that call torch directly run on one intra-op thread, as the harness gives
-    every shipped case (stability_bench.threads): with pytest-xdist's one worker per core,
-    torch's default of one thread per core would oversubscribe a small machine. An explicit
-    $OMP_NUM_THREADS is left alone."""
+def _one_thread_per_worker():
+    """Unit tests that call torch or numpy's BLAS directly run on one thread of each, as the
+    harness gives every shipped case (stability_bench.threads): with pytest-xdist's one
+    worker per core, the default of one thread per core would oversubscribe a small machine.
+    An explicit $OMP_NUM_THREADS is left alone."""
     if "OMP_NUM_THREADS" not in os.environ:
         import torch
+        from threadpoolctl import threadpool_limits
 
         torch.set_num_threads(1)
+        threadpool_limits(limits=1, user_api="blas")
 
 
 @pytest.fixture(scope="session")
