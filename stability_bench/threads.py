@@ -19,7 +19,10 @@ The count holds for every pool a run computes with: torch's intra-op threads and
 that numpy links (the recorder's norms, a user's metric). numpy's OpenBLAS starts one
 thread per core, and its idle workers spin after each call: with two runs on two cores, a
 cohen_fig5 run took 10.0 s instead of 7.0 s, its recorder's norms 2.3 s instead of 0.24 s
-(side by side, one process each, 2026-12-03). ``threadpoolctl`` (a dependency) sets the BLAS
+(side by side, one process each, 2026-12-03). It also made the recorded norms depend on the
+machine: OpenBLAS splits a dot product of over ~10 k numbers across its threads, so a
+gradient norm differed in the last bits between one and two BLAS threads (1 in 1e14 at
+33 k parameters). ``threadpoolctl`` (a dependency) sets the BLAS
 count; where a checkout runs uninstalled without it (``benchmarks/gpu_check.sh`` on a machine
 with no network), only torch's count is set, and runs are as fast as BLAS's default allows.
 """
