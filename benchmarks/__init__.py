@@ -106,15 +106,22 @@ def with_data_dir(case):
 
 
 def single_thread_on_cpu(device: str) -> None:
-    """CPU timings use one intra-op thread. On a shared 2-core machine two OpenMP threads
-    spin-wait for a core someone else holds, and per-step times of the small cases then
-    varied 50× between samples; one thread measures the code, not the scheduler. Each
-    benchmark runs in its own process (a fork or a fresh interpreter), so this setting
-    stays there."""
+    """CPU timings use one intra-op thread, and one BLAS thread for numpy (as the harness
+    gives a shipped case's run: stability_bench.threads). On a shared 2-core machine two
+    OpenMP threads spin-wait for a core someone else holds, and per-step times of the small
+    cases then varied 50× between samples; one thread measures the code, not the scheduler.
+    Each benchmark runs in its own process (a fork or a fresh interpreter), so this setting
+    stays there. threadpoolctl is imported where present: an older commit's environment
+    may lack it."""
     if device == "cpu":
         import torch
 
         torch.set_num_threads(1)
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:
+            return
+        threadpool_limits(limits=1, user_api="blas")
 
 
 def start_session(case, device: str, optimizer: str | None = None):

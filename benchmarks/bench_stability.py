@@ -22,7 +22,7 @@ from __future__ import annotations
 import importlib
 import math
 
-from . import SEED, run_label, shipped_cases, with_data_dir
+from . import SEED, run_label, shipped_cases, single_thread_on_cpu, with_data_dir
 
 # Cases whose runs the loss-based tracks leave out, and why (the docstring of
 # StabilityTracks repeats this). They are still timed in bench_speed.
@@ -84,9 +84,7 @@ def setup_cache():
     trained once. One thread: on a shared 2-core machine two OpenMP threads waiting for
     a busy core made runs up to 20× slower; the figures of the shipped CPU runs came out
     bit-identical with one thread, except cifar_fc's in the last digits."""
-    import torch
-
-    torch.set_num_threads(1)
+    single_thread_on_cpu("cpu")
     specs = dict(_track_specs())
     specs.update(_precond_specs())
     return _execute_all(specs.items())
@@ -198,12 +196,10 @@ class CriticalLr:
     timeout = 60
 
     def setup_cache(self):
-        import torch
-
         from stability_bench.critical_lr import specs
         from stability_bench.orchestrate import find_critical_lr
 
-        torch.set_num_threads(1)
+        single_thread_on_cpu("cpu")
         out = {}
         for label, case, key in _critical_specs():
             found = find_critical_lr(case, key, SEED, "cpu")
