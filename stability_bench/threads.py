@@ -22,9 +22,10 @@ cohen_fig5 run took 10.0 s instead of 7.0 s, its recorder's norms 2.3 s instead 
 (side by side, one process each, 2026-12-03). It also made the recorded norms depend on the
 machine: OpenBLAS splits a dot product of over ~10 k numbers across its threads, so a
 gradient norm differed in the last bits between one and two BLAS threads (1 in 1e14 at
-33 k parameters). ``threadpoolctl`` (a dependency) sets the BLAS
-count; where a checkout runs uninstalled without it (``benchmarks/gpu_check.sh`` on a machine
-with no network), only torch's count is set, and runs are as fast as BLAS's default allows.
+33 k parameters). ``threadpoolctl`` (a dependency) sets the BLAS count; where a checkout
+runs uninstalled without it (``benchmarks/gpu_check.sh`` on a machine with no network), only
+torch's count is set: CPU runs there go as fast, and their large models' norms round, as
+BLAS's default count makes them.
 """
 from __future__ import annotations
 
