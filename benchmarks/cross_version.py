@@ -80,11 +80,11 @@ def _pip(python: Path, *args: str) -> None:
 
 
 def setup_venv(venv: Path, torch_version: str, no_triton: bool, numpy_spec: str | None) -> Path:
-    """Create ``venv`` if needed and install torch==``torch_version``, numpy, PyYAML, threadpoolctl and
-    this project (editable, no dependencies). ``no_triton``: install torch without its
-    dependencies, then every dependency but triton (the CUDA wheels of PyPI still need the
-    nvidia-* libraries to import, even on a machine without a GPU; triton only serves
-    torch.compile on GPUs). Returns the interpreter."""
+    """Create ``venv`` if needed and install torch==``torch_version``, numpy, PyYAML,
+    threadpoolctl and this project (editable, no dependencies). ``no_triton``: install torch
+    without its dependencies, then every dependency but triton (the CUDA wheels of PyPI still
+    need the nvidia-* libraries to import, even on a machine without a GPU; triton only
+    serves torch.compile on GPUs). Returns the interpreter."""
     python = venv / "bin" / "python"
     if not python.exists():
         print("$", sys.executable, "-m venv", venv, flush=True)
