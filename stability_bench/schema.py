@@ -450,12 +450,21 @@ def _check_probes(raw: dict, got: dict, problems: list[Problem]) -> dict:
     return section
 
 
+#: keys under a probe that the plan consumes (never passed to the probe function)
+RESERVED_PROBE_OPTIONS = {"every": "the probe's schedule", "optimizers": "which optimizer entries take the probe"}
+
+
 def _check_probe_options(raw: dict, key: str, value: Any, probe: Any, every: Any, path: KeyPath,
                          problems: list[Problem]) -> None:
     """A probe's options against its function's signature (plus ``every``), and its
     ``optimizers:``: a list of the case's optimizer entries, or a mapping from entry to
     overrides of the same options."""
     args, label = _arguments(probe, skip=1), f"probe {key!r}"
+    for name in RESERVED_PROBE_OPTIONS:   # the plan takes these keys: the function would never see them
+        if name in args.defaults:
+            problems.append(Problem(path, f"{label}: its function takes an option named "
+                                          f"{name!r}, which the probes section keeps for itself "
+                                          f"({RESERVED_PROBE_OPTIONS[name]}); rename that parameter"))
     hints = {**args.hints, "every": every}
     options = dict(value) if isinstance(value, dict) else ({} if value is None else value)
     chosen = options.pop("optimizers", None) if isinstance(options, dict) else None

@@ -4,6 +4,7 @@ left out record none of its columns; validation checks the names and options, an
 expectation on a figure whose probe the entry does not take."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -75,3 +76,19 @@ def test_an_expectation_on_a_figure_whose_probe_the_entry_does_not_take_is_refus
 def test_no_warning_for_an_entry_that_does_not_take_the_probe_needing_what_it_lacks():
     """rprop has no known preconditioner; it takes no probe, so nothing of it will be NaN."""
     assert not [w for w in case_warnings(load_case(DATA / "per_optimizer.yaml")) if "rprop" in w]
+
+
+def test_a_probe_function_taking_an_option_the_section_keeps_for_itself_is_refused(monkeypatch):
+    """``every`` and ``optimizers`` under a probe are the plan's: a user's probe with a
+    parameter of either name would silently never get its value. Refused at validation, at
+    the probe's key, one line per name."""
+    monkeypatch.syspath_prepend(str(DATA))
+    monkeypatch.delitem(sys.modules, "reserved_probe", raising=False)
+    path = DATA / "reserved.yaml"
+    with pytest.raises(CaseError) as info:
+        load_case(path)
+    lines = str(info.value).splitlines()
+    where = f"{path}:{line_of(path, 'reserved_probe:norm_by_group')}: probes.reserved_probe:norm_by_group: "
+    assert len(lines) == 2 and all(line.startswith(where) for line in lines), lines
+    assert "option named 'every'" in lines[0] and "option named 'optimizers'" in lines[1]
+    assert all("rename that parameter" in line for line in lines)

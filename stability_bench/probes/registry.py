@@ -32,7 +32,7 @@ entry takes the probe. A control whose claims read fewer columns than the run it
 skips the probes it does not need (cases/transformer_spikes.yaml).
 
 A probe is a function ``probe(ctx: ProbeContext, **options) -> dict[column, value]``
-registered in :data:`PROBES`, declaring there the columns it records (:func:`records`),
+(no option named ``every`` or ``optimizers``: those keys are the plan's) registered in :data:`PROBES`, declaring there the columns it records (:func:`records`),
 what it needs of the optimizer (P, v, the threshold) and how many HVPs one evaluation costs
 (:func:`declares`): validation's warnings (:mod:`stability_bench.unknown_theory`) and the
 cost estimate that orders the work queue read these declarations. Probes run at step t after the backward pass and before the
