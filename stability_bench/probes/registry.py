@@ -31,14 +31,16 @@ are None for them (validation refuses an expectation on such a figure). Without 
 entry takes the probe. A control whose claims read fewer columns than the run it controls
 skips the probes it does not need (cases/transformer_spikes.yaml).
 
-A probe is a function ``probe(ctx: ProbeContext, **options) -> dict[column, value]``
-(no option named ``every`` or ``optimizers``: those keys are the plan's) registered in :data:`PROBES`, declaring there the columns it records (:func:`records`),
-what it needs of the optimizer (P, v, the threshold) and how many HVPs one evaluation costs
+A probe is a function ``probe(ctx: ProbeContext, **options) -> dict[column, value]`` (no
+option named ``every`` or ``optimizers``: those keys are the plan's) registered in
+:data:`PROBES`, declaring there the columns it records (:func:`records`), what it needs of
+the optimizer (P, v, the threshold) and how many HVPs one evaluation costs
 (:func:`declares`): validation's warnings (:mod:`stability_bench.unknown_theory`) and the
-cost estimate that orders the work queue read these declarations. Probes run at step t after the backward pass and before the
-optimizer's update, at the parameters x_t, with the optimizer's preconditioner as its last
-step left it (so P is the one used for step t−1, see :mod:`.preconditioner`). They never
-change training: everything runs inside :func:`~.hvp.untouched`.
+cost estimate that orders the work queue read these declarations. Probes run at step t after
+the backward pass and before the optimizer's update, at the parameters x_t, with the
+optimizer's preconditioner as its last step left it (so P is the one used for step t−1, see
+:mod:`.preconditioner`). They never change training: everything runs inside
+:func:`~.hvp.untouched`.
 """
 from __future__ import annotations
 
