@@ -438,11 +438,14 @@ def cmd_init(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     for path in done.written:
         print(f"wrote {path}")
+    for path in done.kept:
+        print(f"kept {path} (an earlier init wrote it; it covers every case in {done.case.parent})")
     if done.kept_config is not None:
         print(f"kept {done.kept_config} (pytest's configuration here): add --stability-baseline to its addopts "
               f"to check the baselines, and cases to its testpaths if it sets testpaths")
-    cases = done.case.parent
-    print(f"next: stability-bench validate {cases} && stability-bench baseline {cases} && python -m pytest")
+    # the new case only: a baseline re-recorded for the whole folder would take in any change
+    # made since to the optimizers it already guards
+    print(f"next: stability-bench validate {done.case} && stability-bench baseline {done.case} && python -m pytest")
     return EXIT_OK
 
 

@@ -1,6 +1,8 @@
 """``stability-bench init``: guard a user's own optimizer in the user's own repository.
 
-Writes three things into a project folder, refusing to overwrite any of them:
+Writes three things into a project folder, refusing to overwrite any of them (a second
+``init``, for another optimizer, adds its case and keeps the workflow and pytest.ini an
+earlier ``init`` wrote: they cover every case in ``cases/``):
 
 * ``cases/guard_<name>.yaml`` — one marked case that trains a small tanh MLP on a random
   teacher (8→16→2, 64 examples, full batch, float32, 200 steps, two seeds: a fraction of a
@@ -24,12 +26,13 @@ from __future__ import annotations
 import inspect
 import re
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 CASES = "cases"
 PYTEST_INI = "pytest.ini"
 WORKFLOW = Path(".github") / "workflows" / "stability.yml"
+MARKER = "# Written by `stability-bench init`"   # the first comment of each file init writes
 DEFAULT_LR = 1.0e-3   # written only for an optimizer whose lr has no default
 
 # Files where pytest finds its configuration, and the section that makes each one count
@@ -47,8 +50,9 @@ class Scaffold:
     """What ``init`` wrote, and the pytest configuration it kept (if any)."""
 
     written: list[Path]
-    kept_config: Path | None
+    kept_config: Path | None   # the user's own pytest configuration
     case: Path
+    kept: list[Path] = field(default_factory=list)   # an earlier init's workflow and pytest.ini
 
 
 def class_spec(optimizer: str) -> str:
@@ -61,6 +65,14 @@ def class_spec(optimizer: str) -> str:
         raise InitError(f"--optimizer {optimizer!r}: name the class by import path, "
                         f"package.module:ClassName (or package.module.ClassName)")
     return f"{module}:{name}"
+
+
+def _written_by_init(path: Path) -> bool:
+    """Whether ``path`` is a file an earlier ``init`` wrote (its marker comment at the top)."""
+    if not path.is_file():
+        return False
+    head = path.read_text(encoding="utf-8", errors="replace").splitlines()[:2]
+    return any(line.startswith(MARKER) for line in head)
 
 
 def _existing_pytest_config(root: Path) -> Path | None:
@@ -126,8 +138,8 @@ expect:
 """
 
 
-PYTEST_INI_TEXT = """[pytest]
-# Written by `stability-bench init`. This file makes this folder pytest's rootdir from any
+PYTEST_INI_TEXT = f"""[pytest]
+{MARKER}. This file makes this folder pytest's rootdir from any
 # subdirectory, so `python -m pytest` anywhere in the project collects the stability cases in
 # cases/ (the stability-bench plugin adds them to a run started in a subdirectory).
 # --stability-baseline: every case item is also checked against the baseline beside its file
@@ -146,7 +158,7 @@ def _workflow_text(spec: str, installs_project: bool) -> str:
     torch_version = torch.__version__.split("+")[0]
     project = ("      - name: Install this project\n        run: python -m pip install -e .\n"
                if installs_project else "")
-    return f"""# Written by `stability-bench init`: guards {spec} on every push and pull request.
+    return f"""{MARKER} (first to guard {spec}): runs every case in cases/ on every push and pull request.
 # The baselines in cases/ were recorded with torch {torch_version}: CI pins it, since another
 # torch may round differently (re-record the baselines when you upgrade it).
 name: stability
@@ -208,7 +220,10 @@ def init_project(root: str | Path, optimizer: str) -> Scaffold:
     key = re.sub(r"\W+", "_", cls.__name__).strip("_").lower() or "optimizer"
     case_path = root / CASES / f"guard_{key}.yaml"
     config = _existing_pytest_config(root)
-    targets = [case_path, root / WORKFLOW] + ([] if config else [root / PYTEST_INI])
+    kept = [p for p in (root / WORKFLOW, config) if p is not None and _written_by_init(p)]
+    if config in kept:
+        config = None
+    targets = [p for p in [case_path, root / WORKFLOW] + ([] if config else [root / PYTEST_INI]) if p not in kept]
     present = [str(p) for p in targets if p.exists()]
     if present:
         raise InitError(f"not overwriting {', '.join(present)}: move or delete "
@@ -223,11 +238,10 @@ def init_project(root: str | Path, optimizer: str) -> Scaffold:
             raise InitError(f"--optimizer {spec}: the guard case would not validate (nothing was "
                             f"written):\n{str(exc).replace(str(draft), str(case_path))}") from None
     installs = (root / "pyproject.toml").is_file() or (root / "setup.py").is_file()
-    contents = {case_path: text, root / WORKFLOW: _workflow_text(spec, installs)}
-    if config is None:
-        contents[root / PYTEST_INI] = PYTEST_INI_TEXT
+    contents = {path: body for path, body in [(case_path, text), (root / WORKFLOW, _workflow_text(spec, installs)),
+                                               (root / PYTEST_INI, PYTEST_INI_TEXT)] if path in targets}
     for path, body in contents.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "x", encoding="utf-8") as f:   # "x": never over a file that appeared meanwhile
             f.write(body)
-    return Scaffold(written=list(contents), kept_config=config, case=case_path)
+    return Scaffold(written=list(contents), kept_config=config, case=case_path, kept=kept)

@@ -234,3 +234,26 @@ def test_from_a_subdirectory_pytest_leaves_out_cases_its_testpaths_leave_out(pyt
     assert ids and not any("marked.yaml" in i for i in ids), ids
     ids = collected(pytester, pytester.path, monkeypatch)
     assert ids and not any("marked.yaml" in i for i in ids), ids
+
+
+def test_a_second_init_adds_its_case_and_keeps_the_first_inits_workflow_and_pytest_ini(project, monkeypatch, capsys):
+    """Guarding a second optimizer: its case is written; the workflow and pytest.ini the
+    first init wrote stay as they were (they run every case in cases/), and init says so.
+    The next step it prints records the new case's baseline only."""
+    monkeypatch.syspath_prepend(str(project))
+    monkeypatch.delitem(sys.modules, "my_optimizer", raising=False)
+    assert main(["init", str(project), "--optimizer", "my_optimizer:MyAdam"]) == 0
+    workflow, ini = project / ".github" / "workflows" / "stability.yml", project / "pytest.ini"
+    first = {path: path.read_text() for path in (workflow, ini)}
+    capsys.readouterr()
+    assert main(["init", str(project), "--optimizer", "torch.optim.SGD"]) == 0
+    out = capsys.readouterr().out
+    case = project / "cases" / "guard_sgd.yaml"
+    assert [line for line in out.splitlines() if line.startswith("wrote ")] == [f"wrote {case}"]
+    assert f"kept {workflow} (an earlier init wrote it" in out and f"kept {ini} (an earlier init wrote it" in out
+    assert f"stability-bench baseline {case} " in out
+    assert {path: path.read_text() for path in (workflow, ini)} == first
+    assert main(["validate", str(project / "cases")]) == 0
+    # the same optimizer again: its case is there, and nothing is written
+    assert main(["init", str(project), "--optimizer", "torch.optim.SGD"]) == 2
+    assert f"not overwriting {case}" in capsys.readouterr().err
