@@ -29,7 +29,8 @@ from stability_bench.expectations import COMPARATORS, PARITY, PARITY_KEYS, THEOR
 from stability_bench.metrics import METRICS, probe_columns
 from stability_bench.optimizers.resolve import OptimizerResolveError, resolve_optimizer_class
 from stability_bench.registry import ImportPathError, Registry, UnknownNameError, describe_exception
-from stability_bench.probes.registry import PLAN_OPTIONS, PROBES, probes_for, probes_recording
+from stability_bench.probes.registry import (PLAN_OPTIONS, PROBES, RESERVED_PROBE_OPTIONS, probes_for,
+                                             probes_recording)
 from stability_bench.registry import a_or_an, load_entry_points, nearest
 from stability_bench.schedules import SHORTHAND_KEYS, scheduler_class, unsupported_step
 from stability_bench.types import Case, CaseError, Expectation, OptimizerSpec, SpikeConfig
@@ -448,10 +449,6 @@ def _check_probes(raw: dict, got: dict, problems: list[Problem]) -> dict:
             continue
         _check_probe_options(raw, key, value, PROBES.get(key), Count, key_path, problems)
     return section
-
-
-#: keys under a probe that the plan consumes (never passed to the probe function)
-RESERVED_PROBE_OPTIONS = {"every": "the probe's schedule", "optimizers": "which optimizer entries take the probe"}
 
 
 def _check_probe_options(raw: dict, key: str, value: Any, probe: Any, every: Any, path: KeyPath,

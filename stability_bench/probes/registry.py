@@ -62,6 +62,9 @@ REASON_SUFFIX = "_unknown_reason"  # a probe's key for why its figures are NaN (
 PLAN_OPTIONS: dict[str, Any] = {"every": int, "subset": int | None, "chunk_size": int | None,
                                 "tol": float, "max_iter": int, "late_window": float,
                                 "lead_window": int, "hvp": str}
+#: keys under a probe that the plan takes (:meth:`ProbePlan.from_case`, :func:`probes_for`):
+#: never passed to the probe function, so validation refuses a function with such an option
+RESERVED_PROBE_OPTIONS = {"every": "the probe's schedule", "optimizers": "which optimizer entries take the probe"}
 PLAN_DEFAULTS: dict[str, Any] = {"every": 10, "subset": None, "chunk_size": None, "tol": 1e-3,
                                  "max_iter": 30, "late_window": 0.5, "lead_window": 50,
                                  "hvp": "double_backward"}
