@@ -2,12 +2,9 @@
 docs/hostile-input.md.
 
 Small files live in ``tests/data/hostile/``. Each starts with ``# hostile: <what it is>``
-and marks where its problems must be reported with a comment on that line:
-``# ERROR: <key path> | <fragment> | ...`` (a validation error at this line),
-``# ERROR(no line): <key path> | ...`` (no line applies),
-``# PLAN-ERROR: <key path> | ...`` (a valid case whose runs are over the limit one
-invocation plans: refused by validate, run and pytest before anything is expanded), or
-``# SETUP-ERROR: <key path> | ...`` (a located error when a run starts).
+and marks where its problems must be reported with the marker comments of
+:mod:`casefiles` (``# ERROR: <key path> | <fragment> | ...`` and its kin; a PLAN-ERROR is
+refused by validate, run and pytest before anything is expanded).
 The user code they name by import path (``hostile_user_code:...``) is in the same folder,
 on sys.path while they are read (:func:`user_code`).
 Files too big or too odd to commit (huge, alias bomb, not UTF-8, ...) are made by
@@ -18,7 +15,6 @@ Files too big or too odd to commit (huge, alias bomb, not UTF-8, ...) are made b
 from __future__ import annotations
 
 import contextlib
-import re
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -26,7 +22,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data" / "hostile"
-_MARK = re.compile(r"#\s*(ERROR|ERROR\(no line\)|PLAN-ERROR|SETUP-ERROR):\s*(.*)$")
 
 QUAD = ("stability-bench: 1\nname: quad\nmodel: {kind: quadratic, eigenvalues: [1.0, 4.0]}\n"
         "loss: {kind: quadratic}\nsteps: 20\noptimizers:\n  gd: {class: reference.GD, lr: 0.1}\n")
@@ -82,30 +77,10 @@ def write_generated(folder: Path) -> dict[str, Path]:
     return paths
 
 
-@dataclass(frozen=True)
-class Expected:
-    kind: str             # "ERROR", "ERROR(no line)", "PLAN-ERROR" or "SETUP-ERROR"
-    line: int | None
-    path: str
-    fragments: tuple
-
-
 def what(file: Path) -> str:
     first = file.read_text().splitlines()[0]
     assert first.startswith("# hostile: "), f"{file} does not start with '# hostile: '"
     return first[len("# hostile: "):]
-
-
-def expected(file: Path) -> list[Expected]:
-    """The problems a committed hostile file marks, in file order."""
-    out = []
-    for number, text in enumerate(file.read_text().splitlines(), start=1):
-        found = _MARK.search(text)
-        if found:
-            path, *fragments = [part.strip() for part in found[2].split("|")]
-            out.append(Expected(found[1], None if found[1] == "ERROR(no line)" else number, path,
-                                tuple(fragments)))
-    return out
 
 
 def committed() -> list[Path]:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from casefiles import line_of
 from stability_bench.baseline import (
     NOISE_FACTOR,
     BaselineError,
@@ -96,8 +97,7 @@ def test_check_inside_outside_and_uninformative(toy):
     failed = [f for f in check_against_baseline(case, outside, data) if f.failed]
     assert sorted(f.figure for f in failed) == ["final_loss", "min_loss"]  # the toy's min = final
     (bad,) = [f for f in failed if f.figure == "final_loss"]
-    line = next(i for i, t in enumerate((DATA / "baseline_toy.yaml").read_text().splitlines(), 1)
-                if t.strip().startswith("adam:"))
+    line = line_of(DATA / "baseline_toy.yaml", "adam: {class")
     assert bad.figure == "final_loss" and bad.band == pytest.approx((1e-6 / 10 ** tol, 1e-6 * 10 ** tol))
     assert bad.message.startswith(f"{DATA / 'baseline_toy.yaml'}:{line}: toy::adam-seed0-cpu: final_loss ")
     assert "outside the baseline band" in bad.message and f"{outside.metrics['final_loss']:.4g}" in bad.message
@@ -215,8 +215,7 @@ def test_the_fingerprint_ignores_what_decides_nothing():
 def test_an_expectation_a_nudge_flips_is_fragile_naming_line_and_values(toy):
     case, data = toy   # expect final_loss below 1.5e-6: seed 0 holds at 1e-6, its nudged twin 2e-6 fails
     (fragile,) = fragile_expectations(case, data)
-    line = next(i for i, t in enumerate((DATA / "baseline_toy.yaml").read_text().splitlines(), 1)
-                if "final_loss: {below" in t)
+    line = line_of(DATA / "baseline_toy.yaml", "final_loss: {below")
     assert fragile.message.startswith(f"{DATA / 'baseline_toy.yaml'}:{line}: toy::adam-seed0-cpu: expectation on final_loss")
     assert "run: 1e-06 (holds)" in fragile.message and "nudged +1: 2e-06 (fails)" in fragile.message
     # seed 1 fails on the run and its nudge alike: a failing expectation, not a fragile one.
@@ -262,7 +261,7 @@ def test_a_hand_broken_or_newer_baseline_file_is_one_located_line(toy, tmp_path)
     broken = json.loads(json.dumps(data))
     del broken["runs"]["toy::adam-cpu"]["fingerprint"]
     write_baseline(path, broken)
-    line = next(i for i, t in enumerate(path.read_text().splitlines(), 1) if '"toy::adam-cpu"' in t)
+    line = line_of(path, '"toy::adam-cpu"')
     with pytest.raises(BaselineError) as error:
         read_baseline(path)
     assert str(error.value) == (f"{path}:{line}: runs.toy::adam-cpu: missing key 'fingerprint' "
@@ -273,7 +272,7 @@ def test_a_hand_broken_or_newer_baseline_file_is_one_located_line(toy, tmp_path)
     with pytest.raises(BaselineError, match=r"runs.toy::adam-cpu.figures.min_loss: missing key 'seeds'"):
         read_baseline(path)
     path.write_text('{"format": "stability-bench-baseline",\n "version": 2,\n "runs": [}')
-    with pytest.raises(BaselineError, match=rf"^{path}:3: not valid JSON"):
+    with pytest.raises(BaselineError, match=rf"^{path}:{line_of(path, '[}')}: not valid JSON"):
         read_baseline(path)
 
 

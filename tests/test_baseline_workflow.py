@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from casefiles import line_of
 from stability_bench.cli import main
 
 DATA = Path(__file__).parent / "data" / "baseline"
@@ -47,10 +48,6 @@ def edited(path: Path) -> None:
     path.write_text(path.read_text().replace("steps: 100", "steps: 80").replace("seeds: [0, 1]", "seeds: [0, 1, 2]"))
 
 
-def line_of(path: Path, text: str) -> int:
-    return next(i for i, line in enumerate(path.read_text().splitlines(), 1) if text in line)
-
-
 def test_record_then_check_passes_and_a_change_fails_naming_file_line_figure_and_band(guard, capsys):
     assert main(["baseline", str(guard), "--jobs", "2"]) == 0
     baseline = json.loads(guard.with_name("guard.baseline.json").read_text())
@@ -63,7 +60,7 @@ def test_record_then_check_passes_and_a_change_fails_naming_file_line_figure_and
     out = capsys.readouterr().out
     located = [line for line in out.splitlines() if "baseline:" in line and "outside the baseline band" in line]
     assert located, out
-    assert all(f"{guard}:{line_of(guard, 'adam:')}" in line for line in located)
+    assert all(f"{guard}:{line_of(guard, 'adam: {class')}" in line for line in located)
     assert any("final_loss" in line or "min_loss" in line for line in located)
     assert "FAIL guard::adam-seed0-cpu" in out and "FAIL guard::adam-seed1-cpu" in out
     assert "less stable" in out or "more stable" in out   # every finding says which way it moved

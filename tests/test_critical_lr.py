@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from casefiles import line_of
 import stability_bench
 from stability_bench.critical_lr import CriticalLrSearch, check_critical_lr, probe_count, specs
 from stability_bench.orchestrate import find_critical_lr
@@ -73,19 +74,14 @@ def test_section_problems_are_located():
     with pytest.raises(CaseError) as info:
         load_case(path)
     lines = str(info.value).splitlines()
-    text = path.read_text().splitlines()
-
-    def line_of(fragment: str) -> int:
-        return next(i for i, t in enumerate(text, 1) if fragment in t)
-
     expected = [
-        (line_of("bracket: [2.0, 1.0]"), "critical_lr.gd.bracket: expected [lo, hi]"),
-        (line_of("rtol: 1.5"), "critical_lr.gd.rtol: rtol must be in (0, 1)"),
-        (line_of("expect: {between"), "critical_lr.gd.expect.between: 'between' takes [low, high]"),
-        (line_of("hb: {bracket"), "critical_lr.hb: the critical lr is searched with the other "
+        (line_of(path, "bracket: [2.0, 1.0]"), "critical_lr.gd.bracket: expected [lo, hi]"),
+        (line_of(path, "rtol: 1.5"), "critical_lr.gd.rtol: rtol must be in (0, 1)"),
+        (line_of(path, "expect: {between"), "critical_lr.gd.expect.between: 'between' takes [low, high]"),
+        (line_of(path, "hb: {bracket"), "critical_lr.hb: the critical lr is searched with the other "
                                   "hyperparameters fixed, but optimizer 'hb' sweeps beta1"),
-        (line_of("paramm"), "critical_lr.nest.paramm: unknown critical_lr key 'paramm'; did you mean 'param'?"),
-        (line_of("gdd:"), "critical_lr.gdd: unknown optimizer 'gdd'; did you mean 'gd'?"),
+        (line_of(path, "paramm"), "critical_lr.nest.paramm: unknown critical_lr key 'paramm'; did you mean 'param'?"),
+        (line_of(path, "gdd:"), "critical_lr.gdd: unknown optimizer 'gdd'; did you mean 'gd'?"),
     ]
     assert len(lines) == len(expected), lines
     for (line, message), got in zip(expected, lines):

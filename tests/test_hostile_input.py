@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import hostile_cases as hostile
+from casefiles import assert_exactly_marked, assert_reported, marked_problems
 from stability_bench.plan import PlanTooLarge, check_run_limit
 from stability_bench.plan import plan_runs
 from stability_bench.runner import RunSetupError, start
@@ -26,32 +27,6 @@ from stability_bench.yamlsource import MAX_BYTES, has_case_marker
 COMMITTED = hostile.committed()
 
 
-def problem_lines(message: str, file: Path) -> list[tuple[int | None, str, str]]:
-    """(line, key path, text) of each ``file:line: key.path: text`` line of a message."""
-    out = []
-    for text in message.splitlines():
-        if text.startswith("… and "):  # the cap's last line
-            continue
-        assert text.startswith(f"{file}"), f"a problem line not naming {file}: {text!r}"
-        rest = text[len(str(file)):]
-        line = None
-        if rest.startswith(":") and rest[1:].split(":", 1)[0].isdigit():
-            number, rest = rest[1:].split(":", 1)
-            line = int(number)
-        else:
-            rest = rest[1:]
-        path, _, body = rest.strip().partition(": ")
-        out.append((line, path, body))
-    return out
-
-
-def assert_reported(message: str, file: Path, line: int | None, path: str, fragments) -> None:
-    found = [(n, p, body) for n, p, body in problem_lines(message, file) if n == line and p == path]
-    assert found, f"nothing reported at line {line} for {path!r}; got:\n{message}"
-    assert any(all(f in body for f in fragments) for _, _, body in found), \
-        f"{fragments} not in the message for line {line}, {path!r}:\n{message}"
-
-
 @pytest.fixture
 def scaled_model():
     with hostile.scaled_model(), hostile.user_code():
@@ -60,29 +35,25 @@ def scaled_model():
 
 @pytest.mark.parametrize("file", COMMITTED, ids=[f.stem for f in COMMITTED])
 def test_committed_hostile_file_gets_exactly_its_marked_problems(file, scaled_model):
-    expected = hostile.expected(file)
-    assert expected, f"{file.name} marks no expected problem"
+    expected = marked_problems(file)
     kinds = {e.kind for e in expected}
-    if kinds & {"SETUP-ERROR", "PLAN-ERROR"}:
-        assert len(expected) == 1, f"{file.name}: a setup or plan error is the file's only problem"
-        (case,) = load_cases(file)  # valid as a case: the problem shows when it is planned or built
-        if "PLAN-ERROR" in kinds:
-            with pytest.raises(PlanTooLarge) as info:
-                check_run_limit([case])
-        else:
-            with pytest.raises(RunSetupError) as info:
-                start(plan_runs(case)[0])
-        message = str(info.value)
-        assert "\n" not in message
-    else:
+    if not kinds & {"SETUP-ERROR", "PLAN-ERROR"}:
         with pytest.raises(CaseError) as info:
             load_cases(file)
-        message = str(info.value)
-        # exactly the marked problems: no per-character or duplicated extras
-        assert len(message.splitlines()) == len(expected), message
-    assert "Traceback" not in message
-    for e in expected:
-        assert_reported(message, file, e.line, e.path, e.fragments)
+        assert_exactly_marked(str(info.value), file)
+        return
+    assert len(expected) == 1, f"{file.name}: a setup or plan error is the file's only problem"
+    (case,) = load_cases(file)  # valid as a case: the problem shows when it is planned or built
+    if "PLAN-ERROR" in kinds:
+        with pytest.raises(PlanTooLarge) as info:
+            check_run_limit([case])
+    else:
+        with pytest.raises(RunSetupError) as info:
+            start(plan_runs(case)[0])
+    message = str(info.value)
+    assert "\n" not in message and "Traceback" not in message
+    (e,) = expected
+    assert_reported(message, file, e.line, e.path, e.fragments)
 
 
 @pytest.mark.parametrize("file", COMMITTED, ids=[f.stem for f in COMMITTED])
@@ -92,7 +63,7 @@ def test_validate_refuses_what_run_refuses(file, scaled_model, capsys):
     not models or data, so only the run finds it (still exit 2, "could not be set up")."""
     from stability_bench.cli import main
 
-    kinds = {e.kind for e in hostile.expected(file)}
+    kinds = {e.kind for e in marked_problems(file)}
     validated = main(["validate", str(file)])
     _, validate_err = capsys.readouterr()
     ran = main(["run", str(file), "--no-triage"])

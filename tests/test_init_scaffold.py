@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from casefiles import line_of
 import stability_bench.pytest_plugin  # noqa: F401  (loaded before pytester's in-process runs)
 from prewarmed import run_module
 from stability_bench.cli import main
@@ -149,10 +150,6 @@ def unmarked_folder(tmp_path: Path) -> Path:
     cases = tmp_path / "cases"
     shutil.copytree(DATA / "unmarked", cases)
     return cases
-
-
-def line_of(path: Path, text: str) -> int:
-    return next(i for i, line in enumerate(path.read_text().splitlines(), 1) if text in line)
 
 
 @pytest.mark.parametrize("command", [["validate"], ["list"], ["list", "--runs"]])

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from casefiles import line_of
 from stability_bench.plan import plan_runs
 from stability_bench.runner import execute, start, train_step
 from stability_bench.schema import CaseError, load_case
@@ -75,7 +76,7 @@ def test_negate_must_be_true_or_false():
     with pytest.raises(CaseError) as exc:
         load_case(DATA / "negate_text.yaml")
     message = str(exc.value)
-    assert f"{DATA / 'negate_text.yaml'}:5: loss.negate:" in message
+    assert f"{DATA / 'negate_text.yaml'}:{line_of(DATA / 'negate_text.yaml', 'negate:')}: loss.negate:" in message
     assert "true/false" in message and "'yes'" in message
 
 
@@ -83,7 +84,7 @@ def test_a_misspelt_negate_is_named():
     with pytest.raises(CaseError) as exc:
         load_case(DATA / "negate_typo.yaml")
     message = str(exc.value)
-    assert f"{DATA / 'negate_typo.yaml'}:5: loss.negat:" in message
+    assert f"{DATA / 'negate_typo.yaml'}:{line_of(DATA / 'negate_typo.yaml', 'negat:')}: loss.negat:" in message
     assert "did you mean 'negate'" in message
 
 

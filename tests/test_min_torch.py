@@ -7,16 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from casefiles import line_of
 from stability_bench.cli import main
 from stability_bench.orchestrate import run_plan
 from stability_bench.plan import make_plan
 from stability_bench.schema import CaseError, load_case
 
 DATA = Path(__file__).parent / "data" / "min_torch"
-
-
-def line_of(path: Path, text: str) -> int:
-    return next(i for i, line in enumerate(path.read_text().splitlines(), 1) if text in line)
 
 
 def test_an_entry_for_a_newer_torch_is_skipped_with_the_reason_and_the_rest_runs():

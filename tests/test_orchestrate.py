@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from casefiles import line_of
 from stability_bench.checks import check
 from stability_bench.orchestrate import RunsFailed, run_case, run_plan
 from stability_bench.plan import make_plan
@@ -134,7 +135,7 @@ def test_cli_exit_code_2_outranks_a_crash(crashy_module, capsys):
     out, err = capsys.readouterr()
     assert code == 2
     assert "ERROR model_raises::sgd-seed0-cpu" in out and "CRASH crashy::at_step-seed0-cpu" in out
-    assert (f"model_raises::sgd-seed0-cpu: could not be set up: {DATA / 'model_raises.yaml'}:3: model: "
+    assert (f"model_raises::sgd-seed0-cpu: could not be set up: {DATA / 'model_raises.yaml'}:{line_of(DATA / 'model_raises.yaml', 'model:')}: model: "
             "raised while being built: LookupError: no pretrained weights for width 8") in err
 
 
@@ -184,7 +185,7 @@ def test_a_run_past_its_timeout_stops_and_is_reported_with_exit_code_3(capsys):
     code = main(["run", str(DATA / "timeout.yaml"), "--no-triage"])
     out, err = capsys.readouterr()
     assert code == 3 and "TIMEOUT budget::sgd-seed0-cpu" in out
-    assert f"{DATA / 'timeout.yaml'}:7: timeout: the run took more than 1e-06 s; stopped after step 0" in err
+    assert f"{DATA / 'timeout.yaml'}:{line_of(DATA / 'timeout.yaml', 'timeout:')}: timeout: the run took more than 1e-06 s; stopped after step 0" in err
 
 
 def test_a_folder_run_takes_only_marked_case_files(tmp_path, capsys):

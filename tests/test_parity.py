@@ -48,6 +48,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from casefiles import line_of
 from stability_bench.optimizers import reference as ref
 
 F64 = dict(rtol=1e-12, atol=1e-12)
@@ -375,8 +376,7 @@ class LateAdam(torch.optim.Adam):
 DEPARTS_AT = 10
 
 PARITY_CASE = Path(__file__).parent / "data" / "parity" / "adam_parity.yaml"
-LATE_PARITY_LINE = next(i for i, line in enumerate(PARITY_CASE.read_text().splitlines(), 1)
-                        if "parity: {with: ref, rtol: 1.0e-9}" in line)
+LATE_PARITY_LINE = line_of(PARITY_CASE, "parity: {with: ref, rtol: 1.0e-9}")
 
 
 def tiny_case(dtype="float64", steps=30, **optimizers) -> dict:

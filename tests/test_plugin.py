@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from casefiles import line_of
+
 # Imported here so that pytester's in-process runs find them already loaded (it drops the
 # modules a run imports afterwards, which would leave two copies of the registries).
 import stability_bench.cli  # noqa: F401
@@ -18,10 +20,9 @@ import stability_bench.runner  # noqa: F401
 DATA = Path(__file__).parent / "data" / "plugin"
 
 
-def line_of(name: str, text: str) -> int:
+def plugin_line(name: str, text: str) -> int:
     """The line of ``tests/data/plugin/<name>.yaml`` holding ``text`` (1-based)."""
-    lines = (DATA / f"{name}.yaml").read_text(encoding="utf-8").splitlines()
-    return next(i for i, line in enumerate(lines, 1) if text in line)
+    return line_of(DATA / f"{name}.yaml", text)
 
 
 def closed_form_final_loss(lr: float, eigenvalues=(1.0, 4.0), steps: int = 20) -> float:
@@ -75,7 +76,7 @@ def test_passing_case_passes_and_failed_expectation_is_reported_precisely(pytest
     result.assert_outcomes(passed=4, failed=1)
     out = result.stdout.str()
     # The file and line of the expectation, the metric, the comparator and the bound.
-    located = [line for line in result.outlines if f"quad_fail.yaml:{line_of('quad_fail', 'above: 1.0')}" in line]
+    located = [line for line in result.outlines if f"quad_fail.yaml:{plugin_line('quad_fail', 'above: 1.0')}" in line]
     assert located, out
     line = located[0]
     assert "final_loss" in line and "above" in line and "1.0" in line
@@ -84,7 +85,7 @@ def test_passing_case_passes_and_failed_expectation_is_reported_precisely(pytest
     assert measured, line
     assert float(measured.group(1)) == pytest.approx(closed_form_final_loss(0.1), rel=1e-4)
     # The expectation that held is not reported as a failure.
-    assert not any(f"quad_fail.yaml:{line_of('quad_fail', 'diverged')}" in line for line in result.outlines)
+    assert not any(f"quad_fail.yaml:{plugin_line('quad_fail', 'diverged')}" in line for line in result.outlines)
     assert "Traceback" not in out and "runner.py" not in out
 
 
@@ -112,7 +113,7 @@ def test_malformed_case_is_a_collection_error_naming_file_line_and_key(pytester)
     assert result.ret == pytest.ExitCode.INTERRUPTED
     result.assert_outcomes(errors=1)
     out = result.stdout.str()
-    assert f"quad_bad.yaml:{line_of('quad_bad', 'lrr')}" in out
+    assert f"quad_bad.yaml:{plugin_line('quad_bad', 'lrr')}" in out
     assert "optimizers.gd.lrr" in out and "'lr'" in out
     assert "Traceback" not in out
     assert "schema.py" not in out and "pytest_plugin.py" not in out  # no traceback frames either
@@ -125,7 +126,7 @@ def test_a_case_with_no_runs_is_a_collection_error_naming_file_and_key(pytester)
     result = run(pytester)
     result.assert_outcomes(errors=1)
     out = result.stdout.str()
-    assert f"quad_no_seeds.yaml:{line_of('quad_no_seeds', 'seeds:')}: seeds: seeds is empty" in out
+    assert f"quad_no_seeds.yaml:{plugin_line('quad_no_seeds', 'seeds:')}: seeds: seeds is empty" in out
 
 
 def test_the_session_plans_at_most_stability_max_runs_counted_before_expanding(pytester, monkeypatch):
@@ -148,7 +149,8 @@ def test_the_session_plans_at_most_stability_max_runs_counted_before_expanding(p
     monkeypatch.setattr(OptimizerSpec, "iter_points", lambda self: pytest.fail("a sweep was expanded"))
     result = run(pytester, "--collect-only")
     result.assert_outcomes(errors=1)
-    assert "sweep_over_limit.yaml:8: optimizers.adam: the case plans 100,000,000 runs" in result.stdout.str()
+    line = line_of(huge, "# PLAN-ERROR")
+    assert f"sweep_over_limit.yaml:{line}: optimizers.adam: the case plans 100,000,000 runs" in result.stdout.str()
 
 
 def test_missing_data_skips_the_item_with_a_located_reason(pytester, tmp_path, monkeypatch):
@@ -161,8 +163,8 @@ def test_missing_data_skips_the_item_with_a_located_reason(pytester, tmp_path, m
     result.assert_outcomes(skipped=2)
     out = result.stdout.str()
     assert "data not available" in out
-    assert f"cifar_tiny.yaml:{line_of('cifar_tiny', 'data:')}: data: CIFAR-10 not found — get CIFAR-10" in out
-    assert f"cifar_tiny_2.yaml:{line_of('cifar_tiny', 'data:')}: data: CIFAR-10 not found — get CIFAR-10" in out
+    assert f"cifar_tiny.yaml:{plugin_line('cifar_tiny', 'data:')}: data: CIFAR-10 not found — get CIFAR-10" in out
+    assert f"cifar_tiny_2.yaml:{plugin_line('cifar_tiny', 'data:')}: data: CIFAR-10 not found — get CIFAR-10" in out
     # where it looked, and why nothing was downloaded: once for the session, not once per item
     assert out.count("Looked for:") == 1 and out.count("Not downloaded: STABILITY_BENCH_DATA is set") == 1
     header = re.search(r"data not available \(2 items of (.*)\)", out)
@@ -185,7 +187,7 @@ def test_strict_mode_makes_missing_data_a_failure(pytester, tmp_path, monkeypatc
     result.assert_outcomes(failed=1)
     out = result.stdout.str()
     assert "strict" in out and "data not available" in out and str(empty) in out
-    assert f"cifar_tiny.yaml:{line_of('cifar_tiny', 'data:')}" in out
+    assert f"cifar_tiny.yaml:{plugin_line('cifar_tiny', 'data:')}" in out
     assert "Traceback" not in out
 
 

@@ -9,15 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from casefiles import line_of
 import stability_bench
 from stability_bench.schema import CaseError, load_case
 from stability_bench.unknown_theory import case_warnings
 
 DATA = Path(__file__).parent / "data" / "probe_optimizers"
-
-
-def line_of(path: Path, text: str) -> int:
-    return next(i for i, line in enumerate(path.read_text().splitlines(), 1) if text in line)
 
 
 def probes_by_optimizer(path: Path) -> dict[str, dict]:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from casefiles import line_of
 import stability_bench
 from prewarmed import run_module
 from stability_bench.metrics import METRICS, RunView, SpikeConfig, probe_columns
@@ -21,10 +22,6 @@ from stability_bench.schema import CaseError, load_case
 
 DATA = Path(__file__).parent / "data" / "unprobed"
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def line_of(path: Path, text: str) -> int:
-    return next(i for i, line in enumerate(path.read_text().splitlines(), 1) if text in line)
 
 
 def test_a_probe_figure_without_any_probes_is_an_error_naming_file_line_key_and_probes():
