@@ -10,90 +10,24 @@ from pathlib import Path
 
 import pytest
 
+from casefiles import case_text, line_of, write_case
 from stability_bench.cli import main
 
-PASSING = """\
-name: quad_pass
-dtype: float64
-model: {kind: quadratic, eigenvalues: [1.0, 4.0], x0: 1.0}
-loss: {kind: quadratic}
-steps: 20
-optimizers:
-  gd: {class: reference.GD, lr: 0.1}
-expect:
-  gd:
-    final_loss: {below: 0.1}
-    diverged: {equals: false}
-"""
-
-FAILING = """\
-name: quad_fail
-dtype: float64
-model: {kind: quadratic, eigenvalues: [1.0, 4.0], x0: 1.0}
-loss: {kind: quadratic}
-steps: 20
-optimizers:
-  gd: {class: reference.GD, lr: 0.1}
-expect:
-  gd:
-    final_loss: {above: 1.0}
-"""
-FAILING_EXPECTATION_LINE = 10
-
-# λ = 4 and lr = 1.0 > 2/λ: |1 − ηλ| = 3, the loss grows 9× per step and must diverge.
-DIVERGING = """\
-name: quad_diverge
-dtype: float64
-model: {kind: quadratic, eigenvalues: [4.0], x0: 1.0}
-loss: {kind: quadratic}
-steps: 40
-optimizers:
-  gd: {class: reference.GD, lr: 1.0}
-expect:
-  gd:
-    diverged: {equals: true}
-"""
-
-MALFORMED = """\
-name: quad_bad
-model: {kind: quadratic, eigenvalues: [1.0]}
-loss: {kind: quadratic}
-steps: 10
-optimizers:
-  gd: {class: torch.optim.Adamm, lr: 0.1}
-"""
-MALFORMED_LINE = 6
-
-SWEEP = """\
-name: quad_sweep
-seeds: [3, 4]
-model: {kind: quadratic, eigenvalues: [1.0]}
-loss: {kind: quadratic}
-steps: 5
-optimizers:
-  gd: {class: reference.GD, lr: {sweep: [0.1, 0.2]}}
-"""
-
-CIFAR = """\
-name: cifar_tiny
-model: {kind: mlp, widths: [3072, 10]}
-data: {kind: cifar10, subset: 10}
-loss: {kind: mse}
-steps: 2
-optimizers:
-  sgd: {class: torch.optim.SGD, lr: 0.01}
-"""
-CIFAR_DATA_LINE = 3
+PASSING = case_text("quad_pass.yaml")
+FAILING = case_text("quad_fail.yaml")
+FAILING_EXPECTATION_LINE = line_of(FAILING, "final_loss: {above")
+DIVERGING = case_text("quad_diverge.yaml")
+MALFORMED = case_text("quad_bad.yaml")
+MALFORMED_LINE = line_of(MALFORMED, "Adamm")
+SWEEP = case_text("quad_sweep.yaml")
+CIFAR = case_text("cifar_tiny.yaml")
+CIFAR_DATA_LINE = line_of(CIFAR, "data:")
 
 
 @pytest.fixture
 def case_file(tmp_path):
     def write(text: str, name: str = "case.yaml") -> str:
-        """The case, marked as one at the end (the line numbers the tests name stay put)."""
-        path = tmp_path / "cases" / name
-        path.parent.mkdir(exist_ok=True)
-        path.write_text(text + "stability-bench: 1\n")
-        return str(path)
+        return str(write_case(tmp_path / "cases", text, name))
 
     return write
 
@@ -375,7 +309,7 @@ def test_a_sweep_over_the_run_limit_is_refused_before_anything_is_expanded(comma
     assert main([*command.split(), str(file)]) == 2
     assert time.perf_counter() - started < 30
     err = capsys.readouterr().err
-    assert (f"{file}:8: optimizers.adam: the case plans 100,000,000 runs, over the limit of 10,000 runs per "
+    assert (f"{file}:{line_of(file, '# PLAN-ERROR')}: optimizers.adam: the case plans 100,000,000 runs, over the limit of 10,000 runs per "
             "invocation: adam sweeps lr (100) × eps (100) × weight_decay (100) × betas (100) = 100,000,000 "
             "points × 1 seed × 1 device") in err
     assert "--max-runs N" in err and "Traceback" not in err
@@ -384,7 +318,8 @@ def test_a_sweep_over_the_run_limit_is_refused_before_anything_is_expanded(comma
 def test_validate_counts_a_huge_sweep_without_expanding_it_when_the_limit_is_raised(no_expansion, capsys):
     file = HOSTILE / "sweep_over_limit.yaml"
     assert main(["validate", str(file), "--max-runs", "0"]) == 0  # 0: no limit
-    assert capsys.readouterr().out == f"ok {file}:2: huge_sweep — 100,000,000 runs, 0 expectations\n"
+    first_key = line_of(file, "stability-bench: 1")   # a case is located at its first key
+    assert capsys.readouterr().out == f"ok {file}:{first_key}: huge_sweep — 100,000,000 runs, 0 expectations\n"
 
 
 def test_the_run_limit_is_over_the_whole_invocation(capsys):
@@ -395,14 +330,16 @@ def test_the_run_limit_is_over_the_whole_invocation(capsys):
         assert main([*command, str(sweep), str(quad), "--max-runs", "10"]) == 2
         err = capsys.readouterr().err
         assert "16 runs planned, over the limit of 10 runs per invocation" in err
-        assert f"{sweep}:2 sweep: 8" in err and f"{quad}:1 quad_pass: 8" in err
+        # each case located at its first key
+        assert f"{sweep}:{line_of(sweep, 'name: sweep')} sweep: 8" in err
+        assert f"{quad}:{line_of(quad, 'stability-bench: 1')} quad_pass: 8" in err
     assert main(["validate", str(sweep), "--max-runs", "8"]) == 0
 
 
 def test_validate_refuses_what_the_optimizer_refuses_at_set_up(capsys):
     """lr: -1 used to validate and then fail at run start: now both refuse it, at the key."""
     file = HOSTILE / "lr_negative.yaml"
-    message = f"{file}:8: optimizers.sgd.lr: torch.optim.SGD refuses lr=-1.0: ValueError: Invalid learning rate: -1.0"
+    message = f"{file}:{line_of(file, '# ERROR')}: optimizers.sgd.lr: torch.optim.SGD refuses lr=-1.0: ValueError: Invalid learning rate: -1.0"
     for command in ("validate", "run"):
         assert main([command, str(file)]) == 2
         assert message in capsys.readouterr().err
@@ -413,7 +350,7 @@ def test_a_case_without_seeds_is_refused_naming_file_and_key(command, capsys):
     file = HOSTILE / "seeds_empty.yaml"
     assert main([command, str(file)]) == 2
     out, err = capsys.readouterr()
-    assert f"{file}:4: seeds: seeds is empty, so the case has no runs" in err
+    assert f"{file}:{line_of(file, '# ERROR')}: seeds: seeds is empty, so the case has no runs" in err
     assert "0 passed" not in out
 
 

@@ -21,6 +21,8 @@ import numpy as np
 import pytest
 import torch
 
+from casefiles import case_text, write_case
+
 # Loaded before any pytester run (it drops modules a run imports afterwards; see test_plugin).
 import stability_bench.cli  # noqa: F401
 import stability_bench.expectations  # noqa: F401
@@ -331,60 +333,9 @@ def test_sweep_figure_marks_where_theory_puts_the_threshold():
 
 
 # -------------------------------------------------------------------------- triage
-# 72 examples in batches of 32 with the loss divided by the batch size once more: the
-# epoch's last batch of 8 makes the loss jump, so the run spikes and "no spikes" fails.
-SPIKY = """\
-name: tiny_spiky
-dtype: float32
-seeds: [0, 1]
-model: {kind: mlp, widths: [4, 16, 2], activation: relu}
-data: {kind: teacher, n: 72, widths: [4, 8, 2]}
-loss: {kind: mse, reduction: mean, divide_by_batch_size: true}
-batch: {size: 32, shuffle: true, drop_last: false}
-steps: 60
-optimizers:
-  adam: {class: torch.optim.Adam, lr: {sweep: [1.0e-2, 3.0e-2]}}
-expect:
-  adam:
-    spike_count: {equals: 0}
-"""
-
-# |1 − ηλ| = 1.2: the loss grows 1.44× per step from 2 and passes the cap of 10 at step 5,
-# before the spike detector has the 10 steps of history it needs.
-DIVERGING = """\
-name: quad_diverge
-dtype: float64
-model: {kind: quadratic, eigenvalues: [4.0], x0: 1.0}
-loss: {kind: quadratic}
-steps: 40
-divergence: {max_loss: 10.0}
-optimizers:
-  gd: {class: reference.GD, lr: 0.55}
-expect:
-  gd:
-    diverged: {equals: false}
-"""
-
-PASSING = """\
-name: quad_pass
-dtype: float64
-model: {kind: quadratic, eigenvalues: [1.0, 4.0], x0: 1.0}
-loss: {kind: quadratic}
-steps: 20
-optimizers:
-  gd: {class: reference.GD, lr: 0.1}
-expect:
-  gd:
-    final_loss: {below: 0.1}
-"""
-
-
-def write_case(folder: Path, text: str, name: str = "case.yaml") -> Path:
-    """The case, marked as one at the end (the line numbers the tests name stay put)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / name
-    path.write_text(text + ("" if text.endswith("\n") else "\n") + "stability-bench: 1\n")
-    return path
+SPIKY = case_text("tiny_spiky.yaml")             # its last, small batch makes the loss spike
+DIVERGING = case_text("quad_diverge_capped.yaml")  # passes the loss cap before spikes are seen
+PASSING = case_text("quad_pass.yaml")
 
 
 def bundle_paths(out: str) -> list[Path]:

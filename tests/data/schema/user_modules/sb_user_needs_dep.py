@@ -1,0 +1,1 @@
+import sb_no_such_dependency
