@@ -135,7 +135,8 @@ def test_cli_exit_code_2_outranks_a_crash(crashy_module, capsys):
     out, err = capsys.readouterr()
     assert code == 2
     assert "ERROR model_raises::sgd-seed0-cpu" in out and "CRASH crashy::at_step-seed0-cpu" in out
-    assert (f"model_raises::sgd-seed0-cpu: could not be set up: {DATA / 'model_raises.yaml'}:{line_of(DATA / 'model_raises.yaml', 'model:')}: model: "
+    file = DATA / "model_raises.yaml"
+    assert (f"model_raises::sgd-seed0-cpu: could not be set up: {file}:{line_of(file, 'model:')}: model: "
             "raised while being built: LookupError: no pretrained weights for width 8") in err
 
 
@@ -185,7 +186,8 @@ def test_a_run_past_its_timeout_stops_and_is_reported_with_exit_code_3(capsys):
     code = main(["run", str(DATA / "timeout.yaml"), "--no-triage"])
     out, err = capsys.readouterr()
     assert code == 3 and "TIMEOUT budget::sgd-seed0-cpu" in out
-    assert f"{DATA / 'timeout.yaml'}:{line_of(DATA / 'timeout.yaml', 'timeout:')}: timeout: the run took more than 1e-06 s; stopped after step 0" in err
+    file = DATA / "timeout.yaml"
+    assert f"{file}:{line_of(file, 'timeout:')}: timeout: the run took more than 1e-06 s; stopped after step 0" in err
 
 
 def test_a_folder_run_takes_only_marked_case_files(tmp_path, capsys):

@@ -219,7 +219,7 @@ def test_variants_deep_merge_and_replace_expect(tmp_path):
     # load_case picks a variant by name; lines of the variant's expectations point into it.
     chosen = load_case(path, variant="long")
     assert chosen.steps == 40
-    assert chosen.where(chosen.expectations[0].path) == f"{path}:19"
+    assert chosen.where(chosen.expectations[0].path) == f"{path}:{line_of(path, 'min_loss: {below: 0.5}')}"
     assert load_case(path).steps == 20
 
 
