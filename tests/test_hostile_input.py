@@ -271,8 +271,9 @@ def test_fuzz_case_shaped_dicts_raise_only_case_error(extra, over_a_valid_case):
     TypeError for ``kind: []``)."""
     try:
         load_cases({**VALID, **extra} if over_a_valid_case else extra)
-    except CaseError:
-        pass
+    except CaseError as exc:   # any other exception fails the test
+        lines = str(exc).splitlines()
+        assert lines and all(": " in line for line in lines if not line.startswith("… and ")), str(exc)
 
 
 # ----------------------------------------------------------------- docs
