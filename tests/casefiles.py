@@ -24,11 +24,12 @@ def case_text(name: str) -> str:
     return (CASES / name).read_text()
 
 
-def line_of(source: Path | str, text: str) -> int:
-    """The number (from 1) of the one line of ``source`` (a file, or the text itself) that
-    contains ``text``; an AssertionError where none or several do."""
+def line_of(source: Path | str | bytes, text: str | bytes) -> int:
+    """The number (from 1) of the one line of ``source`` (a file, or the text or bytes
+    themselves) that contains ``text``; an AssertionError where none or several do."""
     content = source.read_text() if isinstance(source, Path) else source
-    found = [i for i, line in enumerate(content.splitlines(), 1) if text in line]
+    lines = content.split(b"\n") if isinstance(content, bytes) else content.splitlines()
+    found = [i for i, line in enumerate(lines, 1) if text in line]
     assert len(found) == 1, f"{text!r} is on lines {found} of {source if isinstance(source, Path) else 'the text'}," \
                             " not on exactly one"
     return found[0]

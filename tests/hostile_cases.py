@@ -20,6 +20,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from casefiles import line_of
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data" / "hostile"
 
@@ -53,27 +55,21 @@ class Generated:
     fragments: tuple
 
 
-def _line(content: bytes, needle: bytes) -> int:
-    """The line (from 1) of the one line of ``content`` holding ``needle``."""
-    (line,) = [i for i, text in enumerate(content.split(b"\n"), 1) if needle in text]
-    return line
-
-
 _NOT_UTF8 = b"stability-bench: 1\nname: quad\ndescription: caf\xe9\n"
-_NOT_UTF8_LINE = _line(_NOT_UTF8, b"\xe9")
+_NOT_UTF8_LINE = line_of(_NOT_UTF8, b"\xe9")
 _CONTROL = b"stability-bench: 1\nname: qu\x00ad\n"
 GENERATED = [
     Generated("not_utf8.yaml", f"text that is not UTF-8 (Latin-1 é on line {_NOT_UTF8_LINE})", _NOT_UTF8,
               _NOT_UTF8_LINE, "(case)", (f"not UTF-8 text (byte 0xe9 at line {_NOT_UTF8_LINE})",)),
     Generated("alias_bomb.yaml", 'a "billion laughs" alias bomb (10**9 values in 600 bytes)',
-              _alias_bomb(), _line(_alias_bomb(), b"a4:"), "a4", ("expands to more than 100,000 values",)),
+              _alias_bomb(), line_of(_alias_bomb(), b"a4:"), "a4", ("expands to more than 100,000 values",)),
     Generated("huge.yaml", "a file over the size limit (300 KB)", _huge(), None, "(case)",
               ("bytes is over the 256 KiB limit",)),
     Generated("empty.yaml", "an empty file", b"", None, "(case)", ("the file is empty",)),
     Generated("control_character.yaml", "a control character (NUL) in the text", _CONTROL,
-              _line(_CONTROL, b"\x00"), "(case)", ("'\\x00' is not allowed",)),
+              line_of(_CONTROL, b"\x00"), "(case)", ("'\\x00' is not allowed",)),
     Generated("many_problems.yaml", "30 problems in one file (the report is capped at 20)",
-              _too_many_problems(), _line(_too_many_problems(), b"unknown_key_0:"), "unknown_key_0",
+              _too_many_problems(), line_of(_too_many_problems(), b"unknown_key_0:"), "unknown_key_0",
               ("unknown key",)),
 ]
 
